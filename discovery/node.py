@@ -1,0 +1,91 @@
+"""The Node record: where a node is (from a source) and what it is doing (from health probes)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from types import MappingProxyType
+from urllib.parse import urlsplit
+
+from worker.config import TensorSpec
+
+__all__ = ["ModelInfo", "Node", "NodeSpec", "NodeStatus", "normalise_url"]
+
+
+class NodeStatus(StrEnum):
+    """CONTRACT §4 node states."""
+
+    ONLINE = "online"
+    BUSY = "busy"
+    OFFLINE = "offline"
+    ERROR = "error"
+
+
+def normalise_url(url: str) -> str:
+    """`http://host:port` with no trailing slash; a ValueError for anything that is not http(s)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"node URL {url!r} must be http(s)://host[:port]")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    """What a discovery source knows: an address, and optionally an id, weight and labels."""
+
+    url: str
+    node_id: str | None = None
+    weight: float = 1.0
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", normalise_url(self.url))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One model as a node's v2 metadata describes it."""
+
+    name: str
+    version: str | None
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 0
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """An immutable snapshot of one node; the registry replaces it on every change.
+
+    `key` (the base URL) is the identity; `node_id` is what people see: the source's id, else the
+    id the node advertises in its server metadata, else host:port.
+    """
+
+    spec: NodeSpec
+    node_id: str
+    source: str
+    status: NodeStatus = NodeStatus.OFFLINE
+    models: Mapping[str, ModelInfo] = field(default_factory=lambda: MappingProxyType({}))
+    binary: bool = False
+    last_error: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.spec.url
+
+    @property
+    def url(self) -> str:
+        return self.spec.url
+
+    def serves(self, model: str) -> bool:
+        return model in self.models
+
+    def with_changes(self, **changes: object) -> Node:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_spec(cls, spec: NodeSpec, source: str) -> Node:
+        return cls(spec=spec, node_id=spec.node_id or urlsplit(spec.url).netloc, source=source)

@@ -1,0 +1,8 @@
+"""The HTTP API under `/api/v1/distributed`, one router module per resource."""
+
+from gateway_plugin.api.cluster import cluster_router
+from gateway_plugin.api.health import health_router
+from gateway_plugin.api.inference import inference_router
+from gateway_plugin.api.routing import ProblemRoute
+
+__all__ = ["ProblemRoute", "cluster_router", "health_router", "inference_router"]

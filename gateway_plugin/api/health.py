@@ -1,0 +1,53 @@
+"""`GET /health`, `/health/live`, `/health/ready`: the plugin and a summary of the cluster (no auth)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from starlette.responses import JSONResponse
+
+from gateway_plugin.api.routing import ProblemRoute
+from gateway_plugin.services import Services
+
+__all__ = ["health_router", "summary"]
+
+_STATES = ("online", "busy", "offline", "error")
+
+
+def summary(svc: Services) -> dict[str, Any]:
+    statuses = Counter(node.status.value for node in svc.registry.nodes())
+    online = statuses.get("online", 0)
+    local = svc.local is not None and bool(svc.local.models())
+    ready = online > 0 or local
+    return {
+        "status": "ok" if online else ("degraded" if local else "unavailable"),
+        "ready": ready,
+        "nodes": {
+            "total": sum(statuses.values()),
+            **{s: statuses.get(s, 0) for s in ("online", "busy", "offline", "error")},
+        },
+        "models": len(svc.catalog.entries()),
+        "local_fallback": local,
+    }
+
+
+def health_router(services: Callable[[], Services]) -> APIRouter:
+    router = APIRouter(route_class=ProblemRoute, tags=["health"])
+
+    @router.get("/health", summary="Plugin health and cluster summary")
+    async def health(svc: Annotated[Services, Depends(services)]) -> dict[str, Any]:
+        return summary(svc)
+
+    @router.get("/health/live", summary="Liveness: the plugin is running")
+    async def live(svc: Annotated[Services, Depends(services)]) -> dict[str, str]:
+        return {"status": "live"}
+
+    @router.get("/health/ready", summary="Readiness: a node or the local fallback can serve")
+    async def ready(svc: Annotated[Services, Depends(services)]) -> JSONResponse:
+        body = summary(svc)
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+    return router

@@ -1,0 +1,87 @@
+"""`POST /inference`: one request, routed to one node (or answered locally)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from balancer.pool import UnknownStrategy
+from gateway_plugin.api.routing import ProblemRoute, request_id_of
+from gateway_plugin.api.schemas import InferenceRequest, InferenceResponse
+from gateway_plugin.dispatch import InferenceCall, Outcome
+from gateway_plugin.errors import Unprocessable
+from gateway_plugin.inputs import to_tensors
+from gateway_plugin.services import Services
+from worker.engine import check_inputs
+from worker.protocol import dumps
+from worker.protocol.codec import json_tensor
+
+__all__ = ["inference_router", "outcome_body", "outcome_headers"]
+
+
+def outcome_body(outcome: Outcome, request_id: str) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "model": outcome.model,
+        "model_version": outcome.model_version,
+        "outputs": [json_tensor(tensor) for tensor in outcome.outputs],
+        "node_id": outcome.node_id,
+        "mode": outcome.mode,
+        "attempts": outcome.attempts,
+        "latency_ms": round(outcome.latency_ms, 3),
+    }
+
+
+def outcome_headers(outcome: Outcome, request_id: str) -> dict[str, str]:
+    return {
+        "X-Request-ID": request_id,
+        "X-Inference-Node": outcome.node_id or "local",
+        "X-Inference-Mode": outcome.mode,
+    }
+
+
+def build_call(services: Services, body: InferenceRequest, request_id: str) -> InferenceCall:
+    """Check and convert one request before any node is called."""
+    info = services.catalog.info(body.model)
+    tensors = to_tensors(body.inputs, info, services.limits)
+    if info is not None:
+        check_inputs(info.name, info.inputs, tensors, max_batch_size=info.max_batch_size)
+    try:
+        services.pool.check_strategy(body.strategy)
+    except UnknownStrategy as exc:
+        raise Unprocessable(str(exc)) from exc
+    dispatch = services.settings.dispatch
+    timeout_ms = min(body.timeout_ms or dispatch.default_timeout_ms, dispatch.max_timeout_ms)
+    return InferenceCall(
+        model=body.model,
+        inputs=tensors,
+        request_id=request_id,
+        timeout_s=timeout_ms / 1000,
+        outputs=body.outputs,
+        parameters=body.parameters,
+        strategy=body.strategy,
+    )
+
+
+def inference_router(services: Callable[[], Services]) -> APIRouter:
+    router = APIRouter(route_class=ProblemRoute, tags=["inference"])
+
+    @router.post(
+        "/inference",
+        response_model=InferenceResponse,
+        summary="Run one inference on the cluster",
+        responses={400: {}, 404: {}, 413: {}, 422: {}, 503: {}, 504: {}},
+    )
+    async def infer(body: InferenceRequest, request: Request, svc: Annotated[Services, Depends(services)]) -> Response:
+        request_id = body.request_id or request_id_of(request)
+        outcome = await svc.dispatcher.infer(build_call(svc, body, request_id))
+        return Response(
+            dumps(outcome_body(outcome, request_id)),
+            media_type="application/json",
+            headers=outcome_headers(outcome, request_id),
+        )
+
+    return router

@@ -1,0 +1,79 @@
+"""The route class every plugin endpoint uses: request ids and problem+json for every error.
+
+Exception handlers belong to the host's app, which the plugin does not touch; a route class
+travels with `include_router`, so errors are rendered the same wherever the host mounts us.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway_plugin.errors import BadRequest, DistinferError, Unprocessable, from_worker, problem
+from worker.errors import WorkerError
+
+__all__ = ["ProblemRoute", "request_id_of"]
+
+log = logging.getLogger(__name__)
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id_of(request: Request) -> str:
+    """The id of this request: the caller's `X-Request-ID` when it is sane, else a new one."""
+    existing = getattr(request.state, "request_id", None)
+    if isinstance(existing, str):
+        return existing
+    given = request.headers.get("x-request-id", "")
+    request_id = given if _SAFE_ID.match(given) else uuid.uuid4().hex
+    request.state.request_id = request_id
+    return request_id
+
+
+def _validation_problem(exc: RequestValidationError) -> DistinferError:
+    errors = [
+        {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
+        for err in exc.errors()
+    ]
+    if any(err["type"] == "json_invalid" for err in errors):
+        return BadRequest("request body is not valid JSON", errors=errors[:20])
+    first = errors[0] if errors else {"loc": [], "msg": "invalid"}
+    where = ".".join(str(part) for part in first["loc"])
+    return Unprocessable(f"{where}: {first['msg']}", errors=errors[:20])
+
+
+class ProblemRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            request_id = request_id_of(request)
+            try:
+                response = await handler(request)
+            except DistinferError as exc:
+                return problem(exc, request_id)
+            except WorkerError as exc:
+                return problem(from_worker(exc), request_id)
+            except RequestValidationError as exc:
+                return problem(_validation_problem(exc), request_id)
+            except HTTPException as exc:
+                error = DistinferError(str(exc.detail))
+                error.status, error.code, error.title = exc.status_code, "http_error", "HTTP error"
+                return problem(error, request_id)
+            except Exception:
+                # Never a stack trace to the client; the log keeps it with the request id.
+                log.exception("unexpected error in request %s", request_id)
+                return problem(DistinferError("unexpected error; see the gateway log"), request_id)
+            response.headers.setdefault("X-Request-ID", request_id)
+            return response
+
+        return handle

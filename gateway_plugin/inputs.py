@@ -1,0 +1,71 @@
+"""Turning a request's `inputs` into tensors: v2 tensors as given, or the plain-value shorthand.
+
+For a model with one input, `inputs` may be a plain JSON value (string, number, nested list); the
+model's metadata gives its name, datatype and shape. The value may carry the batch dimension,
+leave it out (a batch of one is assumed), or be flat with exactly the elements of one item.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from discovery.node import ModelInfo
+from gateway_plugin.errors import BadRequest, PayloadTooLarge
+from worker.protocol import Limits, Tensor, tensor_from_json
+from worker.protocol.models import WireTensor
+
+__all__ = ["is_tensor_list", "to_tensors"]
+
+
+def is_tensor_list(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(item, dict) and "name" in item and "datatype" in item for item in value)
+    )
+
+
+def _fit_shape(given: tuple[int, ...], declared: tuple[int, ...], model: str) -> list[int]:
+    if len(given) == len(declared):
+        return list(given)
+    one_item = [1 if dim == -1 else dim for dim in declared]
+    if len(given) == len(declared) - 1 and declared and declared[0] == -1:
+        return [1, *given]
+    if math.prod(given) == math.prod(one_item) and declared.count(-1) <= 1:
+        return one_item
+    raise BadRequest(f"a value of shape {list(given)} does not fit model {model!r}'s input shape {list(declared)}")
+
+
+def _plain_value(value: Any, info: ModelInfo, limits: Limits) -> Tensor:
+    if len(info.inputs) != 1:
+        names = [spec.name for spec in info.inputs]
+        raise BadRequest(f"model {info.name!r} has inputs {names}: send them as a list of v2 tensors")
+    spec = info.inputs[0]
+    data = value if isinstance(value, list) else [value]
+    try:
+        given = np.shape(data)
+    except ValueError as exc:
+        raise BadRequest("inputs is a ragged nested list") from exc
+    if math.prod(given) > limits.max_tensor_elements:
+        raise PayloadTooLarge(f"inputs has more than {limits.max_tensor_elements} elements")
+    shape = _fit_shape(tuple(given), spec.shape, info.name)
+    return tensor_from_json(WireTensor(name=spec.name, shape=shape, datatype=spec.datatype, data=data), limits)
+
+
+def to_tensors(value: Any, info: ModelInfo | None, limits: Limits) -> list[Tensor]:
+    """The request's inputs as tensors; BadRequest (or PayloadTooLarge) when they cannot be."""
+    if is_tensor_list(value):
+        try:
+            wires = [WireTensor.model_validate(item) for item in value]
+        except ValidationError as exc:
+            raise BadRequest(f"malformed input tensor: {exc.errors(include_url=False)[0]['msg']}") from exc
+        return [tensor_from_json(wire, limits) for wire in wires]
+    if value is None or value == [] or isinstance(value, dict):
+        raise BadRequest("inputs must be a list of v2 tensors or a plain value (string, number, nested list)")
+    if info is None:
+        raise BadRequest("the model's metadata is not known here: send inputs as v2 tensors")
+    return [_plain_value(value, info, limits)]

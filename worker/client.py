@@ -1,0 +1,172 @@
+"""The v2 client the gateway uses to call nodes: one shared, injected aiohttp session.
+
+aiohttp rather than httpx on this hot path: measured through the same pass-through gateway on
+this machine, 1,772 req/s against 247 at concurrency 64 (DESIGN.md §5). Failures come out as
+the `NodeCallError` branch of `worker.errors`, sorted into what may be retried elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from pydantic import TypeAdapter, ValidationError
+
+from worker.errors import NodeRejected, NodeServerError, NodeTimeout, NodeUnreachable
+from worker.protocol import (
+    HEADER_LENGTH,
+    DecodedResponse,
+    Limits,
+    Tensor,
+    decode_response,
+    encode_request,
+)
+from worker.protocol.models import ModelMetadata, RepositoryEntry, ServerMetadata
+
+__all__ = ["NodeClient"]
+
+_INDEX = TypeAdapter(list[RepositoryEntry])
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class NodeClient:
+    """Open Inference Protocol calls to any v2 server (distinfer nodes, Triton, MLServer, KServe)."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        limits: Limits | None = None,
+        max_response_bytes: int = 256 * 1024 * 1024,
+        probe_timeout_s: float = 1.0,
+    ) -> None:
+        self._session = session
+        self._limits = limits or Limits()
+        self._max_response_bytes = max_response_bytes
+        self._probe_timeout = probe_timeout_s
+
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        *,
+        timeout_s: float,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> _Reply:
+        try:
+            async with self._session.request(
+                method, url, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                declared = response.content_length
+                if declared is not None and declared > self._max_response_bytes:
+                    raise NodeServerError(f"{url}: response of {declared} bytes is over the limit", node_url=url)
+                body = await response.content.read(self._max_response_bytes + 1)
+                if len(body) > self._max_response_bytes:
+                    raise NodeServerError(f"{url}: response is over {self._max_response_bytes} bytes", node_url=url)
+                reply = _Reply(response.status, response.headers, body)
+        except TimeoutError as exc:
+            raise NodeTimeout(f"{url}: no answer within {timeout_s:.3g}s", node_url=url) from exc
+        except aiohttp.ClientError as exc:
+            raise NodeUnreachable(f"{url}: {type(exc).__name__}: {exc}", node_url=url) from exc
+        if reply.status >= 500:
+            raise NodeServerError(f"{url}: {reply.status} {_error_text(reply.body)}", node_url=url, status=reply.status)
+        if reply.status >= 400:
+            raise NodeRejected(_error_text(reply.body), node_url=url, status=reply.status)
+        return reply
+
+    async def ready(self, base_url: str) -> bool:
+        try:
+            await self._call("GET", f"{base_url}/v2/health/ready", timeout_s=self._probe_timeout)
+        except (NodeUnreachable, NodeTimeout, NodeServerError, NodeRejected):
+            return False
+        return True
+
+    async def server_metadata(self, base_url: str) -> dict[str, Any]:
+        """`GET /v2`, validated, with any extra fields the server adds (ours adds `node_id`)."""
+        reply = await self._call("GET", f"{base_url}/v2", timeout_s=self._probe_timeout)
+        raw = _json(reply.body, base_url)
+        try:
+            ServerMetadata.model_validate(raw)
+        except ValidationError as exc:
+            raise NodeServerError(f"{base_url}: bad server metadata", node_url=base_url) from exc
+        return raw  # type: ignore[no-any-return]
+
+    async def repository_index(self, base_url: str) -> list[RepositoryEntry] | None:
+        """Models the server holds (Triton's repository extension); None when it lacks the extension."""
+        try:
+            reply = await self._call("POST", f"{base_url}/v2/repository/index", timeout_s=self._probe_timeout)
+        except NodeRejected:
+            return None
+        try:
+            return _INDEX.validate_json(reply.body)
+        except ValidationError as exc:
+            raise NodeServerError(f"{base_url}: bad repository index", node_url=base_url) from exc
+
+    async def model_metadata(self, base_url: str, model: str) -> ModelMetadata:
+        reply = await self._call("GET", f"{base_url}/v2/models/{model}", timeout_s=self._probe_timeout)
+        try:
+            return ModelMetadata.model_validate_json(reply.body)
+        except ValidationError as exc:
+            raise NodeServerError(f"{base_url}: bad metadata for {model}", node_url=base_url) from exc
+
+    async def infer(
+        self,
+        base_url: str,
+        model: str,
+        inputs: Sequence[Tensor],
+        *,
+        timeout_s: float,
+        outputs: Sequence[str] | None = None,
+        binary: bool = True,
+        request_id: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> DecodedResponse:
+        """One inference call; binary tensors both ways when `binary` (the node must advertise it)."""
+        encoded = encode_request(
+            inputs, request_id=request_id, parameters=dict(parameters or {}), outputs=outputs, binary=binary
+        )
+        send = {"Content-Type": encoded.content_type, **(headers or {})}
+        if encoded.header_length is not None:
+            send[HEADER_LENGTH] = str(encoded.header_length)
+        url = f"{base_url}/v2/models/{model}/infer"
+        reply = await self._call("POST", url, timeout_s=timeout_s, data=encoded.body, headers=send)
+        raw_length = reply.headers.get(HEADER_LENGTH)
+        try:
+            length = int(raw_length) if raw_length is not None else None
+            return decode_response(reply.body, length, self._limits)
+        except (ValueError, Exception) as exc:
+            # A node that answers 200 with garbage is a sick node, not a bad request.
+            raise NodeServerError(f"{url}: undecodable response: {exc}", node_url=base_url) from exc
+
+
+def _json(body: bytes, url: str) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise NodeServerError(f"{url}: answer is not JSON", node_url=url) from exc
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body[:200].decode("utf-8", "replace")
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+        return str(parsed["error"])
+    return str(parsed)[:200]
+
+
+# Cancellation must pass through untouched: asyncio.CancelledError is not an Exception subclass.
+assert not issubclass(asyncio.CancelledError, Exception)

@@ -1,0 +1,77 @@
+"""The data plane: check a decoded request against the model and run it off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy as np
+
+from worker.config import ModelConfig, TensorSpec
+from worker.errors import InferenceFailed, InvalidInput
+from worker.protocol import Tensor, dtype_of
+from worker.repository import ModelRepository
+
+__all__ = ["InferenceEngine", "check_inputs"]
+
+
+def _check_one(spec: TensorSpec, tensor: Tensor, max_batch_size: int) -> None:
+    if tensor.datatype != spec.datatype:
+        raise InvalidInput(f"input {spec.name!r}: datatype {tensor.datatype}, model expects {spec.datatype}")
+    shape = tensor.shape
+    if len(shape) != len(spec.shape) or any(
+        want != -1 and got != want for got, want in zip(shape, spec.shape, strict=True)
+    ):
+        raise InvalidInput(f"input {spec.name!r}: shape {shape}, model expects {list(spec.shape)}")
+    if max_batch_size and spec.shape and spec.shape[0] == -1 and shape[0] > max_batch_size:
+        raise InvalidInput(f"input {spec.name!r}: batch of {shape[0]} is over max_batch_size {max_batch_size}")
+
+
+def check_inputs(
+    model: str, specs: Sequence[TensorSpec], inputs: Sequence[Tensor], *, max_batch_size: int = 0
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Named arrays for the runtime, after checking names, datatypes and shapes against `specs`."""
+    given = {tensor.name: tensor for tensor in inputs}
+    expected = {spec.name for spec in specs}
+    if unknown := sorted(set(given) - expected):
+        raise InvalidInput(f"model {model!r} has no input {unknown[0]!r}; inputs are {sorted(expected)}")
+    feeds: dict[str, np.ndarray[Any, Any]] = {}
+    for spec in specs:
+        tensor = given.get(spec.name)
+        if tensor is None:
+            raise InvalidInput(f"model {model!r} needs input {spec.name!r}")
+        _check_one(spec, tensor, max_batch_size)
+        feeds[spec.name] = tensor.data
+    return feeds
+
+
+class InferenceEngine:
+    """Runs models from a repository in a bounded executor, so the event loop never blocks."""
+
+    def __init__(self, repository: ModelRepository, executor: Executor) -> None:
+        self.repository = repository
+        self._executor = executor
+
+    async def infer(
+        self, model_name: str, inputs: Sequence[Tensor], outputs: Sequence[str] | None = None
+    ) -> tuple[ModelConfig, list[Tensor]]:
+        model = self.repository.get(model_name)
+        config = model.config
+        feeds = check_inputs(config.name, config.inputs, inputs, max_batch_size=config.max_batch_size)
+        known = [spec.name for spec in config.outputs]
+        wanted = list(outputs) if outputs else known
+        if missing := [name for name in wanted if name not in known]:
+            raise InvalidInput(f"model {config.name!r} has no output {missing[0]!r}; outputs are {known}")
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._executor, model.runtime.run, feeds)
+        except Exception as exc:  # the runtime's own errors: bad values it alone can judge
+            raise InferenceFailed(f"model {config.name!r} failed: {type(exc).__name__}") from exc
+        specs = {spec.name: spec for spec in config.outputs}
+        return config, [Tensor(name, specs[name].datatype, _as_dtype(results[name], specs[name])) for name in wanted]
+
+
+def _as_dtype(array: np.ndarray[Any, Any], spec: TensorSpec) -> np.ndarray[Any, Any]:
+    return array if spec.datatype == "BYTES" else np.asarray(array, dtype=dtype_of(spec.datatype))

@@ -1,0 +1,102 @@
+"""Errors of the node side and of the v2 client, one tree::
+
+    WorkerError                      status 500, code "internal"
+    ├── InvalidInput                 400  malformed body, tensor, shape, datatype
+    ├── ModelNotFound                404  no such model in the repository
+    ├── PayloadTooLarge              413  body or tensor over the configured limit
+    ├── ModelNotReady                503  known but not loaded
+    ├── InferenceFailed              500  the runtime raised
+    └── NodeCallError                raised by NodeClient, the gateway's side of a call
+        ├── NodeUnreachable          connect/reset/refused: retry elsewhere
+        ├── NodeTimeout              no answer in time: retry elsewhere
+        ├── NodeServerError          5xx from the node: retry elsewhere
+        └── NodeRejected             4xx from the node: the request is at fault, never retried
+
+Each carries an HTTP `status` and a stable `code`; servers turn them into v2 error JSON
+(`{"error": "..."}`), the gateway into problem+json.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InferenceFailed",
+    "InvalidInput",
+    "ModelNotFound",
+    "ModelNotReady",
+    "NodeCallError",
+    "NodeRejected",
+    "NodeServerError",
+    "NodeTimeout",
+    "NodeUnreachable",
+    "PayloadTooLarge",
+    "WorkerError",
+]
+
+
+class WorkerError(Exception):
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(WorkerError):
+    status = 400
+    code = "invalid_input"
+
+
+class ModelNotFound(WorkerError):
+    status = 404
+    code = "model_not_found"
+
+
+class PayloadTooLarge(WorkerError):
+    status = 413
+    code = "payload_too_large"
+
+
+class ModelNotReady(WorkerError):
+    status = 503
+    code = "model_not_ready"
+
+
+class InferenceFailed(WorkerError):
+    status = 500
+    code = "inference_failed"
+
+
+class NodeCallError(WorkerError):
+    """A call from the gateway to a node did not give an answer."""
+
+    retryable: bool = True
+    code = "node_call_failed"
+
+    def __init__(self, message: str, *, node_url: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.node_url = node_url
+        if status is not None:
+            self.status = status
+
+
+class NodeUnreachable(NodeCallError):
+    status = 502
+    code = "node_unreachable"
+
+
+class NodeTimeout(NodeCallError):
+    status = 504
+    code = "node_timeout"
+
+
+class NodeServerError(NodeCallError):
+    status = 502
+    code = "node_server_error"
+
+
+class NodeRejected(NodeCallError):
+    """The node refused the request itself (4xx): sending it elsewhere would not help."""
+
+    retryable = False
+    code = "node_rejected"

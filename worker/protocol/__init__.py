@@ -1,0 +1,35 @@
+"""The Open Inference Protocol (KServe v2) wire format: datatypes, JSON models, codec."""
+
+from worker.protocol.codec import (
+    HEADER_LENGTH,
+    DecodedRequest,
+    DecodedResponse,
+    EncodedBody,
+    Limits,
+    Tensor,
+    decode_request,
+    decode_response,
+    dumps,
+    encode_request,
+    encode_response,
+    tensor_from_json,
+)
+from worker.protocol.datatypes import DATATYPES, datatype_of, dtype_of
+
+__all__ = [
+    "DATATYPES",
+    "HEADER_LENGTH",
+    "DecodedRequest",
+    "DecodedResponse",
+    "EncodedBody",
+    "Limits",
+    "Tensor",
+    "datatype_of",
+    "decode_request",
+    "decode_response",
+    "dtype_of",
+    "dumps",
+    "encode_request",
+    "encode_response",
+    "tensor_from_json",
+]

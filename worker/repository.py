@@ -1,0 +1,99 @@
+"""The model repository: folders of `config.json` + weights, loaded once at start-up.
+
+A folder with only `model.onnx` is described from its graph. A model that cannot load (torch
+missing, corrupt file) is listed as UNAVAILABLE with the reason instead of stopping the node.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from worker.config import ModelConfig, load_config
+from worker.errors import ModelNotFound, ModelNotReady
+from worker.runtimes import Runtime, open_runtime
+from worker.runtimes.onnx import describe_onnx
+
+__all__ = ["LoadedModel", "ModelRepository", "RepositoryError", "read_config"]
+
+log = logging.getLogger(__name__)
+
+
+class RepositoryError(Exception):
+    """A model folder that cannot be described (no config, bad config, no weights)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    config: ModelConfig
+    runtime: Runtime
+
+
+def read_config(folder: Path) -> ModelConfig:
+    """The folder's config.json, completed from the ONNX graph where it leaves things out."""
+    config_path = folder / "config.json"
+    try:
+        if config_path.exists():
+            config = load_config(config_path)
+        elif (folder / "model.onnx").exists():
+            config = ModelConfig(name=folder.name, runtime="onnx")
+        else:
+            raise RepositoryError(f"{folder}: neither config.json nor model.onnx")
+    except ValidationError as exc:
+        raise RepositoryError(f"{config_path}: {exc}") from exc
+    if not (folder / config.weights_file).exists():
+        raise RepositoryError(f"{folder}: weights file {config.weights_file} is missing")
+    if config.runtime == "onnx" and not (config.inputs and config.outputs):
+        inputs, outputs = describe_onnx(folder / config.weights_file)
+        config = config.model_copy(update={"inputs": config.inputs or inputs, "outputs": config.outputs or outputs})
+    if not (config.inputs and config.outputs):
+        raise RepositoryError(f"{folder}: a {config.runtime} model needs inputs and outputs in config.json")
+    return config
+
+
+class ModelRepository:
+    """Loaded models by name, plus the ones that failed to load and why."""
+
+    def __init__(self, models: dict[str, LoadedModel], unavailable: dict[str, str] | None = None) -> None:
+        self._models = models
+        self.unavailable: dict[str, str] = dict(unavailable or {})
+
+    @classmethod
+    def load(cls, root: Path, *, threads: int = 0, only: frozenset[str] | None = None) -> ModelRepository:
+        if not root.is_dir():
+            raise RepositoryError(f"model repository {root} is not a folder")
+        models: dict[str, LoadedModel] = {}
+        unavailable: dict[str, str] = {}
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if only is not None and folder.name not in only:
+                continue
+            try:
+                config = read_config(folder)
+                models[config.name] = LoadedModel(config, open_runtime(config, folder, threads=threads))
+            except Exception as exc:  # one bad model must not take the node down
+                log.warning("model %s not loaded: %s", folder.name, exc)
+                unavailable[folder.name] = f"{type(exc).__name__}: {exc}"
+        return cls(models, unavailable)
+
+    def get(self, name: str) -> LoadedModel:
+        model = self._models.get(name)
+        if model is not None:
+            return model
+        if name in self.unavailable:
+            raise ModelNotReady(f"model {name!r} is not available: {self.unavailable[name]}")
+        raise ModelNotFound(f"unknown model {name!r}")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._models
+
+    def __iter__(self) -> Iterator[LoadedModel]:
+        return iter(self._models.values())
+
+    def close(self) -> None:
+        for model in self._models.values():
+            model.runtime.close()
+        self._models.clear()

@@ -1,0 +1,74 @@
+"""PyTorch runtimes: TorchScript (`torch.jit.save`) and torch.export programs (`torch.export.save`).
+
+torch is an optional extra, imported only when a torch model is loaded. Both formats are read
+from the node's own model repository; nothing is ever unpickled from the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worker.runtimes.base import Arrays
+
+__all__ = ["TorchRuntime", "torch_available"]
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class TorchRuntime:
+    """Runs a TorchScript module or an exported program on CPU under `torch.inference_mode()`."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        kind: str,
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        threads: int = 0,
+    ) -> None:
+        import torch
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self._inputs = list(input_names)
+        self._outputs = list(output_names)
+        if kind == "torchscript":
+            self._module: Any = torch.jit.load(str(path), map_location="cpu").eval()  # type: ignore[no-untyped-call]
+        elif kind == "torch_export":
+            self._module = torch.export.load(str(path)).module()
+        else:
+            raise ValueError(f"not a torch runtime: {kind}")
+
+    def run(self, inputs: Arrays) -> dict[str, np.ndarray[Any, Any]]:
+        torch = self._torch
+        with torch.inference_mode():
+            args = [torch.from_numpy(_writable(inputs[name])) for name in self._inputs]
+            result = self._module(*args)
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        elif isinstance(result, dict):
+            result = tuple(result[name] for name in self._outputs)
+        if len(result) != len(self._outputs):
+            raise ValueError(f"model returned {len(result)} outputs, config names {len(self._outputs)}")
+        return {name: value.detach().cpu().numpy() for name, value in zip(self._outputs, result, strict=True)}
+
+    def close(self) -> None:
+        del self._module
+
+
+def _writable(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    # Arrays decoded from a binary body are read-only views; torch wants memory it may write.
+    array = np.ascontiguousarray(array)
+    return array if array.flags.writeable else array.copy()
