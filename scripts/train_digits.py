@@ -31,6 +31,7 @@ from torch import nn
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "worker" / "bundled_models"
 DEFAULT_METRICS = REPO_ROOT / "scripts" / "digits_metrics.json"
+DEMO_SAMPLES = REPO_ROOT / "gateway_plugin" / "demo_digits.json"
 TOLERANCE = 1e-5
 MAX_BATCH = 4096
 
@@ -209,6 +210,16 @@ def main() -> None:
 
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    write_demo_samples(x_te, y_te)
+
+
+def write_demo_samples(x_te: np.ndarray, y_te: np.ndarray, count: int = 32) -> None:
+    """Held-out images for `distinfer demo`, so the demo needs neither training nor scikit-learn."""
+    samples = [
+        {"label": int(label), "image": np.round(image.reshape(8, 8), 4).tolist()}
+        for image, label in zip(x_te[:count], y_te[:count], strict=True)
+    ]
+    DEMO_SAMPLES.write_text(json.dumps({"samples": samples}) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""`GET /models` and `GET /nodes`: what the cluster can serve, and the nodes behind it."""
+"""`GET /models` and `GET /nodes`: what the cluster can serve, and the nodes behind it.
 
-from __future__ import annotations
+No `from __future__ import annotations` in router modules: FastAPI must resolve `Depends(...)` on
+closure-local callables at definition time.
+"""
 
 from collections.abc import Callable
 from typing import Annotated

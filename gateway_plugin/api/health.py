@@ -1,7 +1,5 @@
 """`GET /health`, `/health/live`, `/health/ready`: the plugin and a summary of the cluster (no auth)."""
 
-from __future__ import annotations
-
 from collections import Counter
 from collections.abc import Callable
 from typing import Annotated, Any

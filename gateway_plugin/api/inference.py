@@ -1,7 +1,5 @@
 """`POST /inference`: one request, routed to one node (or answered locally)."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from typing import Annotated, Any
 
