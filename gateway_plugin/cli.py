@@ -23,7 +23,7 @@ __all__ = ["BUNDLED_MODELS", "main"]
 BUNDLED_MODELS = bundled_models()
 
 
-def _serve(app: object, host: str, port: int, graceful_timeout: float, log_level: str) -> None:
+def _serve(app: object, host: str, port: int, graceful_timeout: int, log_level: str) -> None:
     uvicorn.run(
         app,  # type: ignore[arg-type]
         host=host,
@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     def server_options(sub: argparse.ArgumentParser, port: int) -> None:
         sub.add_argument("--host", default="127.0.0.1")
         sub.add_argument("--port", type=int, default=port)
-        sub.add_argument("--graceful-timeout", type=float, default=10.0, help="seconds in-flight requests get")
+        sub.add_argument("--graceful-timeout", type=int, default=10, help="seconds in-flight requests get")
         sub.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     node = commands.add_parser("node", help="serve a model repository over the Open Inference Protocol")

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends
 
 from balancer import HealthProber, NodePool, RetryPolicy, default_strategies
 from discovery import NodeRegistry, StaticSource
-from gateway_plugin.api import ProblemRoute, cluster_router, health_router, inference_router
+from gateway_plugin.api import cluster_router, health_router, inference_router, problem_route
 from gateway_plugin.catalog import ModelCatalog
 from gateway_plugin.dispatch import Dispatcher
 from gateway_plugin.errors import NoCapacity, NotFound
@@ -74,14 +74,15 @@ class DistributedInference:
             raise NotFound("distributed inference is disabled (ENABLE_DISTRIBUTED_INFERENCE)")
 
     def _build_router(self) -> APIRouter:
+        route_class = problem_route(self.settings.limits.max_body_bytes)
         router = APIRouter(
             prefix=self.settings.api.prefix,
             lifespan=self.lifespan,
             dependencies=[Depends(self.require_enabled)],
-            route_class=ProblemRoute,
+            route_class=route_class,
         )
         for build in (inference_router, cluster_router, health_router):
-            router.include_router(build(self.services))
+            router.include_router(build(self.services, route_class))
         return router
 
     # ------------------------------------------------------------------ lifespan

@@ -37,6 +37,7 @@ class ServerProcess:
     health_path: str
     process: subprocess.Popen[bytes]
     log: IO[bytes] | None = field(default=None, repr=False)
+    final_output: str = field(default="", repr=False)
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -52,7 +53,7 @@ class ServerProcess:
 
     def output(self) -> str:
         if self.log is None:
-            return ""
+            return self.final_output
         self.log.flush()
         self.log.seek(0)
         return self.log.read().decode("utf-8", "replace")[-2000:]
@@ -68,7 +69,11 @@ class ServerProcess:
             self.process.wait(timeout=10)
 
     def stop(self, timeout_s: float = 15.0) -> int:
-        """SIGTERM, then SIGKILL if it has not stopped within `timeout_s`; returns the exit code."""
+        """SIGTERM, then SIGKILL if it has not stopped within `timeout_s`; returns the exit code.
+
+        uvicorn shuts down cleanly on SIGTERM and then re-raises the signal, so a clean stop
+        reads as -15 here (143 in a shell), as for any well-behaved Unix server.
+        """
         if self.alive:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -77,6 +82,7 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait(timeout=10)
         if self.log is not None:
+            self.final_output = self.output()
             self.log.close()
             self.log = None
         return int(self.process.returncode)

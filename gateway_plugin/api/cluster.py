@@ -21,8 +21,8 @@ def _spec(spec: TensorSpec) -> dict[str, object]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
 
 
-def cluster_router(services: Callable[[], Services]) -> APIRouter:
-    router = APIRouter(route_class=ProblemRoute, tags=["cluster"])
+def cluster_router(services: Callable[[], Services], route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
+    router = APIRouter(route_class=route_class, tags=["cluster"])
 
     @router.get("/models", summary="Models the cluster can serve, and where")
     async def models(svc: Annotated[Services, Depends(services)]) -> list[ModelEntry]:

@@ -32,8 +32,8 @@ def summary(svc: Services) -> dict[str, Any]:
     }
 
 
-def health_router(services: Callable[[], Services]) -> APIRouter:
-    router = APIRouter(route_class=ProblemRoute, tags=["health"])
+def health_router(services: Callable[[], Services], route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
+    router = APIRouter(route_class=route_class, tags=["health"])
 
     @router.get("/health", summary="Plugin health and cluster summary")
     async def health(svc: Annotated[Services, Depends(services)]) -> dict[str, Any]:

@@ -64,8 +64,8 @@ def build_call(services: Services, body: InferenceRequest, request_id: str) -> I
     )
 
 
-def inference_router(services: Callable[[], Services]) -> APIRouter:
-    router = APIRouter(route_class=ProblemRoute, tags=["inference"])
+def inference_router(services: Callable[[], Services], route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
+    router = APIRouter(route_class=route_class, tags=["inference"])
 
     @router.post(
         "/inference",

@@ -19,9 +19,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway_plugin.errors import BadRequest, DistinferError, Unprocessable, from_worker, problem
+from worker.bodies import read_body
 from worker.errors import WorkerError
 
-__all__ = ["ProblemRoute", "request_id_of"]
+__all__ = ["ProblemRoute", "problem_route", "request_id_of"]
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,25 @@ def _validation_problem(exc: RequestValidationError) -> DistinferError:
     return Unprocessable(f"{where}: {first['msg']}", errors=errors[:20])
 
 
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
 class ProblemRoute(APIRoute):
+    """Renders every error as problem+json; with `max_body_bytes`, refuses larger bodies (413) unread."""
+
+    max_body_bytes: int | None = None
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        limit = self.max_body_bytes
 
         async def handle(request: Request) -> Response:
             request_id = request_id_of(request)
             try:
+                if limit is not None and request.method in _BODY_METHODS:
+                    # FastAPI reads bodies whole and unbounded; read it here under the cap first.
+                    # Starlette's Request caches the body in `_body`, where FastAPI then finds it.
+                    request._body = await read_body(request, limit)
                 response = await handler(request)
             except DistinferError as exc:
                 return problem(exc, request_id)
@@ -77,3 +90,8 @@ class ProblemRoute(APIRoute):
             return response
 
         return handle
+
+
+def problem_route(max_body_bytes: int) -> type[ProblemRoute]:
+    """A ProblemRoute class that caps request bodies at `max_body_bytes`."""
+    return type("LimitedProblemRoute", (ProblemRoute,), {"max_body_bytes": max_body_bytes})
