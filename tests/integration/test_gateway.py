@@ -283,7 +283,7 @@ async def test_not_started_plugin_answers_503_not_500(two_nodes: list[ServerProc
 async def test_probes_bring_a_restarted_node_back(start_nodes: StartNodes, repository: Path) -> None:
     (node,) = start_nodes("node-back")
     settings = settings_for([node.url], balancer=BalancerSettings(probe_interval_s=0.1, probe_timeout_s=0.5))
-    async with mounted(settings) as (client, distributed):
+    async with mounted(settings) as (client, _):
         node.kill()
         for _ in range(50):
             if (await client.get(f"{PREFIX}/nodes")).json()[0]["status"] == "offline":
