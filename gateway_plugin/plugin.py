@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends
 
 from balancer import HealthProber, NodePool, RetryPolicy, default_strategies
 from discovery import NodeRegistry, StaticSource
-from gateway_plugin.api import cluster_router, health_router, inference_router, problem_route
+from gateway_plugin.api import cluster_router, health_router, inference_router, problem_route, relay_router
 from gateway_plugin.catalog import ModelCatalog
 from gateway_plugin.dispatch import Dispatcher
 from gateway_plugin.errors import NoCapacity, NotFound
@@ -81,7 +81,7 @@ class DistributedInference:
             dependencies=[Depends(self.require_enabled)],
             route_class=route_class,
         )
-        for build in (inference_router, cluster_router, health_router):
+        for build in (inference_router, relay_router, cluster_router, health_router):
             router.include_router(build(self.services, route_class))
         return router
 

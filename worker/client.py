@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from pydantic import TypeAdapter, ValidationError
 
-from worker.errors import NodeRejected, NodeServerError, NodeTimeout, NodeUnreachable
+from worker.errors import NodeRejected, NodeServerError, NodeTimeout, NodeUnreachable, WorkerError
 from worker.protocol import (
     HEADER_LENGTH,
     DecodedResponse,
@@ -24,6 +24,7 @@ from worker.protocol import (
     Tensor,
     decode_response,
     encode_request,
+    parse_header_length,
 )
 from worker.protocol.models import ModelMetadata, RepositoryEntry, ServerMetadata
 
@@ -142,11 +143,10 @@ class NodeClient:
             send[HEADER_LENGTH] = str(encoded.header_length)
         url = f"{base_url}/v2/models/{model}/infer"
         reply = await self._call("POST", url, timeout_s=timeout_s, data=encoded.body, headers=send)
-        raw_length = reply.headers.get(HEADER_LENGTH)
         try:
-            length = int(raw_length) if raw_length is not None else None
+            length = parse_header_length(reply.headers.get(HEADER_LENGTH))
             return decode_response(reply.body, length, self._limits)
-        except (ValueError, Exception) as exc:
+        except WorkerError as exc:
             # A node that answers 200 with garbage is a sick node, not a bad request.
             raise NodeServerError(f"{url}: undecodable response: {exc}", node_url=base_url) from exc
 

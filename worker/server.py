@@ -26,8 +26,15 @@ from fastapi.responses import JSONResponse
 
 from worker.bodies import read_body
 from worker.engine import InferenceEngine
-from worker.errors import InvalidInput, ModelNotFound, WorkerError
-from worker.protocol import HEADER_LENGTH, Limits, decode_request, encode_response
+from worker.errors import ModelNotFound, WorkerError
+from worker.protocol import (
+    HEADER_LENGTH,
+    Limits,
+    binary_outputs,
+    decode_request,
+    encode_response,
+    parse_header_length,
+)
 from worker.protocol.models import MetadataTensor, ModelMetadata, RepositoryEntry, ServerMetadata
 from worker.repository import ModelRepository
 
@@ -71,26 +78,6 @@ def _metadata(engine: InferenceEngine, name: str) -> ModelMetadata:
         outputs=[MetadataTensor(name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in config.outputs],
         parameters={"max_batch_size": config.max_batch_size, "labels": list(config.labels)},
     )
-
-
-def _header_length(request: Request) -> int | None:
-    raw = request.headers.get(HEADER_LENGTH)
-    if raw is None:
-        return None
-    if not raw.isdigit():
-        raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer")
-    return int(raw)
-
-
-def _binary_outputs(parameters: dict[str, object], outputs: list[object] | None) -> set[str] | bool:
-    if parameters.get("binary_data_output") is True:
-        return True
-    chosen: set[str] = set()
-    for out in outputs or []:
-        params = getattr(out, "parameters", None) or {}
-        if params.get("binary_data") is True:
-            chosen.add(out.name)  # type: ignore[attr-defined]
-    return chosen
 
 
 def create_node_app(config: NodeConfig) -> FastAPI:
@@ -159,7 +146,7 @@ def create_node_app(config: NodeConfig) -> FastAPI:
         eng = engine()
         _check_version(_metadata(eng, model), version)
         body = await read_body(request, config.max_body_bytes)
-        decoded = decode_request(body, _header_length(request), config.limits)
+        decoded = decode_request(body, parse_header_length(request.headers.get(HEADER_LENGTH)), config.limits)
         wanted = [out.name for out in decoded.outputs] if decoded.outputs else None
         model_config, outputs = await eng.infer(model, decoded.inputs, wanted)
         encoded = encode_response(
@@ -167,7 +154,7 @@ def create_node_app(config: NodeConfig) -> FastAPI:
             model_version=model_config.version,
             request_id=decoded.id,
             outputs=outputs,
-            binary=_binary_outputs(decoded.parameters, list(decoded.outputs or [])),
+            binary=binary_outputs(decoded),
         )
         headers = {HEADER_LENGTH: str(encoded.header_length)} if encoded.header_length is not None else None
         return Response(encoded.body, media_type=encoded.content_type, headers=headers)

@@ -7,11 +7,13 @@ from worker.protocol.codec import (
     EncodedBody,
     Limits,
     Tensor,
+    binary_outputs,
     decode_request,
     decode_response,
     dumps,
     encode_request,
     encode_response,
+    parse_header_length,
     tensor_from_json,
 )
 from worker.protocol.datatypes import DATATYPES, datatype_of, dtype_of
@@ -24,6 +26,7 @@ __all__ = [
     "EncodedBody",
     "Limits",
     "Tensor",
+    "binary_outputs",
     "datatype_of",
     "decode_request",
     "decode_response",
@@ -31,5 +34,6 @@ __all__ = [
     "dumps",
     "encode_request",
     "encode_response",
+    "parse_header_length",
     "tensor_from_json",
 ]

@@ -36,12 +36,14 @@ __all__ = [
     "EncodedBody",
     "Limits",
     "Tensor",
+    "binary_outputs",
     "decode_request",
     "decode_response",
     "dumps",
     "encode_request",
     "encode_response",
     "json_tensor",
+    "parse_header_length",
     "tensor_from_json",
 ]
 
@@ -277,6 +279,22 @@ def _join(header: dict[str, Any], blobs: list[bytes]) -> EncodedBody:
     if not blobs:
         return EncodedBody(head, None)
     return EncodedBody(b"".join([head, *blobs]), len(head))
+
+
+def binary_outputs(request: DecodedRequest) -> set[str] | bool:
+    """Which outputs the caller wants as binary: all (`binary_data_output`), or those it marked."""
+    if request.parameters.get("binary_data_output") is True:
+        return True
+    return {out.name for out in request.outputs or [] if (out.parameters or {}).get("binary_data") is True}
+
+
+def parse_header_length(raw: str | None) -> int | None:
+    """The `Inference-Header-Content-Length` header's value; InvalidInput when it is not a count."""
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer")
+    return int(raw)
 
 
 def decode_request(body: bytes, header_length: int | None, limits: Limits) -> DecodedRequest:

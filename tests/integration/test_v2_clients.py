@@ -1,0 +1,90 @@
+"""tritonclient, the reference v2 client, against a distinfer node and against the gateway's v2 relay."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from gateway_plugin.processes import ServerProcess, start_gateway
+
+httpclient = pytest.importorskip("tritonclient.http")
+InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
+
+PREFIX = "/api/v1/distributed"
+
+
+@pytest.fixture(scope="module")
+def gateway(two_nodes: list[ServerProcess], repository: Path) -> Iterator[ServerProcess]:
+    process = start_gateway({"DISTINFER_NODES": ",".join(n.url for n in two_nodes), "DISTINFER_AUTH_DISABLED": "true"})
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+def _client(base_url: str) -> object:
+    return httpclient.InferenceServerClient(url=base_url.removeprefix("http://"), connection_timeout=10)
+
+
+def _infer(base_url: str, images: np.ndarray, *, binary: bool) -> np.ndarray:
+    client = _client(base_url)
+    tensor = httpclient.InferInput("image", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images, binary_data=binary)
+    wanted = httpclient.InferRequestedOutput("logits", binary_data=binary)
+    result = client.infer("digits", [tensor], outputs=[wanted], request_id="t-1")  # type: ignore[attr-defined]
+    assert result.get_response()["id"] == "t-1"
+    return np.asarray(result.as_numpy("logits"))
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_calls_a_node(
+    two_nodes: list[ServerProcess],
+    digits_images: np.ndarray,
+    onnx_digits: Callable[[np.ndarray], np.ndarray],
+    binary: bool,
+) -> None:
+    client = _client(two_nodes[0].url)
+    assert client.is_server_live()  # type: ignore[attr-defined]
+    assert client.is_model_ready("digits")  # type: ignore[attr-defined]
+    assert client.get_model_metadata("digits")["inputs"][0]["shape"] == [-1, 1, 8, 8]  # type: ignore[attr-defined]
+    np.testing.assert_allclose(
+        _infer(two_nodes[0].url, digits_images, binary=binary), onnx_digits(digits_images), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_calls_the_gateway_relay(
+    gateway: ServerProcess,
+    digits_images: np.ndarray,
+    onnx_digits: Callable[[np.ndarray], np.ndarray],
+    binary: bool,
+) -> None:
+    logits = _infer(gateway.url + PREFIX, digits_images, binary=binary)
+    np.testing.assert_allclose(logits, onnx_digits(digits_images), atol=1e-5)
+
+
+def test_relay_errors_reach_tritonclient_with_their_message(gateway: ServerProcess) -> None:
+    client = _client(gateway.url + PREFIX)
+    tensor = httpclient.InferInput("image", [1, 1, 4, 4], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 1, 4, 4), dtype=np.float32))
+    with pytest.raises(InferenceServerException, match="shape"):
+        client.infer("digits", [tensor])  # type: ignore[attr-defined]
+
+
+def test_relay_answers_truncated_binary_with_problem_json(gateway: ServerProcess) -> None:
+    header = b'{"inputs":[{"name":"image","shape":[1,1,8,8],"datatype":"FP32","parameters":{"binary_data_size":256}}]}'
+    response = httpx.post(
+        f"{gateway.url}{PREFIX}/v2/models/digits/infer",
+        content=header + b"\x00" * 10,  # 10 of the 256 bytes promised
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert "truncated" in body["detail"]
+    assert body["error"] == body["detail"]
