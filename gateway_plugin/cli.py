@@ -45,6 +45,7 @@ def _run_node(args: argparse.Namespace) -> int:
         workers=args.workers,
         max_body_bytes=args.max_body_bytes,
         models=frozenset(args.models.split(",")) if args.models else None,
+        batching=args.batching,
     )
     _serve(create_node_app(config), args.host, args.port, args.graceful_timeout, args.log_level)
     return 0
@@ -85,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--workers", type=int, default=2, help="models run concurrently in this many threads")
     node.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
     node.add_argument("--models", default=None, help="comma list: serve only these models")
+    node.add_argument(
+        "--batching",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="dynamic batching: as each config.json says (auto), for every batchable model (on), or none",
+    )
     server_options(node, 8001)
     node.set_defaults(run=_run_node)
 
@@ -96,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--model-repository", default=str(BUNDLED_MODELS))
     demo.add_argument("--samples", type=int, default=6, help="digits images to send in each phase")
     demo.set_defaults(run=_run_demo)
+
+    from bench.cli import add_bench_parser
+
+    add_bench_parser(commands)
     return parser
 
 

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
 
+from worker.batching import BatchPolicy, DynamicBatcher
 from worker.config import ModelConfig, TensorSpec
 from worker.errors import InferenceFailed, InvalidInput
 from worker.protocol import Tensor, dtype_of
 from worker.repository import ModelRepository
 
-__all__ = ["InferenceEngine", "check_inputs"]
+__all__ = ["InferenceEngine", "batch_policy", "check_inputs"]
 
 
 def _check_one(spec: TensorSpec, tensor: Tensor, max_batch_size: int) -> None:
@@ -48,11 +49,20 @@ def check_inputs(
 
 
 class InferenceEngine:
-    """Runs models from a repository in a bounded executor, so the event loop never blocks."""
+    """Runs models from a repository in a bounded executor, so the event loop never blocks.
 
-    def __init__(self, repository: ModelRepository, executor: Executor) -> None:
+    Models with a `DynamicBatcher` go through it; the others run one request per call.
+    """
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        executor: Executor,
+        batchers: Mapping[str, DynamicBatcher] | None = None,
+    ) -> None:
         self.repository = repository
         self._executor = executor
+        self.batchers = dict(batchers or {})
 
     async def infer(
         self, model_name: str, inputs: Sequence[Tensor], outputs: Sequence[str] | None = None
@@ -64,9 +74,12 @@ class InferenceEngine:
         wanted = list(outputs) if outputs else known
         if missing := [name for name in wanted if name not in known]:
             raise InvalidInput(f"model {config.name!r} has no output {missing[0]!r}; outputs are {known}")
-        loop = asyncio.get_running_loop()
+        batcher = self.batchers.get(config.name)
         try:
-            results = await loop.run_in_executor(self._executor, model.runtime.run, feeds)
+            if batcher is not None:
+                results = await batcher.submit(feeds)
+            else:
+                results = await asyncio.get_running_loop().run_in_executor(self._executor, model.runtime.run, feeds)
         except Exception as exc:  # the runtime's own errors: bad values it alone can judge
             raise InferenceFailed(f"model {config.name!r} failed: {type(exc).__name__}") from exc
         specs = {spec.name: spec for spec in config.outputs}
@@ -75,3 +88,17 @@ class InferenceEngine:
 
 def _as_dtype(array: np.ndarray[Any, Any], spec: TensorSpec) -> np.ndarray[Any, Any]:
     return array if spec.datatype == "BYTES" else np.asarray(array, dtype=dtype_of(spec.datatype))
+
+
+def batch_policy(config: ModelConfig, mode: str, *, max_concurrent: int) -> BatchPolicy | None:
+    """The model's batching policy: `auto` follows config.json, `on` batches every batchable model."""
+    batchable = config.max_batch_size > 0 and all(spec.shape[:1] == (-1,) for spec in (*config.inputs, *config.outputs))
+    if mode == "off" or not batchable or (mode == "auto" and config.dynamic_batching is None):
+        return None
+    tuning = config.dynamic_batching
+    return BatchPolicy(
+        max_batch_size=config.max_batch_size,
+        max_queue_delay_s=(tuning.max_queue_delay_ms if tuning else 2.0) / 1000,
+        preferred_batch_sizes=tuning.preferred_batch_sizes if tuning else (),
+        max_concurrent_batches=max_concurrent,
+    )

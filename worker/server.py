@@ -14,6 +14,7 @@ Errors are v2 error JSON, `{"error": "..."}`, with a 4xx status for anything the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +25,9 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from worker.batching import DynamicBatcher
 from worker.bodies import read_body
-from worker.engine import InferenceEngine
+from worker.engine import InferenceEngine, batch_policy
 from worker.errors import ModelNotFound, WorkerError
 from worker.protocol import (
     HEADER_LENGTH,
@@ -56,6 +58,7 @@ class NodeConfig:
     max_body_bytes: int = 64 * 1024 * 1024
     limits: Limits = field(default_factory=Limits)
     models: frozenset[str] | None = None
+    batching: str = "auto"  # auto: as config.json says; on: every batchable model; off: none
 
 
 class _State:
@@ -88,12 +91,26 @@ def create_node_app(config: NodeConfig) -> FastAPI:
         # Models load here, once, never per request.
         repository = ModelRepository.load(config.model_repository, threads=config.threads, only=config.models)
         with ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="infer") as executor:
-            state.engine = InferenceEngine(repository, executor)
-            log.info("node %s serving %s", config.node_id, sorted(m.config.name for m in repository))
+            batchers = {}
+            for model in repository:
+                policy = batch_policy(model.config, config.batching, max_concurrent=config.workers)
+                if policy is not None:
+                    batchers[model.config.name] = DynamicBatcher(model.runtime.run, executor, policy)
+            state.engine = InferenceEngine(repository, executor, batchers)
+            tasks = [asyncio.create_task(b.run(), name=f"batcher-{name}") for name, b in batchers.items()]
+            log.info(
+                "node %s serving %s (batching %s)",
+                config.node_id,
+                sorted(m.config.name for m in repository),
+                sorted(batchers),
+            )
             try:
                 yield
             finally:
                 state.engine = None
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 repository.close()
 
     app = FastAPI(title="distinfer node", version=SERVER_VERSION, lifespan=lifespan)
