@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_DIMS = 32  # numpy stops at 64; no model needs more than a handful
 _LENGTH_PREFIX = struct.Struct("<I")
 
 
@@ -114,23 +115,53 @@ def dumps(obj: Any) -> bytes:
 
 
 def _element_count(shape: Sequence[int], limits: Limits, name: str) -> int:
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"tensor {name!r}: {len(shape)} dimensions is over the limit of {MAX_DIMS}")
     if any(not isinstance(dim, int) or dim < 0 for dim in shape):
         raise InvalidInput(f"tensor {name!r}: shape {list(shape)} must hold non-negative integers")
+    # Checked per dimension too: [0, 10**30] holds no elements but is still no shape numpy can make.
+    if any(dim > limits.max_tensor_elements for dim in shape):
+        raise PayloadTooLarge(f"tensor {name!r}: a dimension of shape {list(shape)} is over the element limit")
     count = math.prod(shape)
     if count > limits.max_tensor_elements:
         raise PayloadTooLarge(f"tensor {name!r}: {count} elements is over the limit of {limits.max_tensor_elements}")
     return count
 
 
-def _check_kind(values: np.ndarray[Any, Any], datatype: str, name: str) -> None:
-    """Refuse values that numpy would silently coerce (floats into ints, strings into floats)."""
-    allowed = {"BOOL": "b", "FP16": "biuf", "FP32": "biuf", "FP64": "biuf"}.get(datatype, "biu")
-    if values.size and values.dtype.kind not in allowed:
-        raise InvalidInput(f"tensor {name!r}: data of kind {values.dtype.kind!r} is not {datatype}")
-    if datatype.startswith(("INT", "UINT")) and values.size and values.dtype.kind in "iu":
+def _integers(data: list[Any], datatype: str, name: str) -> np.ndarray[Any, Any]:
+    """Integer data numpy could not hold as int64 (say UINT64 values on both sides of 2**63)."""
+    flat = np.asarray(data, dtype=object).ravel()
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in flat.tolist()):
+        raise InvalidInput(f"tensor {name!r}: {datatype} data must be integers")
+    try:
+        return np.asarray(flat.tolist(), dtype=DATATYPES[datatype])
+    except OverflowError as exc:
+        raise InvalidInput(f"tensor {name!r}: values out of range for {datatype}") from exc
+
+
+def _numbers(data: list[Any], datatype: str, name: str) -> np.ndarray[Any, Any]:
+    """Numeric data as the datatype, refusing what numpy would coerce silently.
+
+    Floats into ints, strings into numbers, and values beyond the datatype's range (ints that
+    would wrap, floats that would become infinity) are refused rather than changed.
+    """
+    raw = np.asarray(data)
+    is_int = datatype.startswith(("INT", "UINT"))
+    if raw.size and is_int and raw.dtype.kind in "fO":
+        return _integers(data, datatype, name)
+    allowed = "b" if datatype == "BOOL" else ("biu" if is_int else "biuf")
+    if raw.size and raw.dtype.kind not in allowed:
+        raise InvalidInput(f"tensor {name!r}: data of kind {raw.dtype.kind!r} is not {datatype}")
+    if is_int and raw.size and raw.dtype.kind in "iu":
         info = np.iinfo(DATATYPES[datatype])  # type: ignore[type-var]
-        if values.min() < info.min or values.max() > info.max:
+        if raw.min() < info.min or raw.max() > info.max:
             raise InvalidInput(f"tensor {name!r}: values out of range for {datatype}")
+    with np.errstate(over="ignore"):
+        values = raw.astype(DATATYPES[datatype], copy=False)
+    overflowed = datatype.startswith("FP") and raw.size and raw.dtype.kind in "iuf"
+    if overflowed and np.any(np.isinf(values) & np.isfinite(raw)):
+        raise InvalidInput(f"tensor {name!r}: values out of range for {datatype}")
+    return values
 
 
 def _bytes_elements(data: Any, name: str, limits: Limits) -> list[bytes]:
@@ -160,9 +191,7 @@ def tensor_from_json(wire: WireTensor, limits: Limits) -> Tensor:
             values = np.empty(len(elements), dtype=object)
             values[:] = elements
         else:
-            raw = np.asarray(wire.data)
-            _check_kind(raw, wire.datatype, wire.name)
-            values = raw.astype(DATATYPES[wire.datatype], copy=False).ravel()
+            values = _numbers(wire.data, wire.datatype, wire.name).ravel()
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInput(f"tensor {wire.name!r}: data is not a regular {wire.datatype} array") from exc
     if values.size != count:
@@ -219,6 +248,8 @@ def _tensor_from_bytes(wire: WireTensor, raw: memoryview, limits: Limits) -> Ten
         offset += 4
         if offset + length > len(raw):
             raise InvalidInput(f"tensor {wire.name!r}: truncated BYTES element")
+        if length > limits.max_string_bytes:
+            raise PayloadTooLarge(f"tensor {wire.name!r}: a string is over {limits.max_string_bytes} bytes")
         elements.append(bytes(raw[offset : offset + length]))
         offset += length
     if len(elements) != count:

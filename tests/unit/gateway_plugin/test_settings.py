@@ -1,0 +1,142 @@
+"""Settings from the contract's environment names, a `.env` file and keyword arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gateway_plugin.settings import ENVIRONMENT, BalancerSettings, FlagSettings, Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No contract variable from the outer environment, and a cwd with no stray `.env`."""
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write_env(folder: Path, **values: str) -> None:
+    (folder / ".env").write_text("".join(f"{name}={value}\n" for name, value in values.items()))
+
+
+def test_contract_names_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ENABLE_DISTRIBUTED_INFERENCE", "true")
+    monkeypatch.setenv("DISTRIBUTED_INFERENCE_ROLLOUT_PERCENT", "37.5")
+    monkeypatch.setenv("DISTRIBUTED_INFERENCE_MODE", "shadow")
+    monkeypatch.setenv("DISTINFER_NODES", " http://a:8001 ,http://b:8002,  , http://c:8003  ")
+    monkeypatch.setenv("DISTINFER_LOCAL_MODEL_REPOSITORY", str(tmp_path / "models"))
+    monkeypatch.setenv("DISTINFER_MAX_ATTEMPTS", "4")
+    monkeypatch.setenv("DISTINFER_DISCOVERY", "static, dns")
+    settings = Settings()
+    assert settings.flags.enabled is True
+    assert settings.flags.rollout_percent == 37.5
+    assert settings.flags.mode == "shadow"
+    assert settings.discovery.nodes == ["http://a:8001", "http://b:8002", "http://c:8003"]
+    assert settings.discovery.sources == ["static", "dns"]
+    assert settings.local.model_repository == tmp_path / "models"
+    assert settings.balancer.max_attempts == 4
+
+
+@pytest.mark.parametrize(("raw", "enabled"), [("true", True), ("1", True), ("false", False), ("0", False)])
+def test_flag_values(monkeypatch: pytest.MonkeyPatch, raw: str, enabled: bool) -> None:
+    monkeypatch.setenv("ENABLE_DISTRIBUTED_INFERENCE", raw)
+    assert Settings().flags.enabled is enabled
+
+
+def test_nothing_set_gives_the_contract_defaults() -> None:
+    settings = Settings()
+    assert settings.flags.enabled is False
+    assert settings.flags.rollout_percent == 100
+    assert settings.flags.mode == "serve"
+    assert settings.discovery.nodes == []
+    assert settings.local.model_repository is None
+
+
+def test_settings_are_read_when_built_not_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = Settings()
+    monkeypatch.setenv("DISTRIBUTED_INFERENCE_MODE", "shadow")
+    assert before.flags.mode == "serve"
+    assert Settings().flags.mode == "shadow"
+
+
+def test_dot_env_in_the_working_folder_is_read(tmp_path: Path) -> None:
+    write_env(
+        tmp_path,
+        ENABLE_DISTRIBUTED_INFERENCE="true",
+        DISTRIBUTED_INFERENCE_ROLLOUT_PERCENT="12",
+        DISTINFER_NODES="http://x:1, http://y:2",
+        SOMETHING_ELSE="ignored",
+    )
+    settings = Settings()
+    assert settings.flags.enabled is True
+    assert settings.flags.rollout_percent == 12
+    assert settings.discovery.nodes == ["http://x:1", "http://y:2"]
+
+
+def test_dot_env_elsewhere_is_not_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write_env(tmp_path, ENABLE_DISTRIBUTED_INFERENCE="true")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert Settings().flags.enabled is False
+
+
+def test_real_environment_wins_over_dot_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write_env(tmp_path, DISTRIBUTED_INFERENCE_MODE="shadow", DISTRIBUTED_INFERENCE_ROLLOUT_PERCENT="10")
+    monkeypatch.setenv("DISTRIBUTED_INFERENCE_MODE", "serve")
+    settings = Settings()
+    assert settings.flags.mode == "serve"
+    assert settings.flags.rollout_percent == 10  # not in the real environment: .env still counts
+
+
+def test_keyword_arguments_win_over_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ENABLE_DISTRIBUTED_INFERENCE", "true")
+    monkeypatch.setenv("DISTINFER_NODES", "http://env:1")
+    write_env(tmp_path, DISTRIBUTED_INFERENCE_MODE="shadow")
+    settings = Settings(flags=FlagSettings(enabled=False, mode="serve"), discovery={"nodes": ["http://kw:1"]})
+    assert settings.flags.enabled is False
+    assert settings.flags.mode == "serve"
+    assert settings.discovery.nodes == ["http://kw:1"]
+
+
+def test_empty_value_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISTINFER_MAX_ATTEMPTS", "")
+    monkeypatch.setenv("DISTRIBUTED_INFERENCE_ROLLOUT_PERCENT", "")
+    settings = Settings()
+    assert settings.balancer.max_attempts == BalancerSettings().max_attempts
+    assert settings.flags.rollout_percent == 100
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DISTINFER_MAX_ATTEMPTS", "abc"),
+        ("DISTINFER_MAX_ATTEMPTS", "0"),
+        ("DISTRIBUTED_INFERENCE_ROLLOUT_PERCENT", "150"),
+        ("DISTRIBUTED_INFERENCE_ROLLOUT_PERCENT", "-1"),
+        ("DISTRIBUTED_INFERENCE_MODE", "canary"),
+        ("ENABLE_DISTRIBUTED_INFERENCE", "maybe"),
+        ("DISTINFER_DISCOVERY", "static,zookeeper"),
+    ],
+)
+def test_invalid_values_raise(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_invalid_value_in_dot_env_raises(tmp_path: Path) -> None:
+    write_env(tmp_path, DISTRIBUTED_INFERENCE_ROLLOUT_PERCENT="150")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_invalid_keyword_argument_raises() -> None:
+    with pytest.raises(ValidationError):
+        Settings(flags={"rollout_percent": 101})
+    with pytest.raises(ValidationError):
+        Settings(nonsense=True)
