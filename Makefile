@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint typecheck unit integration models clean
+.PHONY: setup demo test lint models clean bench bench-quick
 
 setup: $(STAMP)
 
@@ -34,3 +34,11 @@ models: setup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+
+# Benchmarks (JSON under bench-results/). nginx is the reference proxy hop; installed when missing.
+bench: setup
+	command -v nginx >/dev/null || test -x /usr/sbin/nginx || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx; } || echo "nginx not installed: measuring without it"
+	$(BIN)/distinfer bench overhead
+
+bench-quick: setup
+	$(BIN)/distinfer bench overhead --quick

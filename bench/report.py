@@ -1,0 +1,72 @@
+"""Showing and keeping a scenario's document: a rich table for people, a JSON file for comparisons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["render_overhead", "write_json"]
+
+
+def write_json(document: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def _num(value: Any, digits: int = 3, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def render_overhead(document: dict[str, Any], console: Console) -> None:
+    """One row per encoding, concurrency and target; then the ratios and whether the targets are met."""
+    table = Table(title="overhead: medians over rounds", title_justify="left")
+    for column in ("enc", "c", "target", "p50 ms", "p99 ms", "+p50 ms", "req/s", "x direct", "err/to", "client cpu"):
+        table.add_column(column, justify="left" if column in ("enc", "target") else "right", no_wrap=True)
+    for encoding, by_concurrency in document["results"].items():
+        for concurrency, by_target in by_concurrency.items():
+            direct_rps = by_target.get("direct", {}).get("throughput")
+            for target, figures in by_target.items():
+                rps = figures["throughput"]
+                times = None if not direct_rps or rps is None else rps / direct_rps
+                table.add_row(
+                    encoding,
+                    concurrency,
+                    target,
+                    _num(figures["p50_ms"]),
+                    _num(figures["p99_ms"]),
+                    _num(figures["p50_over_direct_ms"]),
+                    _num(rps, 1),
+                    _num(times, 2),
+                    f"{figures['errors']}/{figures['timeouts']}",
+                    _num(
+                        figures["client_cpu_share"] * 100 if figures["client_cpu_share"] is not None else None, 0, "%"
+                    ),
+                )
+            table.add_section()
+    console.print(table)
+
+    verdict = document["targets"]
+    summary = Table(title="gateway vs minimal aiohttp pass-through", title_justify="left")
+    for column in ("enc", "overhead ratio (c=min)", f"<= {verdict['overhead_ratio_max']}", "throughput ratio (c=max)"):
+        summary.add_column(column, no_wrap=True)
+    summary.add_column(f">= {verdict['throughput_ratio_min']}", no_wrap=True)
+    for encoding, figures in document["ratios"].items():
+        judged = verdict[encoding]
+        summary.add_row(
+            encoding,
+            _num(figures["gateway_overhead_over_passthrough"], 2),
+            "met" if judged["overhead"]["met"] else "[red]not met[/red]",
+            _num(figures["gateway_throughput_over_passthrough"], 2),
+            "met" if judged["throughput"]["met"] else "[red]not met[/red]",
+        )
+    console.print(summary)
+    console.print(f"nginx: {document['nginx']}   wall {document['wall_s']} s (setup {document['setup_s']} s)")
+    for line in document["errors"]:
+        console.print(f"[red]error:[/red] {line}")
+    for line in document["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {line}")

@@ -1,0 +1,273 @@
+"""`distinfer bench overhead`: what the gateway hop costs, next to a minimal aiohttp proxy and nginx.
+
+The same digits request (JSON and binary tensor extension) goes to one node directly, through
+`bench.passthrough` (the floor for one Python hop), through nginx when installed (what any proxy
+hop costs) and through the gateway's v2 relay. Targets are interleaved round by round, each
+round in a rotated order, and each figure is the median over rounds, so slow drift of the
+machine hits every target alike. All servers are separate processes; this process is the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import numpy as np
+from rich.console import Console
+
+from bench.loadgen import LoadSpec, run_load
+from bench.servers import find_nginx, nginx_version, start_nginx, start_passthrough
+from bench.summary import Run, aggregate, judge, ratios
+from gateway_plugin.processes import ServerProcess, start_gateway, start_node
+from worker.bundled import bundled_models
+from worker.protocol import HEADER_LENGTH, Limits, Tensor, decode_response, encode_request
+
+__all__ = ["NODE_PATH", "RELAY_PATH", "Body", "OverheadParams", "Target", "request_bodies", "run_overhead"]
+
+MODEL = "digits"
+NODE_PATH = f"/v2/models/{MODEL}/infer"
+RELAY_PATH = f"/api/v1/distributed/v2/models/{MODEL}/infer"
+_CPU_SHARE_WARNING = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class OverheadParams:
+    """How long and how hard to measure. `quick` fits a smoke test (~30 s); the default ~3 minutes."""
+
+    rounds: int = 3
+    duration_s: float = 2.5
+    warmup_s: float = 0.5
+    concurrency: tuple[int, ...] = (1, 64)
+    timeout_s: float = 10.0
+    quick: bool = False
+
+    @classmethod
+    def make(
+        cls,
+        *,
+        quick: bool = False,
+        duration_s: float | None = None,
+        concurrency: tuple[int, ...] | None = None,
+        rounds: int | None = None,
+    ) -> OverheadParams:
+        base = cls(rounds=1, duration_s=1.0, warmup_s=0.3, quick=True) if quick else cls()
+        params = cls(
+            rounds=rounds or base.rounds,
+            duration_s=duration_s or base.duration_s,
+            warmup_s=base.warmup_s,
+            concurrency=tuple(sorted(set(concurrency or base.concurrency))),
+            timeout_s=base.timeout_s,
+            quick=quick,
+        )
+        if not 1 <= params.rounds <= 10 or not 0 < params.duration_s <= 60:
+            raise ValueError("rounds must be 1..10 and duration 0..60 s")
+        if not params.concurrency or not all(1 <= c <= 512 for c in params.concurrency):
+            raise ValueError("concurrency levels must be 1..512")
+        return params
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """One request body as sent to every target."""
+
+    encoding: str
+    data: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    url: str
+
+
+def _image() -> np.ndarray[Any, Any]:
+    samples = json.loads(resources.files("gateway_plugin").joinpath("demo_digits.json").read_text("utf-8"))
+    return np.asarray(samples["samples"][0]["image"], dtype=np.float32).reshape(1, 1, 8, 8)
+
+
+def request_bodies() -> dict[str, Body]:
+    """One 8x8 digit, shape [1,1,8,8] FP32: a v2 JSON request and its binary-extension twin."""
+    tensor = Tensor.of("image", _image())
+    bodies: dict[str, Body] = {}
+    for encoding, binary in (("json", False), ("binary", True)):
+        encoded = encode_request([tensor], binary=binary)
+        headers = {"Content-Type": encoded.content_type}
+        if encoded.header_length is not None:
+            headers[HEADER_LENGTH] = str(encoded.header_length)
+        bodies[encoding] = Body(encoding, encoded.body, headers)
+    return bodies
+
+
+def _start(stack: ExitStack, nginx: str | None) -> dict[str, ServerProcess]:
+    """Node first (the others point at it), then the proxies and the gateway, all started before waiting."""
+    node = start_node(bundled_models(), "bench-node", threads=1)
+    stack.callback(node.stop)
+    servers = {"direct": node}
+    servers["passthrough"] = start_passthrough(node.url)
+    stack.callback(servers["passthrough"].stop)
+    if nginx is not None:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="distinfer-nginx-")))
+        servers["nginx"] = start_nginx(nginx, node.url, workdir)
+        stack.callback(servers["nginx"].stop)
+    gateway_env = {
+        "ENABLE_DISTRIBUTED_INFERENCE": "true",
+        "DISTINFER_NODES": node.url,
+        "DISTINFER_AUTH_DISABLED": "true",
+        "DISTINFER_PROBE_INTERVAL_S": "1",
+    }
+    servers["gateway"] = start_gateway(gateway_env)
+    stack.callback(servers["gateway"].stop)
+    for server in servers.values():
+        server.wait_ready(timeout_s=60.0)
+    return servers
+
+
+def _preflight(
+    targets: list[Target], bodies: dict[str, Body], wait_s: float = 15.0
+) -> tuple[list[Target], dict[str, Any], list[str]]:
+    """One request per target and encoding, answers decoded and compared: a target must give the node's answer."""
+    report: dict[str, Any] = {}
+    errors: list[str] = []
+    expected: dict[str, int] = {}
+    usable: list[Target] = []
+    with httpx.Client(timeout=10.0) as client:
+        for target in targets:
+            ok = True
+            for body in bodies.values():
+                deadline = time.monotonic() + wait_s
+                response = client.post(target.url, content=body.data, headers=body.headers)
+                while response.status_code >= 500 and time.monotonic() < deadline:  # the gateway may still probe
+                    time.sleep(0.2)
+                    response = client.post(target.url, content=body.data, headers=body.headers)
+                entry: dict[str, Any] = {"status": response.status_code, "bytes": len(response.content)}
+                entry["content_type"] = response.headers.get("content-type")
+                if response.headers.get("x-inference-mode"):
+                    entry["mode"] = response.headers["x-inference-mode"]
+                report.setdefault(target.name, {})[body.encoding] = entry
+                if response.status_code != 200:
+                    errors.append(f"{target.name} {body.encoding}: HTTP {response.status_code} {response.text[:200]!r}")
+                    ok = False
+                    continue
+                length = response.headers.get(HEADER_LENGTH)
+                decoded = decode_response(response.content, int(length) if length else None, Limits())
+                digit = int(np.argmax(decoded.outputs[0].data))
+                entry["digit"] = digit
+                if expected.setdefault(body.encoding, digit) != digit:
+                    errors.append(f"{target.name} {body.encoding}: answered {digit}, direct {expected[body.encoding]}")
+                    ok = False
+            if ok:
+                usable.append(target)
+    return usable, report, errors
+
+
+async def _measure(
+    targets: list[Target], bodies: dict[str, Body], params: OverheadParams, console: Console
+) -> list[Run]:
+    runs: list[Run] = []
+    for concurrency in params.concurrency:
+        for body in bodies.values():
+            for round_ in range(params.rounds):
+                shift = round_ % len(targets)
+                for target in targets[shift:] + targets[:shift]:
+                    spec = LoadSpec(
+                        url=target.url,
+                        body=body.data,
+                        headers=body.headers,
+                        concurrency=concurrency,
+                        duration_s=params.duration_s,
+                        warmup_s=params.warmup_s,
+                        timeout_s=params.timeout_s,
+                    )
+                    result = await run_load(spec)
+                    runs.append(Run(target.name, body.encoding, concurrency, round_ + 1, result))
+                    console.print(
+                        f"[dim]c={concurrency:<3} {body.encoding:<6} {round_ + 1}/{params.rounds} {target.name:<11} "
+                        f"p50 {result.p50_ms:7.3f} p99 {result.p99_ms:7.3f} ms {result.throughput:7.1f}/s "
+                        f"err {result.errors + result.timeouts} cpu {result.client_cpu_share:.0%}[/dim]",
+                        highlight=False,
+                    )
+    return runs
+
+
+def _machine() -> dict[str, Any]:
+    cpu_model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        cpu_model = names[0] if names else ""
+    return {
+        "nproc": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_model": cpu_model,
+        "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "aiohttp": aiohttp.__version__,
+    }
+
+
+def _warnings(runs: list[Run]) -> list[str]:
+    notes: list[str] = []
+    busy = [run for run in runs if run.result.client_cpu_share >= _CPU_SHARE_WARNING]
+    if busy:
+        where = sorted({f"{run.target}/{run.encoding}/c={run.concurrency}" for run in busy})
+        notes.append(
+            f"load generator used >= {_CPU_SHARE_WARNING:.0%} of a core in {len(busy)} runs ({', '.join(where)}): "
+            "those throughputs are bounded by the client, and their ratios compressed toward 1"
+        )
+    failed = [run for run in runs if run.result.errors or run.result.timeouts]
+    if failed:
+        notes.append(f"{len(failed)} runs had errors or timeouts (see runs[])")
+    return notes
+
+
+def run_overhead(params: OverheadParams, console: Console) -> dict[str, Any]:
+    """Start everything, check every target answers like the node, measure, stop everything."""
+    started = time.monotonic()
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    nginx = find_nginx()
+    machine = _machine()
+    bodies = request_bodies()
+    with ExitStack() as stack:
+        console.print("[bold]starting[/bold] node, pass-through" + (", nginx" if nginx else "") + ", gateway")
+        servers = _start(stack, nginx)
+        paths = {"direct": NODE_PATH, "passthrough": NODE_PATH, "nginx": NODE_PATH, "gateway": RELAY_PATH}
+        every = [Target(name, servers[name].url + paths[name]) for name in paths if name in servers]
+        targets, preflight, errors = _preflight(every, bodies)
+        setup_s = time.monotonic() - started
+        runs = asyncio.run(_measure(targets, bodies, params, console)) if len(targets) > 1 else []
+    measured = aggregate(runs)
+    by_encoding = ratios(measured, latency_at=min(params.concurrency), throughput_at=max(params.concurrency))
+    return {
+        "scenario": "overhead",
+        "started_at": started_at,
+        "wall_s": round(time.monotonic() - started, 2),
+        "setup_s": round(setup_s, 2),
+        "machine": machine,
+        "parameters": {**asdict(params), "model": MODEL, "body_bytes": {k: len(b.data) for k, b in bodies.items()}},
+        "targets_measured": {target.name: target.url for target in targets},
+        "nginx": nginx_version(nginx) if nginx else "not installed",
+        "preflight": preflight,
+        "errors": errors,
+        "results": measured,
+        "ratios": by_encoding,
+        "targets": judge(by_encoding),
+        "timeouts": {t.name: sum(run.result.timeouts for run in runs if run.target == t.name) for t in targets},
+        "warnings": _warnings(runs),
+        "runs": [run.as_dict() for run in runs],
+    }
