@@ -4,7 +4,7 @@ No `from __future__ import annotations` in router modules: FastAPI must resolve 
 closure-local callables at definition time.
 """
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -21,7 +21,9 @@ def _spec(spec: TensorSpec) -> dict[str, object]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
 
 
-def cluster_router(services: Callable[[], Services], route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
+def cluster_router(
+    services: Callable[[], Awaitable[Services]], route_class: type[ProblemRoute] = ProblemRoute
+) -> APIRouter:
     router = APIRouter(route_class=route_class, tags=["cluster"])
 
     @router.get("/models", summary="Models the cluster can serve, and where")

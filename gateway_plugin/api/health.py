@@ -1,7 +1,7 @@
 """`GET /health`, `/health/live`, `/health/ready`: the plugin and a summary of the cluster (no auth)."""
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -32,7 +32,9 @@ def summary(svc: Services) -> dict[str, Any]:
     }
 
 
-def health_router(services: Callable[[], Services], route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
+def health_router(
+    services: Callable[[], Awaitable[Services]], route_class: type[ProblemRoute] = ProblemRoute
+) -> APIRouter:
     router = APIRouter(route_class=route_class, tags=["health"])
 
     @router.get("/health", summary="Plugin health and cluster summary")

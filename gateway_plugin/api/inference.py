@@ -1,6 +1,6 @@
 """`POST /inference`: one request, routed to one node (or answered locally)."""
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -64,7 +64,9 @@ def build_call(services: Services, body: InferenceRequest, request_id: str) -> I
     )
 
 
-def inference_router(services: Callable[[], Services], route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
+def inference_router(
+    services: Callable[[], Awaitable[Services]], route_class: type[ProblemRoute] = ProblemRoute
+) -> APIRouter:
     router = APIRouter(route_class=route_class, tags=["inference"])
 
     @router.post(

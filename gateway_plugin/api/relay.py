@@ -6,7 +6,7 @@ JSON or binary as the client asked. Errors stay problem+json, with the v2 `error
 that v2 clients show the message.
 """
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -33,7 +33,9 @@ __all__ = ["relay_router"]
 _ENCODING_PARAMETERS = frozenset({"binary_data_output"})
 
 
-def relay_router(services: Callable[[], Services], route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
+def relay_router(
+    services: Callable[[], Awaitable[Services]], route_class: type[ProblemRoute] = ProblemRoute
+) -> APIRouter:
     router = APIRouter(route_class=route_class, tags=["open inference protocol"])
 
     @router.post(
