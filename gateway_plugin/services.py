@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from balancer.pool import NodePool
@@ -12,7 +13,7 @@ from gateway_plugin.local import LocalInference
 from gateway_plugin.settings import Settings
 from worker.protocol import Limits
 
-__all__ = ["Services"]
+__all__ = ["Services", "ServicesDependency"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,3 +25,7 @@ class Services:
     catalog: ModelCatalog
     local: LocalInference | None
     limits: Limits
+
+
+# What API modules receive: the plugin's `services` dependency (an async bound method).
+ServicesDependency = Callable[[], Awaitable[Services]]

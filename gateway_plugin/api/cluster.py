@@ -4,14 +4,13 @@ No `from __future__ import annotations` in router modules: FastAPI must resolve 
 closure-local callables at definition time.
 """
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
 from gateway_plugin.api.routing import ProblemRoute
 from gateway_plugin.api.schemas import ModelEntry, NodeEntry
-from gateway_plugin.services import Services
+from gateway_plugin.services import Services, ServicesDependency
 from worker.config import TensorSpec
 
 __all__ = ["cluster_router"]
@@ -21,9 +20,7 @@ def _spec(spec: TensorSpec) -> dict[str, object]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
 
 
-def cluster_router(
-    services: Callable[[], Awaitable[Services]], route_class: type[ProblemRoute] = ProblemRoute
-) -> APIRouter:
+def cluster_router(services: ServicesDependency, route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
     router = APIRouter(route_class=route_class, tags=["cluster"])
 
     @router.get("/models", summary="Models the cluster can serve, and where")

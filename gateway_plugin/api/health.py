@@ -1,14 +1,13 @@
 """`GET /health`, `/health/live`, `/health/ready`: the plugin and a summary of the cluster (no auth)."""
 
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from starlette.responses import JSONResponse
 
 from gateway_plugin.api.routing import ProblemRoute
-from gateway_plugin.services import Services
+from gateway_plugin.services import Services, ServicesDependency
 
 __all__ = ["health_router", "summary"]
 
@@ -32,9 +31,7 @@ def summary(svc: Services) -> dict[str, Any]:
     }
 
 
-def health_router(
-    services: Callable[[], Awaitable[Services]], route_class: type[ProblemRoute] = ProblemRoute
-) -> APIRouter:
+def health_router(services: ServicesDependency, route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
     router = APIRouter(route_class=route_class, tags=["health"])
 
     @router.get("/health", summary="Plugin health and cluster summary")

@@ -1,6 +1,5 @@
 """`POST /inference`: one request, routed to one node (or answered locally)."""
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -12,7 +11,7 @@ from gateway_plugin.api.schemas import InferenceRequest, InferenceResponse
 from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.errors import Unprocessable
 from gateway_plugin.inputs import to_tensors
-from gateway_plugin.services import Services
+from gateway_plugin.services import Services, ServicesDependency
 from worker.engine import check_inputs
 from worker.protocol import dumps
 from worker.protocol.codec import json_tensor
@@ -64,9 +63,7 @@ def build_call(services: Services, body: InferenceRequest, request_id: str) -> I
     )
 
 
-def inference_router(
-    services: Callable[[], Awaitable[Services]], route_class: type[ProblemRoute] = ProblemRoute
-) -> APIRouter:
+def inference_router(services: ServicesDependency, route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
     router = APIRouter(route_class=route_class, tags=["inference"])
 
     @router.post(

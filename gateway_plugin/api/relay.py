@@ -6,7 +6,6 @@ JSON or binary as the client asked. Errors stay problem+json, with the v2 `error
 that v2 clients show the message.
 """
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -16,7 +15,7 @@ from gateway_plugin.api.inference import outcome_headers
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.dispatch import InferenceCall
 from gateway_plugin.errors import DistinferError, UnknownModel, from_worker
-from gateway_plugin.services import Services
+from gateway_plugin.services import Services, ServicesDependency
 from worker.engine import check_inputs
 from worker.errors import WorkerError
 from worker.protocol import (
@@ -33,9 +32,7 @@ __all__ = ["relay_router"]
 _ENCODING_PARAMETERS = frozenset({"binary_data_output"})
 
 
-def relay_router(
-    services: Callable[[], Awaitable[Services]], route_class: type[ProblemRoute] = ProblemRoute
-) -> APIRouter:
+def relay_router(services: ServicesDependency, route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
     router = APIRouter(route_class=route_class, tags=["open inference protocol"])
 
     @router.post(
