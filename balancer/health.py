@@ -3,7 +3,11 @@
 A node that answers ready is described (server metadata for the binary extension and its id,
 the repository index and each model's metadata) when it comes online and every
 `refresh_every` probes after, so routing follows the models a node loads or drops. A node that
-stops answering goes `offline` until it answers again.
+stops answering goes `offline` until it answers again. What a node advertises about its hardware
+and labels goes to `on_labels` (the pool's `learn_labels`), for the `capability` strategy.
+
+Active probes only say whether a node is up; whether its answers are good is passive health
+(`balancer.outlier`, `balancer.breaker`), fed by real traffic through the pool's leases.
 """
 
 from __future__ import annotations
@@ -11,16 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 from discovery.node import ModelInfo, Node, NodeStatus
 from discovery.registry import NodeAdded, NodeEvent, NodeRegistry
 from worker.client import NodeClient
 from worker.config import TensorSpec
-from worker.errors import NodeCallError
+from worker.errors import NodeCallError, NodeUnreachable
 from worker.protocol.models import MetadataTensor, ModelMetadata
 
-__all__ = ["HealthProber", "describe_node"]
+__all__ = ["HealthProber", "advertised_labels", "describe_node"]
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +52,21 @@ def _model_info(meta: ModelMetadata) -> ModelInfo:
     )
 
 
+def advertised_labels(server: Mapping[str, Any]) -> dict[str, str]:
+    """What a node says about itself in `GET /v2` (`labels`: device, memory_mb, cpus, capacity, --label)."""
+    labels = server.get("labels")
+    if not isinstance(labels, dict):
+        return {}
+    return {str(k): str(v) for k, v in labels.items() if isinstance(v, str | int | float) and not isinstance(v, bool)}
+
+
 async def describe_node(client: NodeClient, node: Node) -> dict[str, object]:
     """The registry fields a ready node's metadata gives: models, binary support, advertised id."""
+    changes, _ = await _describe(client, node)
+    return changes
+
+
+async def _describe(client: NodeClient, node: Node) -> tuple[dict[str, object], dict[str, str]]:
     server = await client.server_metadata(node.url)
     index = await client.repository_index(node.url)
     names = [entry.name for entry in index or [] if entry.state in (None, "READY")]
@@ -59,14 +78,26 @@ async def describe_node(client: NodeClient, node: Node) -> dict[str, object]:
     advertised = server.get("node_id")
     if node.spec.node_id is None and isinstance(advertised, str) and advertised:
         changes["node_id"] = advertised
-    return changes
+    return changes, advertised_labels(server)
 
 
 class HealthProber:
     def __init__(
-        self, registry: NodeRegistry, client: NodeClient, *, interval_s: float, refresh_every: int = 10
+        self,
+        registry: NodeRegistry,
+        client: NodeClient,
+        *,
+        interval_s: float,
+        refresh_every: int = 10,
+        on_labels: Callable[[str, Mapping[str, str]], None] | None = None,
+        unhealthy_after: int = 3,
     ) -> None:
         self._registry = registry
+        # A node busy with a big batch may miss one probe; only a run of misses takes it out.
+        # A refused connection is different: nothing listens there, so it goes at once.
+        self._unhealthy_after = unhealthy_after
+        self._misses: dict[str, int] = {}
+        self._on_labels = on_labels
         self._client = client
         self._interval = interval_s
         self._refresh_every = refresh_every
@@ -90,19 +121,39 @@ class HealthProber:
         self._rounds += 1
         await asyncio.gather(*(self.probe(node, refresh=refresh) for node in self._registry.nodes()))
 
+    async def _models_changed(self, node: Node) -> bool:
+        """One small call a round (the repository index), so routing follows a node that loads or
+        drops a model within a probe interval; servers without the extension wait for `refresh`."""
+        try:
+            index = await self._client.repository_index(node.url)
+        except NodeCallError:
+            return True  # let the full description say what is wrong
+        if index is None:
+            return False
+        return {entry.name for entry in index if entry.state in (None, "READY")} != set(node.advertised)
+
     async def probe(self, node: Node, *, refresh: bool = False) -> None:
-        if not await self._client.ready(node.url):
-            if node.status is not NodeStatus.OFFLINE:
-                log.warning("node %s is not ready: offline", node.node_id)
-            self._registry.update(node.key, status=NodeStatus.OFFLINE, last_error="not ready")
+        # `health` is what probes saw last; `status` may be an admin's hold, which probes never lift.
+        try:
+            await self._client.check_ready(node.url)
+        except NodeCallError as exc:
+            misses = self._misses[node.key] = self._misses.get(node.key, 0) + 1
+            if isinstance(exc, NodeUnreachable) or misses >= self._unhealthy_after:
+                if node.health is not NodeStatus.OFFLINE:
+                    log.warning("node %s is not ready (%s): offline", node.node_id, exc.message)
+                self._registry.update(node.key, status=NodeStatus.OFFLINE, last_error=exc.message)
             return
+        self._misses.pop(node.key, None)
         changes: dict[str, object] = {}
-        if refresh or node.status is not NodeStatus.ONLINE or not node.models:
+        stale = refresh or node.health is not NodeStatus.ONLINE or not node.advertised
+        if stale or await self._models_changed(node):
             try:
-                changes = await describe_node(self._client, node)
+                changes, labels = await _describe(self._client, node)
             except NodeCallError as exc:
                 self._registry.update(node.key, status=NodeStatus.ERROR, last_error=exc.message)
                 return
-        if node.status is not NodeStatus.ONLINE:
+            if self._on_labels is not None:
+                self._on_labels(node.key, labels)
+        if node.health is not NodeStatus.ONLINE:
             log.info("node %s is online", node.node_id)
         self._registry.update(node.key, status=NodeStatus.ONLINE, last_error=None, **changes)

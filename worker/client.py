@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from pydantic import TypeAdapter, ValidationError
 
-from worker.errors import NodeRejected, NodeServerError, NodeTimeout, NodeUnreachable, WorkerError
+from worker.errors import NodeCallError, NodeRejected, NodeServerError, NodeTimeout, NodeUnreachable, WorkerError
 from worker.protocol import (
     HEADER_LENGTH,
     DecodedResponse,
@@ -27,6 +28,7 @@ from worker.protocol import (
     parse_header_length,
 )
 from worker.protocol.models import ModelMetadata, RepositoryEntry, ServerMetadata
+from worker.stream_client import open_generate_stream
 
 __all__ = ["NodeClient"]
 
@@ -50,8 +52,11 @@ class NodeClient:
         limits: Limits | None = None,
         max_response_bytes: int = 256 * 1024 * 1024,
         probe_timeout_s: float = 1.0,
+        token: str | None = None,
     ) -> None:
         self._session = session
+        # The node token (DISTINFER_NODE_TOKEN), on every call; nodes compare it in constant time.
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._limits = limits or Limits()
         self._max_response_bytes = max_response_bytes
         self._probe_timeout = probe_timeout_s
@@ -65,6 +70,8 @@ class NodeClient:
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> _Reply:
+        if self._auth:
+            headers = {**self._auth, **(headers or {})}
         try:
             async with self._session.request(
                 method, url, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
@@ -72,26 +79,46 @@ class NodeClient:
                 declared = response.content_length
                 if declared is not None and declared > self._max_response_bytes:
                     raise NodeServerError(f"{url}: response of {declared} bytes is over the limit", node_url=url)
-                body = await response.content.read(self._max_response_bytes + 1)
-                if len(body) > self._max_response_bytes:
-                    raise NodeServerError(f"{url}: response is over {self._max_response_bytes} bytes", node_url=url)
+                body = await self._read_all(response, url)
                 reply = _Reply(response.status, response.headers, body)
         except TimeoutError as exc:
             raise NodeTimeout(f"{url}: no answer within {timeout_s:.3g}s", node_url=url) from exc
         except aiohttp.ClientError as exc:
             raise NodeUnreachable(f"{url}: {type(exc).__name__}: {exc}", node_url=url) from exc
+        if reply.status in (401, 403):
+            # The node refuses the gateway, not the request: a configuration fault, another node may do.
+            raise NodeServerError(f"{url}: {reply.status}: the node refused the gateway's node token", node_url=url)
         if reply.status >= 500:
             raise NodeServerError(f"{url}: {reply.status} {_error_text(reply.body)}", node_url=url, status=reply.status)
         if reply.status >= 400:
             raise NodeRejected(_error_text(reply.body), node_url=url, status=reply.status)
         return reply
 
+    async def _read_all(self, response: aiohttp.ClientResponse, url: str) -> bytes:
+        """The whole body, however it arrives, refusing it once it passes the limit.
+
+        `StreamReader.read(n)` returns whatever is buffered (up to n), not the whole body: a 1 MB
+        answer once came back as its first 128 KB.
+        """
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > self._max_response_bytes:
+                raise NodeServerError(f"{url}: response is over {self._max_response_bytes} bytes", node_url=url)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def ready(self, base_url: str) -> bool:
         try:
-            await self._call("GET", f"{base_url}/v2/health/ready", timeout_s=self._probe_timeout)
-        except (NodeUnreachable, NodeTimeout, NodeServerError, NodeRejected):
+            await self.check_ready(base_url)
+        except NodeCallError:
             return False
         return True
+
+    async def check_ready(self, base_url: str) -> None:
+        """`GET /v2/health/ready`; raises the NodeCallError saying why it is not ready."""
+        await self._call("GET", f"{base_url}/v2/health/ready", timeout_s=self._probe_timeout)
 
     async def server_metadata(self, base_url: str) -> dict[str, Any]:
         """`GET /v2`, validated, with any extra fields the server adds (ours adds `node_id`)."""
@@ -149,6 +176,27 @@ class NodeClient:
         except WorkerError as exc:
             # A node that answers 200 with garbage is a sick node, not a bad request.
             raise NodeServerError(f"{url}: undecodable response: {exc}", node_url=base_url) from exc
+
+    def generate_stream(
+        self,
+        base_url: str,
+        model: str,
+        payload: Mapping[str, Any],
+        *,
+        connect_timeout_s: float,
+        idle_timeout_s: float,
+        request_id: str | None = None,
+    ) -> AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]:
+        """`POST /v2/models/{m}/generate_stream`: a context whose value iterates the node's events."""
+        headers = {**self._auth, **({"X-Request-ID": request_id} if request_id else {})}
+        return open_generate_stream(
+            self._session,
+            f"{base_url}/v2/models/{model}/generate_stream",
+            payload,
+            headers=headers,
+            connect_timeout_s=connect_timeout_s,
+            idle_timeout_s=idle_timeout_s,
+        )
 
 
 def _json(body: bytes, url: str) -> Any:

@@ -1,25 +1,53 @@
-"""The interface every balancing strategy implements; one strategy per file."""
+"""The interface every balancing strategy implements; one strategy per file.
+
+A strategy sees the request (`PickContext`), the nodes it may choose from (healthy, serving the
+model, breaker closed or on trial) and read-only `Signals` the pool keeps per node. It is
+synchronous and never waits: it runs on the request path. Ties are broken with the injected
+`rng`, never by registration order.
+"""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from discovery.node import Node
 
-__all__ = ["InFlight", "Strategy"]
+__all__ = ["PickContext", "Signals", "Strategy", "pick_fewest"]
 
-InFlight = Callable[[str], int]
+
+@dataclass(frozen=True, slots=True)
+class PickContext:
+    model: str
+    affinity_key: str | None = None  # a session id; model_affinity hashes the model without one
+
+
+class Signals(Protocol):
+    """What the pool knows about each node, by node key."""
+
+    def in_flight(self, key: str) -> int: ...
+
+    def latency_cost(self, key: str) -> float:
+        """Peak EWMA latency (s) x (in flight + 1) over its usual in flight; 0 for a node never observed and idle."""
+        ...
+
+    def labels(self, node: Node) -> Mapping[str, str]:
+        """The node's labels: its discovery labels over what it advertises about its hardware."""
+        ...
 
 
 class Strategy(Protocol):
-    """Chooses one of `candidates` (never empty, all healthy, all serving the model).
-
-    Synchronous and non-blocking: it runs on the request path. Ties are broken with `rng`, never
-    by registration order.
-    """
-
     name: str
 
-    def choose(self, model: str, candidates: Sequence[Node], in_flight: InFlight, rng: random.Random) -> Node: ...
+    def choose(self, ctx: PickContext, candidates: Sequence[Node], signals: Signals, rng: random.Random) -> Node | None:
+        """One of `candidates` (never empty); None only when none of them may serve the request."""
+        ...
+
+
+def pick_fewest(candidates: Sequence[Node], signals: Signals, rng: random.Random) -> Node:
+    """The node with the fewest requests in flight; ties at random."""
+    fewest = min(signals.in_flight(node.key) for node in candidates)
+    tied = [node for node in candidates if signals.in_flight(node.key) == fewest]
+    return tied[0] if len(tied) == 1 else rng.choice(tied)

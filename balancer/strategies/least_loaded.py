@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from balancer.strategies.base import InFlight
+from balancer.strategies.base import PickContext, Signals, pick_fewest
 from discovery.node import Node
 
 __all__ = ["LeastLoaded"]
@@ -14,7 +14,5 @@ __all__ = ["LeastLoaded"]
 class LeastLoaded:
     name = "least_loaded"
 
-    def choose(self, model: str, candidates: Sequence[Node], in_flight: InFlight, rng: random.Random) -> Node:
-        fewest = min(in_flight(node.key) for node in candidates)
-        tied = [node for node in candidates if in_flight(node.key) == fewest]
-        return tied[0] if len(tied) == 1 else rng.choice(tied)
+    def choose(self, ctx: PickContext, candidates: Sequence[Node], signals: Signals, rng: random.Random) -> Node:
+        return pick_fewest(candidates, signals, rng)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from balancer.strategies.base import InFlight
+from balancer.strategies.base import PickContext, Signals
 from discovery.node import Node
 
 __all__ = ["RoundRobin"]
@@ -15,12 +15,12 @@ class RoundRobin:
     name = "round_robin"
 
     def __init__(self) -> None:
-        self._next: dict[str, int] = {}
+        self._next: dict[str, int] = {}  # one turn per model: bounded by the models the cluster serves
 
-    def choose(self, model: str, candidates: Sequence[Node], in_flight: InFlight, rng: random.Random) -> Node:
+    def choose(self, ctx: PickContext, candidates: Sequence[Node], signals: Signals, rng: random.Random) -> Node:
         # Start each model at a random offset so that several gateways do not move in lockstep.
-        turn = self._next.get(model)
+        turn = self._next.get(ctx.model)
         if turn is None:
             turn = rng.randrange(len(candidates))
-        self._next[model] = turn + 1
+        self._next[ctx.model] = turn + 1
         return candidates[turn % len(candidates)]

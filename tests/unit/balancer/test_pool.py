@@ -170,7 +170,14 @@ def test_strategy_names_are_checked(registry: NodeRegistry) -> None:
     add(registry, "a", NodeStatus.ONLINE, "digits")
     assert pool.check_strategy(None) == "least_loaded"
     assert pool.check_strategy("round_robin") == "round_robin"
-    assert pool.strategy_names == ["least_loaded", "round_robin"]
+    assert pool.strategy_names == [
+        "capability",
+        "latency",
+        "least_loaded",
+        "model_affinity",
+        "round_robin",
+        "weighted",
+    ]
     with pytest.raises(UnknownStrategy):
         pool.check_strategy("fastest")
     with pytest.raises(UnknownStrategy):

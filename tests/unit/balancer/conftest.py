@@ -1,0 +1,121 @@
+"""Shared pieces for balancer tests: a fake clock, fake pool signals, node records, and a small v2 server.
+
+The v2 server is real (aiohttp on loopback) and reached by the real NodeClient; the clock and the
+signals are fakes of the pool's own injected collaborators, so strategies and state machines can
+be tested alone and deterministically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import pytest
+from aiohttp import web
+
+from discovery.node import ModelInfo, Node, NodeSpec, NodeStatus
+from worker.config import TensorSpec
+
+INFO = ModelInfo(
+    name="digits",
+    version="1",
+    platform="onnxruntime_onnx",
+    inputs=(TensorSpec(name="image", datatype="FP32", shape=(-1, 1, 8, 8)),),
+    outputs=(TensorSpec(name="logits", datatype="FP32", shape=(-1, 10)),),
+    max_batch_size=256,
+)
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@dataclass
+class FakeSignals:
+    """What the pool would tell a strategy: in-flight counts, latency costs and labels, by node key."""
+
+    loads: dict[str, int] = field(default_factory=dict)
+    costs: dict[str, float] = field(default_factory=dict)
+    node_labels: dict[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def in_flight(self, key: str) -> int:
+        return self.loads.get(key, 0)
+
+    def latency_cost(self, key: str) -> float:
+        return self.costs.get(key, 0.0)
+
+    def labels(self, node: Node) -> Mapping[str, str]:
+        return {**node.spec.labels, **self.node_labels.get(node.key, {})}
+
+
+def make_nodes(count: int, *, weights: Sequence[float] | None = None) -> list[Node]:
+    """`count` online nodes serving digits, on distinct loopback addresses, with optional weights."""
+    nodes = []
+    for index in range(count):
+        weight = weights[index] if weights is not None else 1.0
+        spec = NodeSpec(url=f"http://127.0.0.{index + 1}:8000", node_id=f"n{index}", weight=weight)
+        node = Node.from_spec(spec, "static").with_changes(
+            status=NodeStatus.ONLINE, models=MappingProxyType({"digits": INFO})
+        )
+        nodes.append(node)
+    return nodes
+
+
+class V2Node:
+    def __init__(self) -> None:
+        self.models = {"digits"}
+        self.ready = True
+        self.index_calls = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v2", self.server)
+        app.router.add_get("/v2/health/ready", self.health)
+        app.router.add_post("/v2/repository/index", self.index)
+        app.router.add_get("/v2/models/{m}", self.metadata)
+        return app
+
+    async def server(self, _: web.Request) -> web.Response:
+        return web.json_response({"name": "fake", "version": "1", "extensions": [], "node_id": "v2-fake"})
+
+    async def health(self, _: web.Request) -> web.Response:
+        return web.Response(status=200 if self.ready else 503)
+
+    async def index(self, _: web.Request) -> web.Response:
+        self.index_calls += 1
+        return web.json_response([{"name": m, "version": "1", "state": "READY"} for m in sorted(self.models)])
+
+    async def metadata(self, request: web.Request) -> web.Response:
+        name = request.match_info["m"]
+        if name not in self.models:
+            return web.json_response({"error": f"unknown model {name}"}, status=404)
+        tensor = [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+        return web.json_response(
+            {"name": name, "versions": ["1"], "platform": "onnxruntime_onnx", "inputs": tensor, "outputs": tensor}
+        )
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[V2Node, str]]:
+    node = V2Node()
+    runner = web.AppRunner(node.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield node, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    await runner.cleanup()

@@ -1,0 +1,242 @@
+"""The pool with passive health: leases feed breakers, ejection, panic mode, busy nodes, trust, signals."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from types import MappingProxyType
+
+import pytest
+
+from balancer.breaker import BreakerState
+from balancer.outlier import EjectionPolicy
+from balancer.pool import NodePool, PoolConfig
+from balancer.strategies import default_strategies
+from balancer.trust import TrustLedger, TrustPolicy
+from discovery.node import NodeSpec, NodeStatus
+from discovery.registry import NodeRegistry
+from tests.unit.balancer.conftest import INFO, FakeClock
+from worker.errors import NodeRejected, NodeServerError, NodeUnreachable
+
+EJECTION = EjectionPolicy(consecutive_failures=3, base_ejection_s=2, max_ejection_s=16)
+BOOM = NodeServerError("500 boom", node_url="http://x", status=500)
+
+
+def setup(clock: FakeClock, count: int = 3, **config: object) -> tuple[NodeRegistry, NodePool, list[str]]:
+    registry = NodeRegistry()
+    pool = NodePool(
+        registry,
+        default_strategies(),
+        default_strategy="round_robin",
+        rng=random.Random(0),
+        config=PoolConfig(ejection=EJECTION, **config),  # type: ignore[arg-type]
+        trust=TrustLedger(TrustPolicy(), clock),
+        clock=clock,
+    )
+    keys = [f"http://n{index}:8000" for index in range(count)]
+    registry.reset("static", [NodeSpec(key, node_id=f"n{index}") for index, key in enumerate(keys)])
+    for key in keys:
+        registry.update(key, status=NodeStatus.ONLINE, models=MappingProxyType({"digits": INFO}))
+    return registry, pool, keys
+
+
+def fail(pool: NodePool, key: str, times: int, error: Exception = BOOM) -> None:
+    for _ in range(times):
+        lease = pool.pick("digits", exclude=frozenset(n.key for n in pool.candidates("digits") if n.key != key))
+        assert lease is not None
+        assert lease.node.key == key
+        lease.report(0.001, error)  # type: ignore[arg-type]
+        lease.done()
+
+
+def spread(pool: NodePool, picks: int = 60) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    for _ in range(picks):
+        lease = pool.pick("digits")
+        assert lease is not None
+        seen[lease.node.key] += 1
+        lease.report(0.001)
+        lease.done()
+    return seen
+
+
+def test_failing_node_is_ejected_then_trialled_then_back(clock: FakeClock) -> None:
+    registry, pool, (a, b, c) = setup(clock)
+    fail(pool, a, 3)
+    assert pool.breaker(a).state is BreakerState.OPEN
+    node_a = registry.get(a)
+    assert node_a is not None
+    assert pool.status(node_a) is NodeStatus.ERROR  # ejected: shown as error, probes still say online
+    assert set(spread(pool)) == {b, c}
+    clock.advance(2.1)
+    assert pool.breaker(a).state is BreakerState.HALF_OPEN
+    while (lease := pool.pick("digits")) is not None and lease.node.key != a:
+        lease.done()
+    assert lease is not None
+    assert lease.trial
+    assert pool.pick("digits", exclude=frozenset({b, c})).panic  # type: ignore[union-attr]  # slot taken
+    lease.report(0.001)
+    assert pool.breaker(a).state is BreakerState.CLOSED  # the trial succeeded
+    assert set(spread(pool)) == {a, b, c}
+    assert pool.status(node_a) is NodeStatus.ONLINE
+
+
+def test_a_failed_trial_ejects_for_longer(clock: FakeClock) -> None:
+    _, pool, (a, _, _) = setup(clock)
+    fail(pool, a, 3)
+    clock.advance(2.1)
+    fail(pool, a, 1)
+    assert pool.breaker(a).state is BreakerState.OPEN
+    assert pool.breaker(a).open_for_s == pytest.approx(4.0)
+
+
+def test_cancelled_trial_frees_the_slot(clock: FakeClock) -> None:
+    _, pool, (a, b, c) = setup(clock)
+    fail(pool, a, 3)
+    clock.advance(2.1)
+    lease = pool.pick("digits", exclude=frozenset({b, c}))
+    assert lease is not None
+    assert lease.trial
+    assert pool.pick("digits", exclude=frozenset({b, c})) is not None  # panic: the only one left
+    lease.done()  # cancelled (a hedge that lost): no outcome
+    again = pool.pick("digits", exclude=frozenset({b, c}))
+    assert again is not None
+    assert again.trial
+
+
+def test_rejections_never_count_and_unreachable_goes_offline(clock: FakeClock) -> None:
+    registry, pool, (a, b, _) = setup(clock)
+    fail(pool, a, 10, NodeRejected("bad input", node_url=a, status=400))
+    assert pool.breaker(a).state is BreakerState.CLOSED
+    fail(pool, b, 1, NodeUnreachable("refused", node_url=b))
+    node_b = registry.get(b)
+    assert node_b is not None
+    assert node_b.status is NodeStatus.OFFLINE
+    assert b not in {node.key for node in pool.candidates("digits")}
+
+
+def test_panic_routes_to_the_least_bad_when_everything_is_ejected(clock: FakeClock) -> None:
+    registry, pool, (a, b, c) = setup(clock)
+    assert pool.panic_models() == []
+    fail(pool, b, 3)
+    clock.advance(2.1)
+    fail(pool, b, 1)  # b failed its trial: two trips, worse than the others
+    fail(pool, a, 3)
+    fail(pool, c, 3)
+    assert pool.panic_models() == ["digits"]
+    picks = Counter()
+    for _ in range(20):
+        lease = pool.pick("digits")
+        assert lease is not None
+        assert lease.panic
+        picks[lease.node.key] += 1
+        lease.done()
+    assert b not in picks  # two trips: the worst
+    assert pool.panic_picks == 20
+    node = registry.get(a)
+    assert node is not None
+    assert pool.status(node) is NodeStatus.ERROR
+
+
+def test_panic_threshold_percent(clock: FakeClock) -> None:
+    _, pool, (a, _, _) = setup(clock, panic_threshold=70.0)
+    fail(pool, a, 3)  # 2 of 3 admitted = 66 % < 70 %: panic
+    assert pool.panic_models() == ["digits"]
+
+
+def test_busy_nodes_are_skipped_and_shown_busy_until_all_are(clock: FakeClock) -> None:
+    registry, pool, keys = setup(clock, count=2, max_in_flight=1)
+    first = pool.pick("digits", strategy="least_loaded")
+    second = pool.pick("digits", strategy="round_robin")
+    assert first is not None
+    assert second is not None
+    assert first.node.key != second.node.key  # round robin would not skip a busy node by itself
+    statuses = {key: pool.status(registry.get(key)) for key in keys}  # type: ignore[arg-type]
+    assert set(statuses.values()) == {NodeStatus.BUSY}
+    third = pool.pick("digits")  # everyone at the limit: spill over rather than refuse
+    assert third is not None
+
+
+def test_quarantined_nodes_get_no_traffic(clock: FakeClock) -> None:
+    _, pool, (a, b, c) = setup(clock)
+    for _ in range(3):
+        pool.trust.outvoted(a)
+    assert pool.trust.quarantined(a)
+    assert set(spread(pool)) == {b, c}
+    clock.advance(TrustPolicy().quarantine_s + 1)
+    assert set(spread(pool)) == {a, b, c}  # on probation
+
+
+def test_latency_cost_signals(clock: FakeClock) -> None:
+    _, pool, (a, b, _) = setup(clock)
+    assert pool.latency_cost(a) == 0.0  # never seen, idle: worth a try
+    lease = pool.pick("digits", exclude=frozenset({b, "http://n2:8000"}))
+    assert lease is not None
+    assert pool.latency_cost(a) > 1000  # never seen and already busy: do not pile on
+    lease.report(0.004)
+    assert pool.latency_cost(a) == pytest.approx(0.008)  # 4 ms x (1 in flight + 1)
+    lease.done()
+    assert pool.latency_cost(a) == pytest.approx(0.004)
+    assert pool.latency_ewma_s(a) == pytest.approx(0.004)
+    fail(pool, a, 1)  # a fast failure must not make the node look fast
+    assert pool.latency_cost(a) == pytest.approx(0.008)
+
+
+def test_latency_strategy_shuns_the_slow_node(clock: FakeClock) -> None:
+    _, pool, keys = setup(clock, count=4)
+    times = dict(zip(keys, (0.002, 0.002, 0.002, 0.020), strict=True))
+    seen: Counter[str] = Counter()
+    for _ in range(2000):
+        lease = pool.pick("digits", strategy="latency")
+        assert lease is not None
+        seen[lease.node.key] += 1
+        clock.advance(0.001)
+        lease.report(times[lease.node.key])
+        lease.done()
+    assert seen[keys[3]] < 20  # 10x slower: at most its first tries and the idle decay's retries
+    assert all(seen[key] > 500 for key in keys[:3])
+
+
+def test_labels_merge_advertised_under_discovery(clock: FakeClock) -> None:
+    registry, pool, _ = setup(clock, count=0)
+    registry.reset("static", [NodeSpec("http://z:1", labels=MappingProxyType({"zone": "a", "device": "cpu"}))])
+    node = registry.get("http://z:1")
+    assert node is not None
+    assert pool.labels(node) == {"zone": "a", "device": "cpu"}
+    pool.learn_labels(node.key, {"device": "cuda", "memory_mb": "1000"})
+    assert pool.labels(node) == {"zone": "a", "device": "cpu", "memory_mb": "1000"}
+
+
+def test_latency_cost_does_not_count_a_node_s_usual_queue_twice(clock: FakeClock) -> None:
+    # A fast node that usually has 1-3 in flight answers in 14 ms (its queue included); an idle slow
+    # node answers in 45 ms. With two in flight now, Finagle's 14 ms x 3 = 42 ms would make the two
+    # look alike; relative to its usual load (2) the fast node costs 21 ms.
+    _, pool, (fast, slow, other) = setup(clock)
+    only = {fast: frozenset({slow, other}), slow: frozenset({fast, other})}
+    for _ in range(200):
+        leases = [pool.pick("digits", exclude=only[fast]) for _ in range(3)]
+        for lease in leases:
+            lease.report(0.014)  # type: ignore[union-attr]
+            lease.done()  # type: ignore[union-attr]
+    lease = pool.pick("digits", exclude=only[slow])
+    assert lease is not None
+    lease.report(0.045)
+    lease.done()
+    held = [pool.pick("digits", exclude=only[fast]) for _ in range(2)]
+    assert pool.in_flight(fast) == 2
+    assert pool.latency_cost(fast) == pytest.approx(0.021, rel=0.05)
+    assert pool.latency_cost(slow) == pytest.approx(0.045, rel=0.01)
+    for lease in held:
+        lease.done()  # type: ignore[union-attr]
+
+
+def test_a_slow_node_holding_many_requests_is_not_discounted(clock: FakeClock) -> None:
+    # Round robin kept 6 requests at a time on a slow node (each takes 100 ms): its "usual" load is
+    # high because it is slow. Idle now, it must still cost its full latency, not a sixth of it.
+    _, pool, (slow, b, c) = setup(clock)
+    for _ in range(100):
+        leases = [pool.pick("digits", exclude=frozenset({b, c})) for _ in range(6)]
+        for lease in leases:
+            lease.report(0.100)  # type: ignore[union-attr]
+            lease.done()  # type: ignore[union-attr]
+    assert pool.latency_cost(slow) == pytest.approx(0.100, rel=0.01)

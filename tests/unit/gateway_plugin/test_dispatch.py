@@ -1,0 +1,194 @@
+"""The dispatcher over a real pool and a fake node client: retries, budget, deadline, hedging, feedback."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pytest
+
+from balancer import BreakerState, EjectionPolicy, HedgePolicy, NodePool, PoolConfig, RetryBudget, RetryPolicy
+from balancer.strategies import default_strategies
+from discovery.node import ModelInfo, NodeSpec, NodeStatus
+from discovery.registry import NodeRegistry
+from gateway_plugin.dispatch import Dispatcher, InferenceCall
+from gateway_plugin.errors import BadRequest, DeadlineExceeded, NoCapacity
+from worker.config import TensorSpec
+from worker.errors import NodeRejected, NodeServerError, NodeTimeout, NodeUnreachable
+from worker.protocol import DecodedResponse, Tensor
+
+INFO = ModelInfo(
+    "m",
+    "1",
+    "onnx",
+    (TensorSpec(name="x", datatype="FP32", shape=(-1, 1)),),
+    (TensorSpec(name="y", datatype="FP32", shape=(-1, 1)),),
+)
+INPUT = [Tensor.of("x", np.zeros((1, 1), np.float32))]
+
+Behaviour = Callable[[], Any]  # returns seconds to wait then answer, or raises
+
+
+class FakeClient:
+    """Per node URL: a delay before answering, or an error to raise; records every call."""
+
+    def __init__(self) -> None:
+        self.delay: dict[str, float] = {}
+        self.error: dict[str, Exception] = {}
+        self.calls: list[str] = []
+        self.fail_once: dict[str, bool] = {}
+
+    async def infer(self, url: str, model: str, inputs: Any, *, timeout_s: float, **_: Any) -> DecodedResponse:
+        self.calls.append(url)
+        if url in self.error:
+            raise self.error[url]
+        if self.fail_once.pop(url, None) is not None:
+            raise NodeTimeout(f"{url}: a hiccup", node_url=url)
+        delay = self.delay.get(url, 0.0)
+        if delay > timeout_s:
+            await asyncio.sleep(timeout_s)
+            raise NodeTimeout(f"{url}: no answer", node_url=url)
+        await asyncio.sleep(delay)
+        return DecodedResponse(model, "1", None, {}, [Tensor.of("y", np.ones((1, 1), np.float32))])
+
+
+def cluster(count: int, **pool_config: Any) -> tuple[NodePool, list[str]]:
+    registry = NodeRegistry()
+    pool = NodePool(
+        registry,
+        default_strategies(),
+        default_strategy="round_robin",
+        rng=random.Random(0),
+        config=PoolConfig(ejection=EjectionPolicy(consecutive_failures=2, base_ejection_s=60), **pool_config),
+    )
+    urls = [f"http://n{index}:1" for index in range(count)]
+    registry.reset("static", [NodeSpec(url, node_id=f"n{index}") for index, url in enumerate(urls)])
+    for url in urls:
+        registry.update(url, status=NodeStatus.ONLINE, models=MappingProxyType({"m": INFO}))
+    return pool, urls
+
+
+def call(timeout_s: float = 2.0, **fields: Any) -> InferenceCall:
+    return InferenceCall(model="m", inputs=INPUT, request_id="r", timeout_s=timeout_s, **fields)
+
+
+async def test_server_errors_retry_on_another_node_and_feed_the_breaker() -> None:
+    pool, (a, _) = cluster(2)
+    client = FakeClient()
+    client.error[a] = NodeServerError("500", node_url=a, status=500)
+    dispatcher = Dispatcher(pool, client, retry=RetryPolicy(max_attempts=3))  # type: ignore[arg-type]
+    outcomes = [await dispatcher.infer(call()) for _ in range(6)]
+    assert {o.node_id for o in outcomes} == {"n1"}
+    assert pool.breaker(a).state is BreakerState.OPEN  # two failures in a row: ejected
+    assert client.calls.count(a) == 2  # and no more traffic after that
+    assert max(o.attempts for o in outcomes) == 2
+
+
+async def test_rejections_are_never_retried() -> None:
+    pool, (a, b) = cluster(2)
+    client = FakeClient()
+    client.error[a] = client.error[b] = NodeRejected("bad shape", node_url=a, status=400)
+    dispatcher = Dispatcher(pool, client, retry=RetryPolicy(max_attempts=5))  # type: ignore[arg-type]
+    with pytest.raises(BadRequest):
+        await dispatcher.infer(call())
+    assert len(client.calls) == 1
+
+
+async def test_unreachable_node_is_taken_offline_and_retried() -> None:
+    pool, (a, b) = cluster(2)
+    client = FakeClient()
+    client.error[a] = NodeUnreachable("refused", node_url=a)
+    dispatcher = Dispatcher(pool, client, retry=RetryPolicy(max_attempts=2))  # type: ignore[arg-type]
+    outcomes = [await dispatcher.infer(call()) for _ in range(4)]
+    assert all(o.node_id == "n1" for o in outcomes)
+    assert [n.key for n in pool.candidates("m")] == [b]
+
+
+async def test_retry_budget_caps_retries_across_requests() -> None:
+    pool, urls = cluster(3)
+    client = FakeClient()
+    for url in urls:
+        client.error[url] = NodeServerError("503", node_url=url, status=503)
+    budget = RetryBudget(time.monotonic, ratio=0.0, min_per_s=0.2, window_s=10)  # two retries in all
+    dispatcher = Dispatcher(pool, client, retry=RetryPolicy(max_attempts=3), budget=budget)  # type: ignore[arg-type]
+    for _ in range(3):
+        with pytest.raises(NoCapacity):
+            await dispatcher.infer(call())
+    assert len(client.calls) == 3 + 2  # one attempt each, plus the two retries the budget had
+    assert budget.refused >= 1
+
+
+async def test_deadline_is_kept_across_attempts() -> None:
+    pool, (a, b) = cluster(2)
+    client = FakeClient()
+    client.delay[a] = client.delay[b] = 5.0
+    dispatcher = Dispatcher(pool, client, retry=RetryPolicy(max_attempts=3))  # type: ignore[arg-type]
+    began = time.perf_counter()
+    with pytest.raises(DeadlineExceeded):
+        await dispatcher.infer(call(timeout_s=0.2))
+    assert time.perf_counter() - began < 0.6
+    assert len(client.calls) == 1  # the first attempt spent the whole deadline
+
+
+async def test_attempt_timeout_leaves_room_for_a_retry() -> None:
+    pool, (a, _) = cluster(2)
+    client = FakeClient()
+    client.delay[a] = 5.0
+    dispatcher = Dispatcher(
+        pool,
+        client,  # type: ignore[arg-type]
+        retry=RetryPolicy(max_attempts=2),
+        attempt_timeout_s=0.1,
+    )
+    outcomes = [await dispatcher.infer(call(timeout_s=1.0)) for _ in range(2)]
+    assert {o.node_id for o in outcomes} == {"n1"}
+    assert max(o.attempts for o in outcomes) == 2
+
+
+async def test_hedge_takes_the_fast_answer_and_cancels_the_slow_one() -> None:
+    pool, (a, b) = cluster(2)
+    client = FakeClient()
+    client.delay[a] = 1.0
+    dispatcher = Dispatcher(
+        pool,
+        client,  # type: ignore[arg-type]
+        retry=RetryPolicy(max_attempts=2),
+        hedge=HedgePolicy(enabled=True, after_s=0.02),
+    )
+    began = time.perf_counter()
+    outcomes = [await dispatcher.infer(call()) for _ in range(2)]  # round robin: one of them starts on a
+    assert time.perf_counter() - began < 0.5
+    assert {o.node_id for o in outcomes} == {"n1"}
+    assert any(o.hedged and o.attempts == 2 for o in outcomes)
+    assert pool.in_flight(a) == pool.in_flight(b) == 0  # the cancelled attempt released its slot
+    assert pool.breaker(a).state is BreakerState.CLOSED  # a cancelled hedge is not a failure
+
+
+async def test_panic_mode_still_serves_and_says_so() -> None:
+    pool, (a, b) = cluster(2)
+    client = FakeClient()
+    client.error[a] = client.error[b] = NodeServerError("500", node_url=a, status=500)
+    dispatcher = Dispatcher(pool, client, retry=RetryPolicy(max_attempts=2))  # type: ignore[arg-type]
+    for _ in range(2):
+        with pytest.raises(NoCapacity):
+            await dispatcher.infer(call())
+    assert pool.panic_models() == ["m"]
+    client.error.clear()  # the nodes heal, but both are ejected for a minute
+    outcome = await dispatcher.infer(call())
+    assert outcome.panic
+    assert outcome.mode == "distributed"
+
+
+async def test_with_no_other_node_left_the_retry_goes_to_the_same_one() -> None:
+    pool, (a,) = cluster(1)
+    client = FakeClient()
+    client.fail_once[a] = True
+    dispatcher = Dispatcher(pool, client, retry=RetryPolicy(max_attempts=2))  # type: ignore[arg-type]
+    outcome = await dispatcher.infer(call())
+    assert (outcome.node_id, outcome.attempts) == ("n0", 2)
+    assert client.calls == [a, a]
