@@ -62,6 +62,10 @@ class Node:
 
     `key` (the base URL) is the identity; `node_id` is what people see: the source's id, else the
     id the node advertises in its server metadata, else host:port.
+
+    `status` and `models` are what routing uses. Probes set `health` and `advertised`; an admin's
+    `manual` status and `model_filter` (PATCH /nodes/{id}) sit on top, so a probe never lifts a
+    hand-set `offline`, and clearing the override falls back to what the probes last saw.
     """
 
     spec: NodeSpec
@@ -71,6 +75,10 @@ class Node:
     models: Mapping[str, ModelInfo] = field(default_factory=lambda: MappingProxyType({}))
     binary: bool = False
     last_error: str | None = None
+    health: NodeStatus = NodeStatus.OFFLINE
+    advertised: Mapping[str, ModelInfo] = field(default_factory=lambda: MappingProxyType({}))
+    manual: NodeStatus | None = None
+    model_filter: frozenset[str] | None = None
 
     @property
     def key(self) -> str:

@@ -1,18 +1,23 @@
-"""The registry: the live set of nodes, fed by discovery sources and health probes.
+"""The registry: the live set of nodes, fed by discovery sources, health probes and admins.
 
-Sources call `reset(source, specs)` with everything they currently see; the registry works out
-the difference and publishes `NodeAdded | NodeUpdated | NodeRemoved` to its subscribers (the
-balancer's pool). Probes call `update(key, ...)`. Subscribers are called synchronously, in
-order, on the event loop; they must not block.
+Sources call `reset(source, specs)` with everything they currently see (or `add`/`remove` one
+node, as the admin API does); the registry works out the difference and publishes
+`NodeAdded | NodeUpdated | NodeRemoved` to its subscribers (the balancer's pool). Probes call
+`update(key, ...)`. Subscribers are called synchronously, in order, on the event loop; they must
+not block.
+
+Several sources may list the same URL: the node lives while any of them does. The first to list
+it owns it (its spec wins); when the owner drops it, the next claimant takes it over.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
-from discovery.node import Node, NodeSpec
+from discovery.node import ModelInfo, Node, NodeSpec, NodeStatus
 
 __all__ = ["NodeAdded", "NodeEvent", "NodeRegistry", "NodeRemoved", "NodeUpdated"]
 
@@ -38,9 +43,16 @@ NodeEvent = NodeAdded | NodeUpdated | NodeRemoved
 Subscriber = Callable[[NodeEvent], None]
 
 
+def _filtered(models: Mapping[str, ModelInfo], keep: frozenset[str] | None) -> Mapping[str, ModelInfo]:
+    if keep is None:
+        return models
+    return MappingProxyType({name: info for name, info in models.items() if name in keep})
+
+
 class NodeRegistry:
     def __init__(self) -> None:
         self._nodes: dict[str, Node] = {}
+        self._claims: dict[str, dict[str, NodeSpec]] = {}  # source -> url -> the spec it lists
         self._subscribers: list[Subscriber] = []
 
     def subscribe(self, subscriber: Subscriber) -> None:
@@ -60,30 +72,98 @@ class NodeRegistry:
     def find(self, node_id: str) -> Node | None:
         return next((node for node in self._nodes.values() if node.node_id == node_id), None)
 
+    def claimants(self, key: str) -> list[str]:
+        """The sources that currently list `key`."""
+        return [source for source, specs in self._claims.items() if key in specs]
+
+    # ------------------------------------------------------------------ sources
+
     def reset(self, source: str, specs: Iterable[NodeSpec]) -> None:
         """Make the nodes of `source` exactly `specs`: add the new, remove the gone, keep the rest."""
         wanted = {spec.url: spec for spec in specs}
-        for key, node in list(self._nodes.items()):
-            if node.source == source and key not in wanted:
+        before = self._claims.get(source, {})
+        self._claims[source] = wanted
+        for key in [key for key in before if key not in wanted]:
+            self._reconcile(key)
+        for key in wanted:
+            self._reconcile(key)
+
+    def add(self, source: str, spec: NodeSpec) -> Node:
+        """List one more node for `source` (the admin API's POST)."""
+        self._claims.setdefault(source, {})[spec.url] = spec
+        self._reconcile(spec.url)
+        return self._nodes[spec.url]
+
+    def remove(self, source: str, key: str) -> None:
+        """Stop listing `key` for `source`; the node goes when no other source lists it."""
+        if self._claims.get(source, {}).pop(key, None) is not None:
+            self._reconcile(key)
+
+    def _reconcile(self, key: str) -> None:
+        claims = [(source, specs[key]) for source, specs in self._claims.items() if key in specs]
+        current = self._nodes.get(key)
+        if not claims:
+            if current is not None:
                 del self._nodes[key]
-                log.info("node %s (%s) removed by %s", node.node_id, key, source)
-                self._publish(NodeRemoved(node))
-        for key, spec in wanted.items():
-            current = self._nodes.get(key)
-            if current is None:
-                node = Node.from_spec(spec, source)
-                self._nodes[key] = node
-                log.info("node %s (%s) added by %s", node.node_id, key, source)
-                self._publish(NodeAdded(node))
-            elif current.source == source and current.spec != spec:
-                self._replace(current.with_changes(spec=spec, node_id=spec.node_id or current.node_id))
+                log.info("node %s (%s) removed by %s", current.node_id, key, current.source)
+                self._publish(NodeRemoved(current))
+            return
+        if current is None:
+            source, spec = claims[0]
+            node = Node.from_spec(spec, source)
+            self._nodes[key] = node
+            log.info("node %s (%s) added by %s", node.node_id, key, source)
+            self._publish(NodeAdded(node))
+            return
+        owned = self._claims.get(current.source, {}).get(key)
+        source, spec = (current.source, owned) if owned is not None else claims[0]
+        if source != current.source or spec != current.spec:
+            self._replace(current.with_changes(source=source, spec=spec, node_id=spec.node_id or current.node_id))
+
+    # ------------------------------------------------------------------ probes and admins
 
     def update(self, key: str, **changes: object) -> Node | None:
-        """Change fields of a known node (status, models, binary, node_id, last_error)."""
+        """Change fields of a known node (status, models, binary, node_id, last_error).
+
+        `status` is what a probe saw: it is kept as `health` and shown as `status` unless an admin
+        has set one by hand. `models` is what the node advertises; an admin's filter narrows it.
+        """
         current = self._nodes.get(key)
         if current is None:
             return None
+        if "status" in changes:
+            changes["health"] = changes["status"]
+            if current.manual is not None:
+                del changes["status"]
+        if "models" in changes:
+            advertised = changes["models"]
+            if not isinstance(advertised, Mapping):
+                raise TypeError("models must be a mapping of name to ModelInfo")
+            changes["advertised"] = advertised
+            changes["models"] = _filtered(advertised, current.model_filter)
         node = current.with_changes(**changes)
+        if node != current:
+            self._replace(node)
+        return node
+
+    def set_manual_status(self, key: str, status: NodeStatus | None) -> Node | None:
+        """Hold the node at `status` whatever probes see; None lifts the hold (back to its health)."""
+        current = self._nodes.get(key)
+        if current is None:
+            return None
+        node = current.with_changes(manual=status, status=status if status is not None else current.health)
+        if node != current:
+            log.info("node %s set %s by hand", node.node_id, status.value if status else "back to its health")
+            self._replace(node)
+        return node
+
+    def set_model_filter(self, key: str, names: Iterable[str] | None) -> Node | None:
+        """Route only `names` (of what the node advertises) to this node; None routes all of them."""
+        current = self._nodes.get(key)
+        if current is None:
+            return None
+        keep = frozenset(names) if names is not None else None
+        node = current.with_changes(model_filter=keep, models=_filtered(current.advertised, keep))
         if node != current:
             self._replace(node)
         return node

@@ -1,0 +1,38 @@
+"""`distinfer bench discovery`: its arguments and runner (imports nothing heavy until it runs)."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+from pathlib import Path
+
+__all__ = ["add_discovery_parser"]
+
+
+def add_discovery_parser(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    discovery = scenarios.add_parser(
+        "discovery", help="node join/leave/crash -> first/last routed request, via Consul, file, DNS"
+    )
+    discovery.add_argument("--quick", action="store_true", help="two trials per source, one node lifecycle")
+    discovery.add_argument("--trials", type=int, choices=range(1, 51), default=None, metavar="1..50")
+    discovery.add_argument("--consul-url", default=None, help="a real Consul agent (default: the fake agent)")
+    discovery.add_argument(
+        "--out", type=Path, default=None, help="JSON file (default bench-results/discovery-<ts>.json)"
+    )
+    discovery.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Exit 1 if something could not be measured; whether the targets were met is in the table and JSON."""
+    from rich.console import Console
+
+    from bench.report import write_json
+    from bench.scenarios.discovery import DiscoveryParams, render_discovery, run_discovery
+
+    console = Console(width=max(Console().width, 120))
+    params = DiscoveryParams.make(quick=args.quick, trials=args.trials, consul_url=args.consul_url)
+    document = run_discovery(params, console)
+    render_discovery(document, console)
+    out = args.out or Path("bench-results") / f"discovery-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    console.print(f"results: {write_json(document, out)}")
+    return 1 if document["errors"] else 0

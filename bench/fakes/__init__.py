@@ -1,0 +1,1 @@
+"""Stand-ins for infrastructure that cannot run on these machines (a Consul agent), for tests and benches."""

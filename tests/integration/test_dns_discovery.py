@@ -1,0 +1,72 @@
+"""DNS SRV discovery against a real dnsmasq on a loopback port; the tests rewrite its records.
+
+dnsmasq comes from Debian (`make setup` installs `dnsmasq-base` when it is missing). Each test
+runs its own instance with its own config file on a free port and never touches the system's.
+Records carry TTL 1 (`local-ttl`), so the gateway re-resolves every second.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from bench.dnsmasq import SRV_NAME as SRV
+from bench.dnsmasq import Dnsmasq, find_dnsmasq
+from gateway_plugin.processes import ServerProcess
+from gateway_plugin.settings import DiscoverySettings
+from tests.integration.conftest import mounted
+from tests.integration.discovery_support import BODY, PREFIX, gateway_settings, served_by, until
+
+
+@pytest.fixture
+def dnsmasq(tmp_path: Path) -> Iterator[Dnsmasq]:
+    if find_dnsmasq() is None:
+        pytest.skip("dnsmasq is not installed: `make setup` installs dnsmasq-base (apt-get)")
+    server = Dnsmasq(tmp_path)
+    yield server
+    server.stop()
+
+
+def port_of(node: ServerProcess) -> int:
+    port = urlsplit(node.url).port
+    assert port is not None
+    return port
+
+
+async def test_routing_follows_the_srv_records(dnsmasq: Dnsmasq, two_nodes: list[ServerProcess]) -> None:
+    a, b = two_nodes
+    dnsmasq.serve({"a": port_of(a)})
+    discovery = DiscoverySettings(sources=["dns"], dns_srv=SRV, dns_nameserver=f"127.0.0.1:{dnsmasq.port}")
+    async with mounted(gateway_settings(discovery)) as (client, distributed):
+        assert {await served_by(client) for _ in range(5)} == {"node-a"}
+        node = distributed.registry.nodes()[0]
+        assert node.source == "dns"
+        assert node.spec.labels["srv_target"] == "a.nodes.test"
+
+        dnsmasq.serve({"b": port_of(b)})
+        moved = await until(lambda: [n.node_id for n in distributed.registry.nodes()] == ["node-b"], timeout_s=5)
+        assert moved < 3.0  # TTL 1 s, then one resolution
+        await until(lambda: served_by(client), timeout_s=5)
+        assert {await served_by(client) for _ in range(5)} == {"node-b"}
+
+        dnsmasq.serve({"a": port_of(a), "b": port_of(b)})
+        seen: set[str | None] = set()
+
+        async def both() -> bool:
+            seen.add(await served_by(client))
+            return {"node-a", "node-b"} <= seen
+
+        await until(both, timeout_s=5)
+
+        dnsmasq.stop()  # the DNS server goes away: the last listing stays
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:
+            assert await served_by(client) in {"node-a", "node-b"}
+        dnsmasq.serve({})  # now it says there are none
+        await until(lambda: distributed.registry.nodes() == [], timeout_s=5)
+        response = await client.post(f"{PREFIX}/inference", json=BODY)
+        assert response.status_code == 503
