@@ -1,0 +1,194 @@
+"""`POST /inference/parallel`: the same input through several models at once, aggregated.
+
+Answer (CONTRACT §4)::
+
+    {"aggregation", "output": [tensors] | null, "label", "votes", "answered", "requested",
+     "min_responses", "winner", "contributions", "timed_out", "latency_ms",
+     "responses": [{"model", "status": "ok" | "error" | "cancelled", "response" | "error"}]}
+
+When no model answers, or fewer than `min_responses` do (agree, for votes) before the deadline,
+the answer is a problem (503, or 504 when time ran out) that still lists every model's response.
+"""
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.responses import Response
+
+from gateway_plugin.admission import admitted
+from gateway_plugin.api.batch import unknown_model
+from gateway_plugin.api.inference import build_call, outcome_body
+from gateway_plugin.api.routing import ProblemRoute, request_id_of
+from gateway_plugin.api.schemas import InferenceRequest
+from gateway_plugin.dispatch import InferenceCall
+from gateway_plugin.errors import (
+    DeadlineExceeded,
+    DistinferError,
+    NoCapacity,
+    Unprocessable,
+    from_worker,
+    problem_body,
+)
+from gateway_plugin.orchestration import Aggregation, Answer, aggregate, fan_out
+from gateway_plugin.orchestration.aggregations import quorum_met, quorum_reached
+from gateway_plugin.services import Services, ServicesDependency
+from worker.errors import WorkerError
+from worker.protocol import dumps
+from worker.protocol.codec import json_tensor
+
+__all__ = ["ParallelRequest", "check_parallel", "parallel_router", "run_parallel"]
+
+_MODEL = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+
+class ParallelRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "models": ["digits_a", "digits_b", "digits_c"],
+                    "inputs": [[0.0] * 8] * 8,
+                    "aggregation": "majority_vote",
+                    "min_responses": 2,
+                    "timeout_ms": 2000,
+                }
+            ]
+        },
+    )
+
+    models: list[Annotated[str, Field(min_length=1, max_length=128, pattern=_MODEL)]] = Field(min_length=1)
+    inputs: Any
+    aggregation: Aggregation = "all"
+    weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default={}, description="per model; default 1")
+    min_responses: int | None = Field(default=None, ge=1, description="quorum: answer once k answered (votes: agree)")
+    timeout_ms: int | None = Field(default=None, gt=0, description="deadline for the whole fan-out")
+    output: str | None = Field(default=None, description="output tensor that votes and ensembles read (default first)")
+    parameters: dict[str, Any] = {}
+    strategy: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ParallelRequest":
+        if len(set(self.models)) != len(self.models):
+            raise ValueError("models must not repeat")
+        if unknown := sorted(set(self.weights) - set(self.models)):
+            raise ValueError(f"weights name models that are not in `models`: {unknown}")
+        if self.min_responses is not None and self.min_responses > len(self.models):
+            raise ValueError("min_responses cannot exceed the number of models")
+        return self
+
+
+def _prepare(
+    svc: Services, body: ParallelRequest, request_id: str, timeout_ms: int
+) -> tuple[dict[str, InferenceCall], dict[str, DistinferError]]:
+    calls: dict[str, InferenceCall] = {}
+    failed: dict[str, DistinferError] = {}
+    for model in body.models:
+        if (missing := unknown_model(svc, model)) is not None:
+            failed[model] = missing
+            continue
+        item = InferenceRequest(
+            model=model,
+            inputs=body.inputs,
+            parameters=body.parameters,
+            strategy=body.strategy,
+            timeout_ms=timeout_ms,
+        )
+        try:
+            calls[model] = build_call(svc, item, f"{request_id}-{model}")
+        except DistinferError as exc:
+            failed[model] = exc
+        except WorkerError as exc:
+            failed[model] = from_worker(exc)
+    return calls, failed
+
+
+def _response(answer: Answer, request_id: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"model": answer.model, "status": answer.status}
+    if answer.outcome is not None:
+        entry["response"] = outcome_body(answer.outcome, f"{request_id}-{answer.model}")
+    if answer.error is not None:
+        entry["error"] = problem_body(answer.error, request_id)
+    return entry
+
+
+def check_parallel(svc: Services, body: ParallelRequest) -> None:
+    limit = svc.settings.orchestration.max_parallel_models
+    if len(body.models) > limit:
+        raise Unprocessable(f"at most {limit} models at once (DISTINFER_MAX_PARALLEL_MODELS)")
+
+
+async def run_parallel(svc: Services, body: ParallelRequest, request_id: str) -> dict[str, Any]:
+    """Fan out, wait for the quorum or the deadline, aggregate (the endpoint's body, and a task's result)."""
+    check_parallel(svc, body)
+    dispatch = svc.settings.dispatch
+    timeout_ms = min(body.timeout_ms or dispatch.default_timeout_ms, dispatch.max_timeout_ms)
+    started = time.perf_counter()
+    calls, failed = _prepare(svc, body, request_id, timeout_ms)
+    labels = {model: info.labels for model in body.models if (info := svc.catalog.info(model)) is not None}
+
+    def reached(answers: list[Answer]) -> bool:
+        return quorum_reached(
+            body.aggregation,
+            answers,
+            expected=len(body.models),
+            min_responses=body.min_responses,
+            output=body.output,
+            labels=labels,
+        )
+
+    fanned = await fan_out(
+        svc.dispatcher.infer, body.models, calls, failed, reached=reached, timeout_s=timeout_ms / 1000
+    )
+    responses = [_response(answer, request_id) for answer in fanned.answers]
+    answered = sum(1 for answer in fanned.answers if answer.status == "ok")
+    facts: dict[str, Any] = {"answered": answered, "requested": len(body.models), "responses": responses}
+    met = quorum_met(
+        body.aggregation, fanned.answers, min_responses=body.min_responses, output=body.output, labels=labels
+    )
+    errors = [answer.error for answer in fanned.answers if answer.error is not None]
+    if answered == 0 and errors and len({e.status for e in errors}) == 1 and errors[0].status < 500:
+        errors[0].extra.update(facts)  # every model refused the request alike: that is the answer
+        raise errors[0]
+    if not met:
+        detail = f"{answered} of {len(body.models)} models answered"
+        if body.min_responses is not None:
+            detail += f"; the quorum is {body.min_responses}"
+            detail += " agreeing" if body.aggregation == "majority_vote" else ""
+        raise (DeadlineExceeded if fanned.timed_out else NoCapacity)(detail, **facts)
+    result = aggregate(
+        body.aggregation, fanned.answers, order=body.models, weights=body.weights, output=body.output, labels=labels
+    )
+    return {
+        "aggregation": body.aggregation,
+        "output": None if result.output is None else [json_tensor(t) for t in result.output],
+        "label": result.label,
+        "votes": result.votes,
+        "winner": result.winner,
+        "contributions": result.contributions,
+        "min_responses": body.min_responses,
+        "timed_out": fanned.timed_out,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+        **facts,
+    }
+
+
+def parallel_router(services: ServicesDependency, route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
+    router = APIRouter(route_class=route_class, tags=["inference"])
+
+    @router.post(
+        "/inference/parallel",
+        summary="Run one input through several models at once and aggregate the answers",
+        responses={400: {}, 422: {}, 429: {}, 503: {}, 504: {}},
+    )
+    async def parallel(
+        body: ParallelRequest, request: Request, svc: Annotated[Services, Depends(services)]
+    ) -> Response:
+        request_id = request_id_of(request)
+        with admitted(svc.admission):
+            answer = await run_parallel(svc, body, request_id)
+        return Response(dumps(answer), media_type="application/json", headers={"X-Request-ID": request_id})
+
+    return router

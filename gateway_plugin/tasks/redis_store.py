@@ -1,0 +1,288 @@
+"""Tasks in Redis (`DISTINFER_TASK_STORE=redis://...`): every gateway replica sees the same tasks and queue.
+
+Keys, under one prefix:
+
+    t:<id>     hash: the record (request, result and error as JSON); expires `ttl_s` after it finishes
+    pending    sorted set id -> queue score: the one queue all replicas take work from
+    running    sorted set id -> lease expiry: a replica renews its tasks' leases while it runs them
+    index      sorted set id -> created_at: for listings (ids of expired records are pruned lazily)
+    depth      hash priority -> pending count
+
+Each step that moves a task between states is one Lua script, so two replicas never both claim a
+task and a cancel never races a claim. A replica that dies stops renewing; any replica then moves
+its tasks back to pending (at-least-once: `attempts` shows the retry).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis.asyncio as redis
+
+from gateway_plugin.tasks.model import PRIORITY_RANK, TaskRecord, TaskStatus
+from gateway_plugin.tasks.store import PendingSnapshot
+
+__all__ = ["RedisTaskStore"]
+
+_ADD = """
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[3], unpack(ARGV, 6))
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
+return 1
+"""
+
+_CLAIM = """
+while true do
+  local popped = redis.call('ZPOPMIN', KEYS[1])
+  if #popped == 0 then return false end
+  local id = popped[1]
+  local key = ARGV[3] .. id
+  if redis.call('HGET', key, 'status') == 'pending' then
+    redis.call('HINCRBY', KEYS[3], redis.call('HGET', key, 'priority'), -1)
+    redis.call('HSET', key, 'status', 'running', 'started_at', ARGV[1], 'worker', ARGV[4])
+    redis.call('HINCRBY', key, 'attempts', 1)
+    redis.call('ZADD', KEYS[2], ARGV[2], id)
+    return id
+  end
+end
+"""
+
+_FINISH = """
+if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[2], 'status', ARGV[2], 'finished_at', ARGV[3], 'result', ARGV[4], 'error', ARGV[5])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return 1
+"""
+
+_CANCEL = """
+local status = redis.call('HGET', KEYS[3], 'status')
+if not status then return false end
+if status == 'pending' or status == 'running' then
+  if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+    redis.call('HINCRBY', KEYS[4], redis.call('HGET', KEYS[3], 'priority'), -1)
+  end
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HSET', KEYS[3], 'status', 'cancelled', 'finished_at', ARGV[2])
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
+return status
+"""
+
+_REQUEUE = """
+local moved = {}
+for i, id in ipairs(ARGV) do
+  if i > 1 then
+    local key = ARGV[1] .. id
+    redis.call('ZREM', KEYS[2], id)
+    if redis.call('HGET', key, 'status') == 'running' then
+      redis.call('HSET', key, 'status', 'pending')
+      redis.call('HDEL', key, 'started_at', 'worker')
+      redis.call('ZADD', KEYS[1], redis.call('HGET', key, 'score'), id)
+      redis.call('HINCRBY', KEYS[3], redis.call('HGET', key, 'priority'), 1)
+      table.insert(moved, id)
+    end
+  end
+end
+return moved
+"""
+
+
+_PRUNE_EVERY_S = 5.0  # how often a replica looks for index entries of expired records
+
+
+def _dump(value: Any) -> str:
+    return "" if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _load(value: str | None) -> Any:
+    return json.loads(value) if value else None
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+class RedisTaskStore:
+    """The `TaskStore` on a Redis server shared by every gateway replica."""
+
+    def __init__(self, client: redis.Redis, *, ttl_s: float, prefix: str = "distinfer:tasks:") -> None:
+        self._redis = client
+        self._ttl_ms = max(1, int(ttl_s * 1000))
+        self._prefix = prefix
+        self._pending_key = prefix + "pending"
+        self._running_key = prefix + "running"
+        self._index_key = prefix + "index"
+        self._depth_key = prefix + "depth"
+        self._next_prune = 0.0
+        self._add = client.register_script(_ADD)
+        self._claim = client.register_script(_CLAIM)
+        self._finish = client.register_script(_FINISH)
+        self._cancel = client.register_script(_CANCEL)
+        self._requeue = client.register_script(_REQUEUE)
+
+    @classmethod
+    def from_url(cls, url: str, *, ttl_s: float) -> RedisTaskStore:
+        # Bounded waits: a Redis that does not answer is a 503 after seconds, never a hung request.
+        client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=3, socket_timeout=10)
+        return cls(client, ttl_s=ttl_s)
+
+    def _key(self, task_id: str) -> str:
+        return f"{self._prefix}t:{task_id}"
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def add(self, record: TaskRecord, *, max_pending: int) -> bool:
+        fields: dict[str, str] = {
+            "task_id": record.task_id,
+            "kind": record.kind,
+            "request": _dump(record.request),
+            "priority": record.priority,
+            "owner": record.owner,
+            "created_at": repr(record.created_at),
+            "score": repr(record.score),
+            "status": record.status.value,
+            "attempts": str(record.attempts),
+        }
+        flat = [item for pair in fields.items() for item in pair]
+        keys = [self._pending_key, self._index_key, self._key(record.task_id), self._depth_key]
+        args: list[str | int] = [max_pending, repr(record.score), repr(record.created_at), record.task_id]
+        args += [record.priority, *flat]
+        return bool(await self._add(keys=keys, args=args))
+
+    async def claim(self, *, now: float, lease_until: float, worker: str) -> TaskRecord | None:
+        keys = [self._pending_key, self._running_key, self._depth_key]
+        task_id = await self._claim(keys=keys, args=[repr(now), repr(lease_until), self._prefix + "t:", worker])
+        return None if task_id is None else await self.get(str(task_id))
+
+    @staticmethod
+    def _record(raw: Mapping[str, str]) -> TaskRecord | None:
+        if not raw or "task_id" not in raw:
+            return None
+        return TaskRecord(
+            task_id=raw["task_id"],
+            kind=raw["kind"],
+            request=_load(raw.get("request")) or {},
+            priority=raw["priority"],
+            owner=raw["owner"],
+            created_at=float(raw["created_at"]),
+            score=float(raw["score"]),
+            status=TaskStatus(raw["status"]),
+            attempts=int(raw.get("attempts", "0")),
+            started_at=_float(raw.get("started_at")),
+            finished_at=_float(raw.get("finished_at")),
+            result=_load(raw.get("result")),
+            error=_load(raw.get("error")),
+            worker=raw.get("worker") or None,
+        )
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        raw: dict[str, str] = await self._redis.hgetall(self._key(task_id))  # type: ignore[assignment]
+        return self._record(raw)
+
+    async def find(self, *, status: TaskStatus | None, owner: str | None, limit: int) -> list[TaskRecord]:
+        found: list[TaskRecord] = []
+        start, page = 0, max(50, limit)
+        while len(found) < limit and start < 20 * page:  # a bounded scan, newest first
+            ids: list[str] = await self._redis.zrevrange(self._index_key, start, start + page - 1)  # type: ignore[assignment]
+            if not ids:
+                break
+            start += page
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for task_id in ids:
+                    pipe.hgetall(self._key(task_id))
+                raws = await pipe.execute()
+            gone = [task_id for task_id, raw in zip(ids, raws, strict=True) if not raw]
+            if gone:
+                await self._redis.zrem(self._index_key, *gone)
+                start -= len(gone)
+            for raw in raws:
+                record = self._record(raw)
+                if record and (status is None or record.status is status) and (owner is None or record.owner == owner):
+                    found.append(record)
+        return found[:limit]
+
+    async def finish(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        *,
+        now: float,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> bool:
+        keys = [self._running_key, self._key(task_id)]
+        args = [task_id, status.value, repr(now), _dump(result), _dump(error), self._ttl_ms]
+        return bool(await self._finish(keys=keys, args=args))
+
+    async def cancel(self, task_id: str, *, now: float) -> TaskStatus | None:
+        keys = [self._pending_key, self._running_key, self._key(task_id), self._depth_key]
+        before = await self._cancel(keys=keys, args=[task_id, repr(now), self._ttl_ms])
+        return None if before is None else TaskStatus(str(before))
+
+    async def _move_back(self, task_ids: list[str]) -> list[str]:
+        if not task_ids:
+            return []
+        keys = [self._pending_key, self._running_key, self._depth_key]
+        moved = await self._requeue(keys=keys, args=[self._prefix + "t:", *task_ids])
+        return [str(task_id) for task_id in moved]
+
+    async def requeue(self, task_id: str) -> bool:
+        return bool(await self._move_back([task_id]))
+
+    async def renew(self, task_ids: Iterable[str], *, lease_until: float) -> None:
+        ids = list(task_ids)
+        if ids:
+            await self._redis.zadd(self._running_key, dict.fromkeys(ids, lease_until), xx=True)
+
+    async def reclaim_expired(self, *, now: float) -> list[str]:
+        expired: list[str] = await self._redis.zrangebyscore(  # type: ignore[assignment]
+            self._running_key, "-inf", now, start=0, num=100
+        )
+        if now >= self._next_prune:
+            self._next_prune = now + _PRUNE_EVERY_S
+            await self._prune_index()
+        return await self._move_back(expired)
+
+    async def _prune_index(self) -> None:
+        """Forget the oldest index entries whose records have expired, a few at a time."""
+        oldest: list[str] = await self._redis.zrange(self._index_key, 0, 49)  # type: ignore[assignment]
+        if not oldest:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for task_id in oldest:
+                pipe.exists(self._key(task_id))
+            alive = await pipe.execute()
+        gone = [task_id for task_id, exists in zip(oldest, alive, strict=True) if not exists]
+        if gone:
+            await self._redis.zrem(self._index_key, *gone)
+
+    async def statuses(self, task_ids: Iterable[str]) -> Mapping[str, TaskStatus | None]:
+        ids = list(task_ids)
+        if not ids:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.hget(self._key(task_id), "status")
+            found = await pipe.execute()
+        return {i: (TaskStatus(s) if s else None) for i, s in zip(ids, found, strict=True)}
+
+    async def pending(self) -> PendingSnapshot:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self._pending_key)
+            pipe.hgetall(self._depth_key)
+            pipe.zrange(self._pending_key, 0, 0)
+            depth, counts, head = await pipe.execute()
+        by_priority = {name: max(0, int(counts.get(name, 0))) for name in PRIORITY_RANK}
+        head_created_at = None
+        if head:
+            head_created_at = _float(str(await self._redis.hget(self._key(head[0]), "created_at") or ""))
+        return PendingSnapshot(int(depth), by_priority, head_created_at)
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,96 @@
+"""The two task stores keep the same promises: the memory store, and Redis on a real `redis-server`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from gateway_plugin.tasks import MemoryTaskStore, TaskRecord, TaskStatus, TaskStore, queue_score
+from gateway_plugin.tasks.redis_store import RedisTaskStore
+from tests.integration.redis_server import RedisServer
+
+
+@asynccontextmanager
+async def _on_redis(directory: Path) -> AsyncIterator[RedisTaskStore]:
+    server = RedisServer(directory).start()
+    store = RedisTaskStore.from_url(server.url, ttl_s=60)
+    try:
+        yield store
+    finally:
+        await store.close()
+        server.stop()
+
+
+@pytest.fixture
+async def redis_store(tmp_path: Path) -> AsyncIterator[RedisTaskStore]:
+    async with _on_redis(tmp_path) as store:
+        yield store
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TaskStore]:
+    if request.param == "memory":
+        yield MemoryTaskStore(max_tasks=100, ttl_s=60)
+        return
+    async with _on_redis(tmp_path) as on_redis:
+        yield on_redis
+
+
+def _record(task_id: str, priority: str, at: float, owner: str = "me") -> TaskRecord:
+    return TaskRecord(task_id, "inference", {"n": task_id}, priority, owner, at, queue_score(priority, at, 10.0))
+
+
+async def test_order_admission_cancel_requeue_and_reclaim(store: TaskStore) -> None:
+    for n, priority in enumerate(["low", "normal", "high", "normal"]):
+        assert await store.add(_record(f"t{n}", priority, 100.0 + n), max_pending=4)
+    assert not await store.add(_record("t4", "high", 105.0), max_pending=4)  # full: nothing stored
+    assert await store.get("t4") is None
+    snapshot = await store.pending()
+    assert (snapshot.depth, snapshot.by_priority) == (4, {"high": 1, "normal": 2, "low": 1})
+    assert snapshot.head_created_at == 102.0  # the high one runs next
+
+    assert await store.cancel("t3", now=106.0) is TaskStatus.PENDING
+    first = await store.claim(now=107.0, lease_until=108.0, worker="w1")
+    assert first is not None
+    assert (first.task_id, first.status, first.attempts, first.request) == ("t2", TaskStatus.RUNNING, 1, {"n": "t2"})
+    second = await store.claim(now=107.0, lease_until=108.0, worker="w1")
+    assert second is not None
+    assert second.task_id == "t1"  # t3 was cancelled: skipped
+    assert await store.cancel("t1", now=107.5) is TaskStatus.RUNNING
+    assert not await store.finish("t1", TaskStatus.COMPLETED, now=108.0, result={"late": True})
+    assert (await store.get("t1")).status is TaskStatus.CANCELLED  # type: ignore[union-attr]
+
+    assert await store.requeue("t2")  # its gateway stops: back in its old place
+    again = await store.claim(now=109.0, lease_until=110.0, worker="w2")
+    assert again is not None
+    assert (again.task_id, again.attempts) == ("t2", 2)
+    assert await store.finish("t2", TaskStatus.COMPLETED, now=110.0, result={"ok": 1})
+    done = await store.get("t2")
+    assert done is not None
+    assert (done.status, done.result, done.finished_at) == (TaskStatus.COMPLETED, {"ok": 1}, 110.0)
+
+    statuses = await store.statuses(["t0", "t2", "nope"])
+    assert statuses == {"t0": TaskStatus.PENDING, "t2": TaskStatus.COMPLETED, "nope": None}
+    listed = await store.find(status=None, owner="me", limit=10)
+    assert [r.task_id for r in listed] == ["t3", "t2", "t1", "t0"]  # newest first; t4 was refused
+    assert [r.task_id for r in await store.find(status=TaskStatus.PENDING, owner=None, limit=10)] == ["t0"]
+    assert await store.find(status=None, owner="someone else", limit=10) == []
+
+
+async def test_a_dead_gateways_tasks_are_reclaimed_when_its_lease_runs_out(redis_store: RedisTaskStore) -> None:
+    store = redis_store  # (the memory store has no one to hand a dead process's tasks to)
+    await store.add(_record("a", "normal", 100.0), max_pending=10)
+    claimed = await store.claim(now=100.0, lease_until=101.0, worker="dead")
+    assert claimed is not None
+    await store.renew(["a"], lease_until=103.0)  # still alive at 100 s: renewed until 103 s
+    assert await store.reclaim_expired(now=102.0) == []
+    assert await store.reclaim_expired(now=104.0) == ["a"]  # not renewed since: back to pending
+    record = await store.get("a")
+    assert record is not None
+    assert (record.status, record.started_at) == (TaskStatus.PENDING, None)
+    retried = await store.claim(now=105.0, lease_until=106.0, worker="alive")
+    assert retried is not None
+    assert (retried.task_id, retried.attempts, retried.worker) == ("a", 2, "alive")

@@ -1,0 +1,253 @@
+"""Tasks over real nodes: priorities, 429s, cancelling running work, owners; Redis shared by replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway_plugin import DistributedInference
+from gateway_plugin.auth import ADMIN, INFER
+from gateway_plugin.processes import ServerProcess, start_gateway
+from gateway_plugin.settings import LimitSettings, TaskSettings
+from tests.integration.conftest import bearer, mounted, settings_for
+from tests.integration.orchestration_helpers import SLOW_MODEL, eventually, set_latency, slow_node_fixture
+from tests.integration.redis_server import RedisServer
+
+API = "/api/v1/distributed"
+IMAGE = [[0.0] * 8] * 8
+
+
+@pytest.fixture(scope="module")
+def slow_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from slow_node_fixture(tmp_path_factory)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def _inference(model: str = "digits", **extra: Any) -> dict[str, Any]:
+    return {"kind": "inference", "request": {"model": model, "inputs": IMAGE, "timeout_ms": 20_000}, **extra}
+
+
+async def _submit(client: httpx.AsyncClient, body: dict[str, Any], **kwargs: Any) -> str:
+    response = await client.post(f"{API}/tasks", json=body, **kwargs)
+    assert response.status_code == 202, response.text
+    assert response.headers["Location"] == f"{API}/tasks/{response.json()['task_id']}"
+    return str(response.json()["task_id"])
+
+
+async def _task(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
+    response = await client.get(f"{API}/tasks/{task_id}")
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+async def _until(client: httpx.AsyncClient, task_id: str, *statuses: str, timeout_s: float = 30) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        task = await _task(client, task_id)
+        return task if task["status"] in statuses else None
+
+    return await eventually(probe, timeout_s=timeout_s)
+
+
+@pytest.fixture
+async def gateway(
+    two_nodes: list[ServerProcess], slow_node: ServerProcess
+) -> AsyncIterator[tuple[httpx.AsyncClient, DistributedInference]]:
+    urls = [node.url for node in [*two_nodes, slow_node]]
+    settings = settings_for(urls, tasks=TaskSettings(workers=1, queue_size=3), limits=LimitSettings(max_inflight=2))
+    async with mounted(settings) as pair:
+        yield pair
+
+
+async def test_priorities_order_the_queue_and_a_full_queue_answers_429(
+    gateway: tuple[httpx.AsyncClient, DistributedInference], slow_node: ServerProcess
+) -> None:
+    client, _ = gateway
+    set_latency(slow_node, 2500)
+    blocker = await _submit(client, _inference(SLOW_MODEL))
+    await _until(client, blocker, "running")
+    ids = {p: await _submit(client, _inference(priority=p)) for p in ("low", "normal", "high")}
+    full = await client.post(f"{API}/tasks", json=_inference())
+    assert full.status_code == 429
+    assert full.json()["code"] == "queue_full"
+    assert 1 <= int(full.headers["Retry-After"]) <= 60
+    listing = (await client.get(f"{API}/tasks", params={"status": "pending"})).json()
+    assert sorted(t["task_id"] for t in listing["tasks"]) == sorted(ids.values())
+    assert listing["queue"]["depth"] == 3
+    assert listing["queue"]["by_priority"] == {"high": 1, "normal": 1, "low": 1}
+    done = {p: await _until(client, task_id, "completed") for p, task_id in ids.items()}
+    assert done["high"]["started_at"] < done["normal"]["started_at"] < done["low"]["started_at"]
+    assert done["high"]["result"]["outputs"][0]["shape"] == [1, 10]
+    assert all(task["attempts"] == 1 for task in done.values())
+
+
+async def test_inference_answers_429_when_the_gateway_is_saturated(
+    gateway: tuple[httpx.AsyncClient, DistributedInference], slow_node: ServerProcess
+) -> None:
+    client, _ = gateway
+    set_latency(slow_node, 3000)  # the first two are still running when the other four arrive
+    body = {"model": SLOW_MODEL, "inputs": IMAGE, "timeout_ms": 20_000}
+    responses = await asyncio.gather(*(client.post(f"{API}/inference", json=body) for _ in range(6)))
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200, 200, 429, 429, 429, 429]  # DISTINFER_MAX_INFLIGHT=2
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.json()["code"] == "saturated"
+
+
+async def test_cancelling_a_running_task_cancels_its_node_call(
+    gateway: tuple[httpx.AsyncClient, DistributedInference], slow_node: ServerProcess
+) -> None:
+    client, distributed = gateway
+    set_latency(slow_node, 10_000)
+    task_id = await _submit(client, _inference(SLOW_MODEL))
+    await _until(client, task_id, "running")
+    await eventually(lambda: _some(distributed.pool.in_flight(slow_node.url) == 1))
+    started = time.monotonic()
+    response = await client.delete(f"{API}/tasks/{task_id}")
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+    await eventually(lambda: _some(distributed.pool.in_flight(slow_node.url) == 0), timeout_s=5)
+    assert time.monotonic() - started < 5  # long before the node would have answered (10 s)
+    assert (await _task(client, task_id))["status"] == "cancelled"
+
+
+async def _some(condition: bool) -> bool | None:
+    return True if condition else None
+
+
+async def test_tasks_are_checked_when_submitted_and_visible_only_to_their_owner(
+    gateway: tuple[httpx.AsyncClient, DistributedInference],
+) -> None:
+    client, _ = gateway
+    alice, bob, admin = bearer(INFER, sub="alice"), bearer(INFER, sub="bob"), bearer(INFER, ADMIN, sub="root")
+    task_id = await _submit(client, _inference(), headers=alice)
+    assert (await client.get(f"{API}/tasks/{task_id}", headers=bob)).status_code == 404
+    assert (await client.delete(f"{API}/tasks/{task_id}", headers=bob)).status_code == 404
+    assert (await client.get(f"{API}/tasks", headers=bob)).json()["tasks"] == []
+    assert (await client.get(f"{API}/tasks/{task_id}", headers=admin)).status_code == 200
+    mine = (await client.get(f"{API}/tasks", headers=alice)).json()["tasks"]
+    assert [t["task_id"] for t in mine] == [task_id]
+    cycle = [{"id": "a", "model": "digits", "inputs": IMAGE, "depends_on": ["a"]}]
+    bad = [
+        ({"kind": "pipeline", "request": {"stages": cycle}}, 422),
+        ({"kind": "inference", "request": {"model": "digits", "inputs": [[1, 2]]}}, 400),
+        ({"kind": "inference", "request": {"model": "digits"}}, 422),
+        ({"kind": "shell", "request": {}}, 422),
+    ]
+    for body, status in bad:
+        response = await client.post(f"{API}/tasks", json=body, headers=alice)
+        assert response.status_code == status, response.text
+    assert (await client.get(f"{API}/tasks/{'f' * 32}", headers=admin)).status_code == 404
+
+
+async def test_two_gateways_share_one_redis_submit_on_one_poll_and_cancel_on_the_other(
+    two_nodes: list[ServerProcess], slow_node: ServerProcess, redis_server: RedisServer
+) -> None:
+    urls = [node.url for node in [*two_nodes, slow_node]]
+    front = settings_for(urls, tasks=TaskSettings(store=redis_server.url, workers=0))  # takes tasks, runs none
+    back = settings_for(urls, tasks=TaskSettings(store=redis_server.url, workers=1, lease_s=3))
+    async with mounted(front) as (a, _), mounted(back) as (b, runner):
+        set_latency(slow_node, 200)
+        task_id = await _submit(
+            a, {"kind": "batch", "request": {"requests": [{"model": "digits", "inputs": IMAGE}] * 3}}
+        )
+        done = await _until(b, task_id, "completed")
+        assert done["result"]["succeeded"] == 3
+        assert (await _task(a, task_id))["status"] == "completed"
+
+        set_latency(slow_node, 10_000)
+        running = await _submit(a, _inference(SLOW_MODEL))
+        await _until(a, running, "running")  # B runs it; A sees it
+        waiting = await _submit(a, _inference())  # B's only worker is busy: this one waits
+        assert (await b.delete(f"{API}/tasks/{waiting}")).json()["status"] == "cancelled"
+        started = time.monotonic()
+        assert (await a.delete(f"{API}/tasks/{running}")).json()["status"] == "cancelled"
+        # A cancelled it; B notices and cancels its node call long before the node would answer.
+        await eventually(lambda: _some(runner.pool.in_flight(slow_node.url) == 0), timeout_s=5)
+        assert time.monotonic() - started < 5
+        assert (await _task(b, running))["status"] == "cancelled"
+        assert (await _task(b, waiting))["started_at"] is None  # it never ran
+
+
+async def test_results_expire_after_their_ttl(two_nodes: list[ServerProcess], redis_server: RedisServer) -> None:
+    settings = settings_for([n.url for n in two_nodes], tasks=TaskSettings(store=redis_server.url, ttl_s=1))
+    async with mounted(settings) as (client, _):
+        task_id = await _submit(client, _inference())
+        await _until(client, task_id, "completed")
+
+        async def gone() -> bool | None:
+            response = await client.get(f"{API}/tasks/{task_id}")
+            return True if response.status_code == 404 else None
+
+        await eventually(gone, timeout_s=15)
+        assert (await client.get(f"{API}/tasks")).json()["tasks"] == []
+
+
+def _gateway_env(node: ServerProcess, redis_url: str) -> dict[str, str]:
+    return {
+        "ENABLE_DISTRIBUTED_INFERENCE": "true",
+        "DISTINFER_AUTH_DISABLED": "true",
+        "DISTINFER_NODES": node.url,
+        "DISTINFER_TASK_STORE": redis_url,
+        "DISTINFER_TASK_WORKERS": "1",
+        "DISTINFER_TASK_LEASE_S": "1",
+        "DISTINFER_PROBE_INTERVAL_S": "0.5",
+    }
+
+
+async def test_pending_tasks_survive_a_gateway_crash_and_a_redis_restart(
+    slow_node: ServerProcess, tmp_path: Path
+) -> None:
+    redis = RedisServer(tmp_path, aof=True).start()
+    first = second = None
+    try:
+        set_latency(slow_node, 3000)
+        first = start_gateway(_gateway_env(slow_node, redis.url))
+        first.wait_ready(timeout_s=120)
+        async with httpx.AsyncClient(base_url=first.url, timeout=10) as client:
+            ids = [await _submit(client, _inference(SLOW_MODEL)) for _ in range(3)]
+            await _until(client, ids[0], "running")
+        first.kill()  # a crash: no goodbye, the running task's lease simply stops being renewed
+        redis.stop()
+        redis.start()  # same port and directory: the append-only file brings every task back
+        set_latency(slow_node, 100)
+        second = start_gateway(_gateway_env(slow_node, redis.url))
+        second.wait_ready(timeout_s=120)
+        async with httpx.AsyncClient(base_url=second.url, timeout=10) as client:
+            done = [await _until(client, task_id, "completed", timeout_s=60) for task_id in ids]
+        assert [task["attempts"] for task in done] == [2, 1, 1]  # at least once: the interrupted one ran again
+        assert all(task["result"]["outputs"][0]["shape"] == [1, 10] for task in done)
+    finally:
+        for process in (first, second):
+            if process is not None:
+                process.stop()
+        redis.stop()
+
+
+async def test_an_unreachable_task_store_is_503_not_500(
+    two_nodes: list[ServerProcess], redis_server: RedisServer
+) -> None:
+    settings = settings_for([n.url for n in two_nodes], tasks=TaskSettings(store=redis_server.url, workers=1))
+    async with mounted(settings) as (client, _):
+        task_id = await _submit(client, _inference())
+        redis_server.stop()
+        for response in (
+            await client.get(f"{API}/tasks/{task_id}"),
+            await client.post(f"{API}/tasks", json=_inference()),
+            await client.get(f"{API}/tasks"),
+        ):
+            assert response.status_code == 503, response.text
+            assert response.json()["code"] == "task_store_unavailable"
+        assert (await client.post(f"{API}/inference", json=_inference()["request"])).status_code == 200

@@ -1,0 +1,158 @@
+"""Pipelines: graph validation before anything runs, and how failures travel (hard vs soft)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+
+from discovery.node import ModelInfo
+from gateway_plugin.dispatch import InferenceCall, Outcome
+from gateway_plugin.errors import BadRequest, DistinferError, NoCapacity, Unprocessable
+from gateway_plugin.orchestration import PipelineRunner, Stage, validate
+from worker.config import TensorSpec
+from worker.protocol import Tensor
+
+
+def _info(name: str, inputs: tuple[str, ...] = ("x",), outputs: tuple[str, ...] = ("y",)) -> ModelInfo:
+    specs = tuple(TensorSpec(name=i, datatype="FP32", shape=(-1, 2)) for i in inputs)
+    outs = tuple(TensorSpec(name=o, datatype="FP32", shape=(-1, 2)) for o in outputs)
+    return ModelInfo(name=name, version="1", platform="fake", inputs=specs, outputs=outs, max_batch_size=8)
+
+
+MODELS: Mapping[str, ModelInfo] = {
+    "double": _info("double"),
+    "fails": _info("fails"),
+    "flaky": _info("flaky"),
+    "pair": _info("pair", inputs=("x", "z")),
+}
+
+
+def _stage(
+    sid: str,
+    model: str = "double",
+    *,
+    given: bool = True,
+    depends_on: tuple[str, ...] = (),
+    input_map: Mapping[str, str] | None = None,
+    soft: bool = False,
+    retries: int = 0,
+) -> Stage:
+    inputs = [Tensor.of("x", np.ones((1, 2), np.float32))] if given else []
+    call = InferenceCall(model, inputs, f"p-{sid}", 5.0)
+    return Stage(sid, call, depends_on, dict(input_map or {}), retries=retries, soft=soft)
+
+
+def _problems(stages: list[Stage]) -> list[str]:
+    with pytest.raises(Unprocessable) as caught:
+        validate(stages, MODELS.get)
+    return [e["msg"] for e in caught.value.extra["errors"]]
+
+
+def test_a_valid_dag_passes() -> None:
+    validate(
+        [_stage("a"), _stage("b"), _stage("c", given=False, input_map={"x": "a.y"}, depends_on=("b",))],
+        MODELS.get,
+    )
+
+
+def test_cycles_unknown_references_and_missing_inputs_are_all_reported_at_once() -> None:
+    problems = _problems(
+        [
+            _stage("a", given=False, input_map={"x": "c.y"}),
+            _stage("b", depends_on=("a", "ghost")),
+            _stage("c", given=False, input_map={"x": "b.y"}),
+            _stage("d", "pair"),  # needs z too
+            _stage("e", given=False, input_map={"x": "a.nope"}),
+            _stage("f", given=False),
+            _stage("g", input_map={"x": "a.y"}),  # x given twice
+            _stage("a"),
+        ]
+    )
+    text = "\n".join(problems)
+    assert "stage ids ['a'] are used more than once" in text
+    assert "depends on unknown stage 'ghost'" in text
+    assert "the stages form a cycle" in text
+    assert "needs inputs ['z']" in text
+    assert "has no output 'nope'" in text
+    assert "stage 'f': no inputs and no input_map" in text
+    assert "stage 'g': inputs ['x'] are given more than once" in text
+
+
+@pytest.mark.parametrize(
+    ("stages", "expected"),
+    [
+        ([_stage("a", depends_on=("a",))], "depends on itself"),
+        ([_stage("a", given=False, input_map={"x": "nodot"})], "is not '<stage>.<output>'"),
+        ([_stage("a", given=False, input_map={"x": "ghost.y"})], "unknown stage 'ghost'"),
+        ([_stage("a", depends_on=("b",)), _stage("b", depends_on=("a",))], "cycle: a -> b -> a"),
+    ],
+)
+def test_single_problems(stages: list[Stage], expected: str) -> None:
+    assert any(expected in p for p in _problems(stages))
+
+
+class FakeCluster:
+    def __init__(self) -> None:
+        self.flaky_failures = 1
+        self.seen: dict[str, list[str]] = {}
+
+    async def infer(self, call: InferenceCall) -> Outcome:
+        self.seen[call.request_id] = sorted(t.name for t in call.inputs)
+        await asyncio.sleep(0.05)
+        if call.model == "fails":
+            raise BadRequest("this model refuses everything")
+        if call.model == "flaky" and self.flaky_failures:
+            self.flaky_failures -= 1
+            raise NoCapacity("try again")
+        total = sum(t.data for t in call.inputs)
+        return Outcome(call.model, "1", [Tensor.of("y", total * 2)], "n", "distributed", 1, 50.0)
+
+
+async def test_independent_stages_overlap_and_outputs_feed_inputs() -> None:
+    cluster = FakeCluster()
+    stages = [
+        _stage("a"),
+        _stage("b"),
+        _stage("c", "pair", given=False, input_map={"x": "a.y", "z": "b.y"}),
+    ]
+    results = await PipelineRunner(cluster.infer).run(stages)
+    assert [results[s].status for s in "abc"] == ["ok", "ok", "ok"]
+    a, b, c = results["a"], results["b"], results["c"]
+    assert a.started_s < b.finished_s
+    assert b.started_s < a.finished_s
+    assert c.started_s >= max(a.finished_s, b.finished_s)
+    assert c.outcome is not None
+    np.testing.assert_array_equal(c.outcome.outputs[0].data, np.full((1, 2), 8.0))
+    assert cluster.seen["p-c"] == ["x", "z"]
+
+
+async def test_a_failure_skips_hard_dependants_only_and_soft_ones_run_without_its_inputs() -> None:
+    cluster = FakeCluster()
+    stages = [
+        _stage("bad", "fails"),
+        _stage("sibling"),
+        _stage("hard", given=False, input_map={"x": "bad.y"}),
+        _stage("after_hard", depends_on=("hard",)),
+        _stage("soft", "pair", input_map={"z": "bad.y"}, soft=True),
+        _stage("retried", "flaky", retries=1),
+    ]
+    results = await PipelineRunner(cluster.infer).run(stages)
+    status = {sid: r.status for sid, r in results.items()}
+    assert status == {
+        "bad": "error",
+        "sibling": "ok",
+        "hard": "skipped",
+        "after_hard": "skipped",
+        "soft": "ok",
+        "retried": "ok",
+    }
+    error = results["hard"].error
+    assert isinstance(error, DistinferError)
+    assert error.code == "upstream_failed"
+    assert error.status == 424
+    assert cluster.seen["p-soft"] == ["x"]  # ran without z, which its failed upstream would have given
+    assert results["retried"].attempts == 2
+    assert "p-hard" not in cluster.seen

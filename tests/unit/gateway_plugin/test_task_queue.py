@@ -1,0 +1,231 @@
+"""Tasks with the in-memory store: priorities and aging, admission, TTL and bounds, workers, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gateway_plugin.errors import BadRequest
+from gateway_plugin.settings import ENVIRONMENT, Settings, TaskSettings
+from gateway_plugin.tasks import (
+    Caller,
+    MemoryTaskStore,
+    QueueFull,
+    TaskQueue,
+    TaskRecord,
+    TaskService,
+    TaskStatus,
+    UnknownTask,
+    open_store,
+    queue_score,
+)
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _record(task_id: str, priority: str, at: float, aging_s: float = 10.0) -> TaskRecord:
+    return TaskRecord(task_id, "inference", {}, priority, "anonymous", at, queue_score(priority, at, aging_s))
+
+
+async def _drain(queue: TaskQueue) -> list[str]:
+    order = []
+    while (record := await queue.pop(lease_s=1.0, worker="w")) is not None:
+        order.append(record.task_id)
+    return order
+
+
+async def test_high_before_normal_before_low_and_fifo_within_a_priority() -> None:
+    clock = FakeClock()
+    queue = TaskQueue(MemoryTaskStore(max_tasks=100, ttl_s=60), max_size=100, aging_s=10.0, clock=clock)
+    for n, priority in enumerate(["low", "normal", "high", "low", "high", "normal"]):
+        await queue.push(_record(f"{priority}-{n}", priority, clock.now + n * 0.1))
+    assert await _drain(queue) == ["high-2", "high-4", "normal-1", "normal-5", "low-0", "low-3"]
+
+
+async def test_aging_a_low_task_is_not_starved_by_a_stream_of_high_ones() -> None:
+    clock = FakeClock()
+    queue = TaskQueue(MemoryTaskStore(max_tasks=1000, ttl_s=60), max_size=1000, aging_s=10.0, clock=clock)
+    await queue.push(_record("low", "low", clock.now))
+    started: list[str] = []
+    for second in range(60):  # one high task arrives every second and one task runs every second
+        clock.now += 1
+        await queue.push(_record(f"high-{second}", "high", clock.now))
+        record = await queue.pop(lease_s=1.0, worker="w")
+        assert record is not None
+        started.append(record.task_id)
+    position = started.index("low")
+    assert 15 <= position <= 21, position  # waited about 2 x aging_s behind newer high work, then ran
+
+
+async def test_a_full_queue_refuses_with_429_and_retry_after() -> None:
+    clock = FakeClock()
+    queue = TaskQueue(MemoryTaskStore(max_tasks=100, ttl_s=60), max_size=2, aging_s=10.0, clock=clock)
+    await queue.push(_record("a", "normal", clock.now))
+    await queue.push(_record("b", "high", clock.now))
+    with pytest.raises(QueueFull) as caught:
+        await queue.push(_record("c", "low", clock.now))
+    assert caught.value.status == 429
+    assert int(caught.value.headers["Retry-After"]) >= 1
+    stats = await queue.stats()
+    assert stats.depth == 2
+    assert stats.by_priority == {"high": 1, "normal": 1, "low": 0}
+    clock.now += 3
+    assert (await queue.stats()).head_wait_s == pytest.approx(3.0)
+    await queue.pop(lease_s=1, worker="w")
+    clock.now += 1
+    await queue.pop(lease_s=1, worker="w")
+    stats = await queue.stats()
+    assert stats.depth == 0
+    assert stats.mean_wait_s == pytest.approx(3.5)
+    assert stats.started_per_s > 0
+    await queue.push(_record("c", "low", clock.now))  # room again
+
+
+async def test_memory_store_expires_finished_tasks_and_stays_bounded() -> None:
+    store = MemoryTaskStore(max_tasks=3, ttl_s=60)
+    for n in range(3):
+        assert await store.add(_record(f"t{n}", "normal", 100.0 + n), max_pending=10)
+    assert not await store.add(_record("t3", "normal", 104.0), max_pending=10)  # all three still pending
+    claimed = await store.claim(now=105.0, lease_until=106.0, worker="w")
+    assert claimed is not None
+    assert claimed.task_id == "t0"
+    assert claimed.attempts == 1
+    await store.finish("t0", TaskStatus.COMPLETED, now=106.0, result={"ok": True})
+    assert await store.add(_record("t3", "normal", 107.0), max_pending=10)  # evicts the finished t0
+    assert await store.get("t0") is None
+    second = await store.claim(now=108.0, lease_until=109.0, worker="w")
+    assert second is not None
+    await store.finish(second.task_id, TaskStatus.COMPLETED, now=109.0)
+    await store.reclaim_expired(now=109.0 + 59)
+    assert await store.get(second.task_id) is not None
+    await store.reclaim_expired(now=109.0 + 61)  # the TTL has passed
+    assert await store.get(second.task_id) is None
+
+
+@contextlib.asynccontextmanager
+async def running(service: TaskService) -> AsyncIterator[None]:
+    task = asyncio.create_task(service.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _until(service: TaskService, task_id: str, status: TaskStatus, caller: Caller) -> TaskRecord:
+    async with asyncio.timeout(10):
+        while True:
+            record = await service.get(task_id, caller)
+            if record.status is status:
+                return record
+            await asyncio.sleep(0.01)
+
+
+class Runner:
+    """A task runner whose `block` tasks wait until released, and whose `bad` tasks fail."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started: list[str] = []
+        self.cancelled: list[str] = []
+
+    async def __call__(self, kind: str, request: dict[str, Any], task_id: str) -> dict[str, Any]:
+        self.started.append(request["name"])
+        if request["name"].startswith("block"):
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(request["name"])
+                raise
+        if request["name"] == "bad":
+            raise BadRequest("bad input")
+        return {"echo": request["name"]}
+
+
+ME, OTHER, ADMIN = Caller("me"), Caller("other"), Caller("root", admin=True)
+
+
+async def test_workers_run_tasks_by_priority_and_cancel_reaches_running_work() -> None:
+    runner = Runner()
+    service = TaskService(MemoryTaskStore(max_tasks=100, ttl_s=60), runner, TaskSettings(workers=1), poll_s=0.01)
+    async with running(service):
+        blocker = await service.submit("inference", {"name": "block"}, "normal", ME)
+        await _until(service, blocker.task_id, TaskStatus.RUNNING, ME)
+        low = await service.submit("inference", {"name": "low"}, "low", ME)
+        dropped = await service.submit("inference", {"name": "dropped"}, "normal", ME)
+        high = await service.submit("inference", {"name": "high"}, "high", ME)
+        bad = await service.submit("inference", {"name": "bad"}, "normal", ME)
+        assert (await service.cancel(dropped.task_id, ME)).status is TaskStatus.CANCELLED
+        cancelled = await service.cancel(blocker.task_id, ME)  # running: its work is cancelled
+        assert cancelled.status is TaskStatus.CANCELLED
+        done = await _until(service, low.task_id, TaskStatus.COMPLETED, ME)
+        assert done.result == {"echo": "low"}
+        assert done.attempts == 1
+        failed = await _until(service, bad.task_id, TaskStatus.ERROR, ME)
+        assert failed.error is not None
+        assert failed.error["status"] == 400
+        assert runner.cancelled == ["block"]
+        assert runner.started == ["block", "high", "bad", "low"]
+        assert (await service.get(high.task_id, ME)).status is TaskStatus.COMPLETED
+        assert (await service.get(blocker.task_id, ME)).status is TaskStatus.CANCELLED  # not overwritten
+
+
+async def test_tasks_are_visible_to_their_submitter_and_to_admins_only() -> None:
+    service = TaskService(MemoryTaskStore(max_tasks=100, ttl_s=60), Runner(), TaskSettings(workers=0))
+    mine = await service.submit("inference", {"name": "x"}, "normal", ME)
+    with pytest.raises(UnknownTask):
+        await service.get(mine.task_id, OTHER)
+    with pytest.raises(UnknownTask):
+        await service.cancel(mine.task_id, OTHER)
+    assert (await service.get(mine.task_id, ADMIN)).owner == "me"
+    assert [r.task_id for r in await service.find(OTHER, status=None, limit=10)] == []
+    assert [r.task_id for r in await service.find(ADMIN, status=TaskStatus.PENDING, limit=10)] == [mine.task_id]
+
+
+async def test_stopping_the_workers_puts_running_tasks_back_in_the_queue() -> None:
+    runner = Runner()
+    store = MemoryTaskStore(max_tasks=100, ttl_s=60)
+    service = TaskService(store, runner, TaskSettings(workers=1), poll_s=0.01)
+    async with running(service):
+        task = await service.submit("inference", {"name": "block-forever"}, "normal", ME)
+        await _until(service, task.task_id, TaskStatus.RUNNING, ME)
+    record = await service.get(task.task_id, ME)
+    assert record.status is TaskStatus.PENDING
+    assert record.attempts == 1
+    assert runner.cancelled == ["block-forever"]
+    runner.release.set()
+    async with running(service):  # the next workers take it again: at least once, attempts show it
+        again = await _until(service, task.task_id, TaskStatus.COMPLETED, ME)
+    assert again.attempts == 2
+
+
+def test_task_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DISTINFER_TASK_STORE", "redis://cache:6379/2")
+    monkeypatch.setenv("DISTINFER_TASK_WORKERS", "0")
+    monkeypatch.setenv("DISTINFER_TASK_AGING_S", "2.5")
+    monkeypatch.setenv("DISTINFER_MAX_INFLIGHT", "7")
+    monkeypatch.setenv("DISTINFER_BATCH_COALESCE", "false")
+    settings = Settings()
+    assert (settings.tasks.store, settings.tasks.workers, settings.tasks.aging_s) == ("redis://cache:6379/2", 0, 2.5)
+    assert settings.limits.max_inflight == 7
+    assert settings.orchestration.coalesce is False
+    assert isinstance(open_store("memory", max_tasks=10, ttl_s=1), MemoryTaskStore)
+    monkeypatch.setenv("DISTINFER_TASK_STORE", "postgres://nope")
+    with pytest.raises(ValidationError):
+        Settings()
