@@ -1,0 +1,191 @@
+"""`LegacyInferenceMiddleware` in "an existing service", against real node processes (CONTRACT §2, §3)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import numpy as np
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from gateway_plugin import DistributedInference
+from gateway_plugin.auth import ADMIN, INFER
+from gateway_plugin.processes import ServerProcess, free_port
+from gateway_plugin.settings import FlagSettings
+from tests.integration.conftest import STARTUP_TIMEOUT_S, bearer, settings_for
+from tests.integration.legacy_service import existing_service
+
+PREFIX = "/api/v1/distributed"
+IMAGE = (np.arange(64, dtype=np.float32).reshape(8, 8) / 64).round(3).tolist()
+BODY = json.dumps({"model": "digits", "inputs": IMAGE}).encode()
+JSON = {"Content-Type": "application/json"}
+
+
+@asynccontextmanager
+async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with LifespanManager(app, startup_timeout=STARTUP_TIMEOUT_S) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+            yield client
+
+
+async def plain_answer() -> tuple[httpx.Response, list[Any]]:
+    app, _, seen = existing_service(None)
+    async with client_for(app) as client:
+        response = await client.post("/api/inference", content=BODY, headers={**JSON, "X-Trace": "1"})
+    return response, seen.requests
+
+
+async def test_flag_off_the_handler_sees_the_same_request_and_the_client_the_same_bytes(
+    two_nodes: list[ServerProcess],
+) -> None:
+    before, seen_before = await plain_answer()
+    app, _, seen = existing_service(settings_for([n.url for n in two_nodes], enabled=False))
+    async with client_for(app) as client:
+        after = await client.post("/api/inference", content=BODY, headers={**JSON, "X-Trace": "1"})
+    assert before.status_code == after.status_code == 200
+    assert before.headers.raw == after.headers.raw
+    assert before.content == after.content
+    assert seen.requests == seen_before  # the same headers, in order, and the same body bytes
+
+
+async def test_flag_on_the_cluster_answers_in_the_endpoints_shape(two_nodes: list[ServerProcess]) -> None:
+    local, _ = await plain_answer()
+    app, _, seen = existing_service(settings_for([n.url for n in two_nodes]))
+    async with client_for(app) as client:
+        response = await client.post("/api/inference", content=BODY, headers=JSON)
+        hello = await client.get("/hello")
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Inference-Mode"] == "distributed"
+    assert response.headers["X-Inference-Node"] in {"node-a", "node-b"}
+    assert seen.requests == []  # the original handler did not run
+    got, expected = response.json(), local.json()
+    assert got.keys() == expected.keys()
+    assert got["model"] == expected["model"]
+    assert [o["shape"] for o in got["outputs"]] == [o["shape"] for o in expected["outputs"]]
+    np.testing.assert_allclose(got["outputs"][0]["data"], expected["outputs"][0]["data"], atol=1e-4)
+    assert hello.json() == {"hello": "world"}  # the service's own auth-free routes are untouched
+
+
+async def test_cluster_unable_to_serve_falls_back_through_the_original_handler() -> None:
+    local, _ = await plain_answer()
+    dead = f"http://127.0.0.1:{free_port()}"
+    app, _, seen = existing_service(settings_for([dead]))
+    async with client_for(app) as client:
+        response = await client.post("/api/inference", content=BODY, headers=JSON)
+        declined = await client.post("/api/inference", json={"inputs": IMAGE})  # no model: the adapter declines
+    assert response.status_code == 200
+    assert response.headers["X-Inference-Mode"] == "local-fallback"
+    assert response.headers["X-Served-By"] == "legacy-handler"
+    assert response.content == local.content  # exactly what the service answers on its own
+    assert len(seen.requests) == 2
+    assert seen.requests[0][1] == BODY
+    assert declined.status_code == 200
+    assert declined.headers["X-Inference-Mode"] == "local-fallback"
+
+
+async def _mode_of(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
+    response = await client.post("/api/inference", content=BODY, headers={**JSON, **headers})
+    assert response.status_code == 200, response.text
+    return response.headers.get("X-Inference-Mode", "legacy")
+
+
+async def test_rollout_is_sticky_per_caller_and_changes_at_runtime(two_nodes: list[ServerProcess]) -> None:
+    settings = settings_for([n.url for n in two_nodes])
+    settings.flags = FlagSettings(enabled=True, rollout_percent=50)
+    app, distributed, _ = existing_service(settings)
+    admin = bearer(INFER, ADMIN, sub="ops")
+    async with client_for(app) as client:
+        modes: dict[str, str] = {}
+        for i in range(24):
+            caller = bearer(sub=f"user-{i}")
+            first, second = await _mode_of(client, caller), await _mode_of(client, caller)
+            assert first == second  # sticky
+            modes[f"user-{i}"] = first
+        share = sum(mode == "distributed" for mode in modes.values()) / len(modes)
+        assert 0.15 < share < 0.85, modes
+        # No token: the client address decides, stickily too.
+        assert len({await _mode_of(client, {}) for _ in range(3)}) == 1
+
+        # Runtime changes, no restart: 0 %, 100 %, off, and back on while everything else is 404.
+        assert (await client.put(f"{PREFIX}/flags", json={"rollout_percent": 0}, headers=admin)).status_code == 200
+        assert {await _mode_of(client, bearer(sub=f"user-{i}")) for i in range(6)} == {"legacy"}
+        assert (await client.put(f"{PREFIX}/flags", json={"rollout_percent": 100}, headers=admin)).status_code == 200
+        assert {await _mode_of(client, bearer(sub=f"user-{i}")) for i in range(6)} == {"distributed"}
+        off = await client.put(f"{PREFIX}/flags", json={"enabled": False}, headers=admin)
+        assert off.json() == {"enabled": False, "rollout_percent": 100.0, "mode": "serve", "source": "settings"}
+        assert await _mode_of(client, admin) == "legacy"
+        assert (await client.get(f"{PREFIX}/nodes", headers=admin)).status_code == 404
+        assert (await client.get(f"{PREFIX}/flags", headers=admin)).json()["enabled"] is False
+        assert (await client.put(f"{PREFIX}/flags", json={"enabled": True}, headers=admin)).status_code == 200
+        assert (await client.get(f"{PREFIX}/nodes", headers=admin)).status_code == 200
+        assert await _mode_of(client, admin) == "distributed"
+
+        # Changing flags needs admin; reading them needs infer.
+        infer_only = bearer(INFER, sub="someone")
+        assert (await client.put(f"{PREFIX}/flags", json={"enabled": False}, headers=infer_only)).status_code == 403
+        assert (await client.put(f"{PREFIX}/flags", json={"enabled": False})).status_code == 401
+        assert (await client.get(f"{PREFIX}/flags", headers=infer_only)).status_code == 200
+        bad = await client.put(f"{PREFIX}/flags", json={"rollout_percent": 150}, headers=admin)
+        assert bad.status_code == 422
+    assert distributed is not None
+    assert distributed.flags.current().enabled
+
+
+async def _wait_compared(distributed: DistributedInference, count: int) -> dict[str, Any]:
+    async with asyncio.timeout(20):
+        while True:
+            snap = distributed.shadow.snapshot()
+            if snap["compared"] + snap["cluster_errors"] >= count:
+                return snap
+            await asyncio.sleep(0.02)
+
+
+async def test_shadow_mode_answers_as_before_and_compares_in_the_background(two_nodes: list[ServerProcess]) -> None:
+    local, _ = await plain_answer()
+    for weights, agree in (("digits", True), ("digits_b", False)):
+        settings = settings_for([n.url for n in two_nodes])
+        settings.flags = FlagSettings(enabled=True, mode="shadow")
+        app, distributed, seen = existing_service(settings, weights=weights)
+        assert distributed is not None
+        async with client_for(app) as client:
+            responses = [await client.post("/api/inference", content=BODY, headers=JSON) for _ in range(4)]
+            snap = await _wait_compared(distributed, 4)
+            health = (await client.get("/health")).json()
+            stats = (await client.get(f"{PREFIX}/stats", headers=bearer())).json()
+        assert len(seen.requests) == 4  # the original handler answered every request
+        for response in responses:
+            assert response.status_code == 200
+            assert "X-Inference-Mode" not in response.headers
+            if agree:
+                assert response.content == local.content
+        if agree:
+            assert (snap["compared"], snap["matched"], snap["diverged"]) == (4, 4, 0)
+        else:  # the service runs other weights than the cluster: the operator sees it before switching
+            assert snap["diverged"] == 4
+            assert "logits: values differ" in snap["recent_divergences"][0]["detail"]
+        assert snap["latency_ms"]["cluster"]["p50"] is not None
+        assert health["cluster"]["legacy"]["compared"] == 4
+        assert stats["shadow"]["compared"] == 4
+        assert health["cluster"]["nodes"]["online"] == 2
+        assert health["cluster"]["flags"]["mode"] == "shadow"
+
+
+async def test_shadow_mode_with_a_dead_cluster_never_touches_the_real_answer() -> None:
+    local, _ = await plain_answer()
+    settings = settings_for([f"http://127.0.0.1:{free_port()}"])
+    settings.flags = FlagSettings(enabled=True, mode="shadow")
+    app, distributed, _ = existing_service(settings)
+    assert distributed is not None
+    async with client_for(app) as client:
+        response = await client.post("/api/inference", content=BODY, headers=JSON)
+        snap = await _wait_compared(distributed, 1)
+    assert response.content == local.content
+    assert snap["cluster_errors"] == 1
+    assert snap["compared"] == 0
+    assert snap["recent_divergences"][0]["detail"].startswith("cluster failed: ")

@@ -1,0 +1,185 @@
+"""SSE token streaming through the plugin mounted in a real service under uvicorn, read with httpx-sse.
+
+Nodes are real processes serving the bundled `charlm` (a step-function GRU on Python's own docs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from httpx_sse import aconnect_sse
+
+from gateway_plugin.processes import ServerProcess, free_port
+from gateway_plugin.settings import BalancerSettings, LimitSettings
+from tests.integration.conftest import StartNodes, bearer, settings_for
+from tests.integration.legacy_service import existing_service, serving
+
+PREFIX = "/api/v1/distributed"
+PROMPT = "The return statement"
+
+
+@asynccontextmanager
+async def gateway(nodes: list[str], **options: Any) -> AsyncIterator[httpx.AsyncClient]:
+    app, _, _ = existing_service(settings_for(nodes, **options))
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, headers=bearer(), timeout=30) as client:
+        yield client
+
+
+async def read_events(
+    client: httpx.AsyncClient, method: str, path: str, **kwargs: Any
+) -> tuple[httpx.Response, list[tuple[str, Any]]]:
+    async with aconnect_sse(client, method, PREFIX + path, **kwargs) as source:
+        source.response.raise_for_status()
+        events = [(event.event, json.loads(event.data)) async for event in source.aiter_sse()]
+    return source.response, events
+
+
+async def node_stats(node: ServerProcess, model: str = "charlm") -> dict[str, int]:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{node.url}/v2/models/{model}/generate_stream/stats")
+    response.raise_for_status()
+    return dict(response.json())
+
+
+@pytest.mark.parametrize("model", ["charlm", pytest.param("charlm_torchscript", marks=pytest.mark.torch)])
+async def test_tokens_arrive_as_sse_events_then_result_and_done(two_nodes: list[ServerProcess], model: str) -> None:
+    async with gateway([n.url for n in two_nodes]) as client:
+        response, events = await read_events(
+            client, "GET", f"/inference/stream/{model}", params={"prompt": PROMPT, "max_tokens": 40}
+        )
+        _, posted = await read_events(
+            client, "POST", f"/inference/stream/{model}", json={"prompt": PROMPT, "parameters": {"max_tokens": 40}}
+        )
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["X-Inference-Node"] in {"node-a", "node-b"}
+    assert [kind for kind, _ in events] == ["token"] * 40 + ["result", "done"]
+    text = "".join(data["text"] for kind, data in events if kind == "token")
+    result = events[-2][1]
+    assert result["text"] == text
+    assert result["tokens"] == 40
+    assert result["finish_reason"] == "length"
+    assert result["mode"] == "distributed"
+    assert result["node_id"] == response.headers["X-Inference-Node"]
+    assert [data["index"] for kind, data in events if kind == "token"] == list(range(40))
+    assert posted[-2][1]["text"] == text  # greedy: GET and POST, either node, give the same text
+    assert len(text.split()) >= 5
+
+
+async def test_stream_errors_before_the_first_token_are_plain_problems(two_nodes: list[ServerProcess]) -> None:
+    async with gateway([n.url for n in two_nodes]) as client:
+        unknown = await client.get(f"{PREFIX}/inference/stream/no_such_model", params={"prompt": "x"})
+        too_many = await client.get(f"{PREFIX}/inference/stream/charlm", params={"prompt": "x", "max_tokens": 10**6})
+        neither = await client.post(f"{PREFIX}/inference/stream/charlm", json={"parameters": {}})
+        not_generative = await client.get(f"{PREFIX}/inference/stream/digits", params={"prompt": "x"})
+        anonymous = await client.get(
+            f"{PREFIX}/inference/stream/charlm", params={"prompt": "x"}, headers={"Authorization": ""}
+        )
+        # A non-generative model with `inputs`: one `result` event, then `done`.
+        _, one = await read_events(
+            client, "POST", "/inference/stream/digits", json={"inputs": [[0.5] * 8] * 8, "request_id": "one-1"}
+        )
+    for response, status in ((unknown, 404), (too_many, 400), (neither, 422), (not_generative, 400), (anonymous, 401)):
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+    assert "max_tokens" in too_many.json()["detail"]
+    assert "not generative" in not_generative.json()["detail"]
+    assert anonymous.headers["WWW-Authenticate"] == 'Bearer realm="distinfer"'
+    assert [kind for kind, _ in one] == ["result", "done"]
+    assert one[0][1]["request_id"] == "one-1"
+    assert one[0][1]["outputs"][0]["shape"] == [1, 10]
+
+
+async def test_client_disconnect_cancels_the_generation_on_the_node(two_nodes: list[ServerProcess]) -> None:
+    node = two_nodes[0]
+    before = await node_stats(node)
+    async with gateway([node.url], limits=LimitSettings(max_new_tokens=65_536)) as client:
+        async with aconnect_sse(
+            client, "GET", f"{PREFIX}/inference/stream/charlm", params={"prompt": "x", "max_tokens": 65_536}
+        ) as source:
+            tokens = 0
+            async for event in source.aiter_sse():
+                tokens += event.event == "token"
+                if tokens == 3:
+                    break  # the client goes away mid-stream
+        async with asyncio.timeout(20):
+            while True:
+                after = await node_stats(node)
+                if not after["active"] and after["cancelled"] != before["cancelled"]:
+                    break
+                await asyncio.sleep(0.05)
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["completed"] == before["completed"]
+    assert after["tokens"] - before["tokens"] < 65_536  # it stopped early, it did not run to the end
+
+
+async def test_the_stream_deadline_ends_it_with_an_error_event(two_nodes: list[ServerProcess]) -> None:
+    async with gateway([two_nodes[1].url], limits=LimitSettings(max_new_tokens=65_536)) as client:
+        started = time.monotonic()
+        _, events = await read_events(
+            client,
+            "GET",
+            "/inference/stream/charlm",
+            params={"prompt": "x", "max_tokens": 65_536, "timeout_ms": 1500},
+        )
+    assert time.monotonic() - started < 10
+    kinds = [kind for kind, _ in events]
+    assert kinds[-2:] == ["error", "done"]
+    assert "result" not in kinds
+    assert events[-2][1]["status"] == 504
+    assert events[-2][1]["code"] == "deadline_exceeded"
+
+
+async def test_retry_before_the_first_token_and_an_error_event_when_the_node_dies_mid_stream(
+    start_nodes: StartNodes,
+) -> None:
+    first, second = start_nodes("stream-1", "stream-2", extra_args=["--models", "charlm"])
+    # Probes far apart: the gateway still believes a killed node is online, as right after a crash.
+    settings = dict(balancer=BalancerSettings(probe_interval_s=60), limits=LimitSettings(max_new_tokens=65_536))
+    async with gateway([first.url, second.url], **settings) as client:
+        first.kill()
+        results = []
+        for _ in range(4):
+            _, events = await read_events(
+                client, "GET", "/inference/stream/charlm", params={"prompt": PROMPT, "max_tokens": 5}
+            )
+            assert [kind for kind, _ in events] == ["token"] * 5 + ["result", "done"]
+            results.append(events[-2][1])
+        assert {r["node_id"] for r in results} == {"stream-2"}
+        assert max(r["attempts"] for r in results) == 2  # the dead node was tried first at least once
+
+        kinds: list[str] = []
+        last: Any = None
+        async with asyncio.timeout(30):
+            async with aconnect_sse(
+                client, "GET", f"{PREFIX}/inference/stream/charlm", params={"prompt": "x", "max_tokens": 65_536}
+            ) as source:
+                async for event in source.aiter_sse():
+                    kinds.append(event.event)
+                    last = json.loads(event.data) if event.event == "error" else last
+                    if kinds.count("token") == 3 and second.alive:
+                        second.kill()  # the node dies mid-stream
+    assert kinds[-2:] == ["error", "done"]
+    assert "result" not in kinds
+    assert last["code"] == "stream_interrupted"
+    assert "stream-2" in last["detail"]
+
+
+async def test_streams_fall_back_to_the_local_generator(tmp_path: Path, repository: Path) -> None:
+    (tmp_path / "charlm").symlink_to(repository / "charlm")
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with gateway([dead], local=tmp_path) as client:
+        response, events = await read_events(
+            client, "GET", "/inference/stream/charlm", params={"prompt": PROMPT, "max_tokens": 12}
+        )
+    assert response.headers["X-Inference-Mode"] == "local"
+    assert [kind for kind, _ in events] == ["token"] * 12 + ["result", "done"]
+    assert events[-2][1]["mode"] == "local"
+    assert events[-2][1]["node_id"] is None
