@@ -1,0 +1,206 @@
+"""The gateway's Prometheus metrics, every one created once on an injected `CollectorRegistry`.
+
+Names follow Prometheus conventions (base units in the name, `_total` counters). Labels are
+bounded: routes are route templates, node and model labels come from a `LabelBudget` that admits
+a fixed number of distinct values and folds the rest into `other`, so no caller can grow the
+series without limit by inventing model names.
+
+    distinfer_gateway_http_request_duration_seconds{route,method,status}   ASGI entry to response sent
+    distinfer_gateway_http_requests_in_flight{route}
+    distinfer_gateway_overhead_seconds{route,phase}      phase: before_upstream | after_upstream
+    distinfer_gateway_requests_total{model,node,outcome,mode}              one per logical inference
+    distinfer_gateway_inference_duration_seconds{model,mode}
+    distinfer_gateway_attempts_total{node,outcome}        distinfer_gateway_attempt_duration_seconds{node}
+    distinfer_gateway_retries_total{model}                distinfer_gateway_hedges_total{model}
+    distinfer_gateway_fallbacks_total{model,reason}       distinfer_gateway_balancer_decisions_total{strategy,node}
+    distinfer_gateway_node_ejections_total{node}          distinfer_gateway_queue_wait_seconds{priority}
+    distinfer_gateway_event_loop_lag_seconds
+    live, read at scrape time: distinfer_gateway_node_up{node}, distinfer_gateway_node_in_flight_requests{node},
+    distinfer_gateway_breaker_state{node,state}, distinfer_gateway_node_trust_score{node},
+    distinfer_gateway_queue_depth
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.registry import Collector
+
+from worker.telemetry import LATENCY_BUCKETS, Exposition
+
+__all__ = ["OTHER", "GatewayMetrics", "LabelBudget", "LiveNode", "OVERHEAD_BUCKETS"]
+
+OTHER = "other"
+# The gateway's own share of a request: tens of microseconds to tens of milliseconds.
+OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BREAKER_STATES = ("closed", "open", "half_open")
+
+
+class LabelBudget:
+    """Admits up to `limit` distinct label values; later newcomers are reported as `other`."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        with self._lock:
+            if len(self._seen) < self._limit:
+                self._seen.add(value)
+                return value
+        return OTHER
+
+
+@dataclass(frozen=True, slots=True)
+class LiveNode:
+    """What the scrape-time collector reports about one node."""
+
+    node_id: str
+    up: bool
+    in_flight: int
+    breaker: str | None = None
+    trust: float | None = None
+
+
+class _LiveCollector(Collector):
+    def __init__(self, nodes: Callable[[], Iterable[LiveNode]], queue_depth: Callable[[], int]) -> None:
+        self._nodes = nodes
+        self._queue_depth = queue_depth
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("distinfer_gateway_node_up", "1 when the node is online and routable", labels=["node"])
+        busy = GaugeMetricFamily(
+            "distinfer_gateway_node_in_flight_requests", "Requests this gateway has on the node now", labels=["node"]
+        )
+        breaker = GaugeMetricFamily(
+            "distinfer_gateway_breaker_state", "1 for the breaker's current state", labels=["node", "state"]
+        )
+        trust = GaugeMetricFamily("distinfer_gateway_node_trust_score", "Node trust score (0..1)", labels=["node"])
+        for node in self._nodes():
+            up.add_metric([node.node_id], 1.0 if node.up else 0.0)
+            busy.add_metric([node.node_id], node.in_flight)
+            if node.breaker is not None:
+                for state in BREAKER_STATES:
+                    breaker.add_metric([node.node_id, state], 1.0 if node.breaker == state else 0.0)
+            if node.trust is not None:
+                trust.add_metric([node.node_id], node.trust)
+        yield from (up, busy, breaker, trust)
+        yield GaugeMetricFamily(
+            "distinfer_gateway_queue_depth", "Tasks waiting in the queue", value=self._queue_depth()
+        )
+
+
+class GatewayMetrics:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        live_nodes: Callable[[], Iterable[LiveNode]] = tuple,
+        queue_depth: Callable[[], int] = lambda: 0,
+        node_limit: int = 1000,
+        model_limit: int = 256,
+    ) -> None:
+        self.registry = registry
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self.node_label = LabelBudget(node_limit)
+        self.model_label = LabelBudget(model_limit)
+        r = registry
+        self.http_seconds = Histogram(
+            "distinfer_gateway_http_request_duration_seconds",
+            "Plugin requests from ASGI entry to the last response byte sent",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.http_in_flight = Gauge(
+            "distinfer_gateway_http_requests_in_flight",
+            "Plugin requests being served",
+            ["route"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.overhead_seconds = Histogram(
+            "distinfer_gateway_overhead_seconds",
+            "The gateway's own time: ASGI entry to first upstream send, last upstream byte to response sent",
+            ["route", "phase"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "distinfer_gateway_requests",
+            "Logical inference calls by model, serving node, outcome and mode",
+            ["model", "node", "outcome", "mode"],
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "distinfer_gateway_inference_duration_seconds",
+            "One logical inference call, all attempts and any fallback included",
+            ["model", "mode"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.attempts = Counter(
+            "distinfer_gateway_attempts", "Calls to nodes by outcome", ["node", "outcome"], registry=r
+        )
+        self.attempt_seconds = Histogram(
+            "distinfer_gateway_attempt_duration_seconds",
+            "One call to one node",
+            ["node"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter("distinfer_gateway_retries", "Attempts after the first", ["model"], registry=r)
+        self.hedges = Counter("distinfer_gateway_hedges", "Hedged (speculative) attempts", ["model"], registry=r)
+        self.fallbacks = Counter(
+            "distinfer_gateway_fallbacks", "Calls answered by local inference", ["model", "reason"], registry=r
+        )
+        self.decisions = Counter(
+            "distinfer_gateway_balancer_decisions",
+            "Nodes picked, by strategy",
+            ["strategy", "node"],
+            registry=r,
+        )
+        self.ejections = Counter(
+            "distinfer_gateway_node_ejections",
+            "Times a node left the routable set (probe or passive failure)",
+            ["node"],
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "distinfer_gateway_queue_wait_seconds",
+            "Time a task waited in the queue",
+            ["priority"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag_seconds = Histogram(
+            "distinfer_gateway_event_loop_lag_seconds",
+            "How late the event loop ran a timer: queueing every request also waits through",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self._names = {id(metric): name for name, metric in vars(self).items() if isinstance(metric, MetricWrapperBase)}
+        live = _LiveCollector(live_nodes, queue_depth)
+        r.register(live)
+        self.exposition = Exposition.for_environment(r, [live])
+
+    def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """`metric.labels(*labels)`, cached: a dict hit per request instead of a validating call under a lock.
+
+        As bounded as the labels themselves (route templates, label budgets, fixed outcome sets).
+        """
+        key = (self._names[id(metric)], labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found

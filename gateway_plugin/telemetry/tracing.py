@@ -1,0 +1,100 @@
+"""The gateway's traces: which provider, a server span per plugin request, W3C context to nodes.
+
+Provider, first match wins: the one passed to `DistributedInference(tracer_provider=...)`; the
+host's global SDK provider when the host set one up (e.g. `opentelemetry-instrument`); else one
+built from the standard `OTEL_*` variables (`worker.tracing`), which exports over OTLP only when
+an endpoint is set and is a no-op otherwise.
+
+Server spans come from OpenTelemetry's own ASGI instrumentation, wrapped around each plugin
+route (the host app is never patched); under a host that already traces requests they become
+child spans. With the no-op provider nothing is created, but an incoming `traceparent` is still
+attached, so it reaches the nodes unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, Span, TracerProvider
+from opentelemetry.trace.propagation import set_span_in_context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from worker.tracing import tracer_provider_from_env
+
+__all__ = ["GatewayTracing", "gateway_tracer_provider"]
+
+_TRACEPARENT = b"traceparent"
+
+
+def gateway_tracer_provider(injected: TracerProvider | None = None) -> TracerProvider:
+    """The provider the plugin uses: injected, else the host's global SDK one, else from `OTEL_*`."""
+    if injected is not None:
+        return injected
+    current = trace.get_tracer_provider()
+    if not isinstance(current, NoOpTracerProvider | ProxyTracerProvider):
+        return current
+    return tracer_provider_from_env("distinfer-gateway")
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {key.decode("latin-1"): value.decode("latin-1") for key, value in scope.get("headers", ())}
+
+
+class GatewayTracing:
+    def __init__(self, provider: TracerProvider) -> None:
+        self.provider = provider
+        self.enabled = not isinstance(provider, NoOpTracerProvider)
+        self.tracer = provider.get_tracer("distinfer.gateway")
+        self._propagator = TraceContextTextMapPropagator()
+        self._servers: dict[int, ASGIApp] = {}  # one instrumented app per route; routes are few and live long
+
+    async def serve(
+        self, route: object, template: str, scope: Scope, receive: Receive, send: Send, app: ASGIApp
+    ) -> None:
+        """Run one request of `route` under a server span (or just the caller's trace context)."""
+        if self.enabled:
+            server = self._servers.get(id(route))
+            if server is None:
+                server = self._servers[id(route)] = self._instrumented(template, app)
+            await server(scope, receive, send)
+            return
+        if not any(key == _TRACEPARENT for key, _ in scope.get("headers", ())):
+            await app(scope, receive, send)
+            return
+        token = otel_context.attach(self._propagator.extract(_headers(scope)))
+        try:
+            await app(scope, receive, send)
+        finally:
+            otel_context.detach(token)
+
+    def _instrumented(self, template: str, app: ASGIApp) -> ASGIApp:
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+        from opentelemetry.metrics import NoOpMeterProvider
+
+        def details(scope: Scope) -> tuple[str, dict[str, Any]]:
+            return f"{scope.get('method', 'HTTP')} {template}", {"http.route": template}
+
+        middleware: Callable[[Scope, Receive, Send], Awaitable[None]] = OpenTelemetryMiddleware(
+            app,
+            default_span_details=details,
+            tracer_provider=self.provider,
+            meter_provider=NoOpMeterProvider(),  # metrics are Prometheus's job here
+            exclude_spans=["receive", "send"],
+        )
+        return middleware
+
+    def headers(self, span: Span, request_id: str | None) -> dict[str, str]:
+        """What an attempt sends to its node: `traceparent` (and `tracestate`) of `span`, and the request id."""
+        carrier: dict[str, str] = {"X-Request-ID": request_id} if request_id else {}
+        self._propagator.inject(carrier, context=set_span_in_context(span))
+        return carrier
+
+    def flush(self) -> None:
+        """Export what is buffered (at the end of the host's lifespan); the provider lives on."""
+        flush = getattr(self.provider, "force_flush", None)
+        if callable(flush):
+            flush()

@@ -1,0 +1,203 @@
+"""The dispatcher's observer: what each call and attempt turns into (metrics, spans, stats, headers)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
+
+from balancer import NodePool, RetryPolicy
+from balancer.strategies import default_strategies
+from discovery.node import ModelInfo, NodeSpec, NodeStatus
+from discovery.registry import NodeRegistry
+from gateway_plugin.dispatch import Dispatcher, InferenceCall
+from gateway_plugin.errors import BadRequest, NoCapacity, UnknownModel
+from gateway_plugin.telemetry import Telemetry
+from gateway_plugin.telemetry.metrics import OTHER, LabelBudget
+from gateway_plugin.telemetry.recorder import RECORD, RequestRecord
+from worker.config import TensorSpec
+from worker.errors import NodeRejected, NodeServerError
+from worker.protocol import DecodedResponse, Tensor
+
+SPEC = (TensorSpec(name="x", datatype="FP32", shape=(-1, 1)),)
+INFO = ModelInfo("m", "1", "onnx", SPEC, SPEC)
+INPUT = [Tensor.of("x", np.zeros((1, 1), np.float32))]
+
+
+class RecordingClient:
+    """Answers or fails per node URL, and keeps the headers each call carried."""
+
+    def __init__(self) -> None:
+        self.error: dict[str, Exception] = {}
+        self.fail_first: Exception | None = None  # raised by whichever node is called first
+        self.headers: list[dict[str, str]] = []
+        self.urls: list[str] = []
+
+    async def infer(self, url: str, model: str, inputs: Any, *, headers: Any = None, **_: Any) -> DecodedResponse:
+        self.headers.append(dict(headers or {}))
+        self.urls.append(url)
+        await asyncio.sleep(0)
+        if self.fail_first is not None and len(self.urls) == 1:
+            raise self.fail_first
+        if url in self.error:
+            raise self.error[url]
+        return DecodedResponse(model, "1", None, {}, [Tensor.of("x", np.ones((1, 1), np.float32))])
+
+
+def _setup(nodes: int = 2) -> tuple[Telemetry, Dispatcher, RecordingClient, list[str], InMemorySpanExporter]:
+    registry = NodeRegistry()
+    pool = NodePool(registry, default_strategies(), default_strategy="round_robin", rng=random.Random(0))
+    urls = [f"http://n{i}:1" for i in range(nodes)]
+    registry.reset("static", [NodeSpec(url, node_id=f"n{i}") for i, url in enumerate(urls)])
+    for url in urls:
+        registry.update(url, status=NodeStatus.ONLINE, models=MappingProxyType({"m": INFO}))
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = Telemetry(
+        registry, api_prefix="/api", registry=CollectorRegistry(), tracer_provider=provider, known_model=pool.knows
+    )
+    client = RecordingClient()
+    dispatcher = Dispatcher(
+        pool,
+        client,
+        retry=RetryPolicy(max_attempts=2),
+        observer=telemetry.observer,  # type: ignore[arg-type]
+    )
+    return telemetry, dispatcher, client, urls, exporter
+
+
+def _value(telemetry: Telemetry, name: str, **labels: str) -> float:
+    return telemetry.registry.get_sample_value(name, labels) or 0.0
+
+
+def _call(model: str = "m") -> InferenceCall:
+    return InferenceCall(model=model, inputs=INPUT, request_id="req-1", timeout_s=2.0)
+
+
+async def test_a_retried_call_counts_attempts_retries_and_nests_spans() -> None:
+    telemetry, dispatcher, client, urls, exporter = _setup()
+    client.fail_first = NodeServerError("boom", node_url="first", status=500)
+    outcome = await dispatcher.infer(_call())
+    failed, served = (f"n{urls.index(url)}" for url in client.urls)
+    assert (outcome.node_id, outcome.attempts) == (served, 2)
+    assert _value(
+        telemetry, "distinfer_gateway_requests_total", model="m", node=served, outcome="ok", mode="distributed"
+    )
+    assert _value(telemetry, "distinfer_gateway_attempts_total", node=failed, outcome="server_error") == 1
+    assert _value(telemetry, "distinfer_gateway_attempts_total", node=served, outcome="ok") == 1
+    assert _value(telemetry, "distinfer_gateway_retries_total", model="m") == 1
+    assert _value(telemetry, "distinfer_gateway_hedges_total", model="m") == 0
+    assert _value(telemetry, "distinfer_gateway_balancer_decisions_total", strategy="round_robin", node=served) == 1
+
+    spans = exporter.get_finished_spans()
+    (dispatch,) = [s for s in spans if s.name == "dispatch"]
+    attempts = sorted((s for s in spans if s.name == "node attempt"), key=lambda s: s.attributes["distinfer.attempt"])  # type: ignore[index]
+    assert [s.attributes["distinfer.outcome"] for s in attempts] == ["server_error", "ok"]  # type: ignore[index]
+    assert all(s.parent is not None and s.parent.span_id == dispatch.context.span_id for s in attempts)
+    # Each attempt carried its own span as the node's parent, and the request id.
+    sent = [h["traceparent"].split("-")[2] for h in client.headers]
+    assert sent == [format(s.context.span_id, "016x") for s in attempts]
+    assert all(h["X-Request-ID"] == "req-1" for h in client.headers)
+
+    window = telemetry.stats.node(failed)
+    assert (window.samples, window.error_rate) == (1, 1.0)
+    assert telemetry.stats.recent()[0]["attempts"] == 2
+
+
+async def test_failures_are_labelled_by_outcome_and_made_up_models_stay_unknown() -> None:
+    telemetry, dispatcher, client, urls, _ = _setup()
+    for url in urls:
+        client.error[url] = NodeServerError("down", node_url=url, status=503)
+    with pytest.raises(NoCapacity):
+        await dispatcher.infer(_call())
+    assert _value(
+        telemetry, "distinfer_gateway_requests_total", model="m", node="none", outcome="unavailable", mode="none"
+    )
+    with pytest.raises(UnknownModel):
+        await dispatcher.infer(_call("invented-model-42"))
+    text = telemetry.render_metrics()[0].decode()
+    assert "invented-model-42" not in text
+    assert _value(
+        telemetry, "distinfer_gateway_requests_total", model="unknown", node="none", outcome="not_found", mode="none"
+    )
+    assert telemetry.stats.errors_total == 2
+
+
+async def test_a_node_refusing_a_bad_request_is_not_counted_against_its_health() -> None:
+    telemetry, dispatcher, client, urls, _ = _setup()
+    client.fail_first = NodeRejected("bad tensor", node_url="first", status=400)
+    with pytest.raises(BadRequest, match="bad tensor"):
+        await dispatcher.infer(_call())
+    node = f"n{urls.index(client.urls[0])}"
+    assert _value(telemetry, "distinfer_gateway_attempts_total", node=node, outcome="rejected") == 1
+    bad = {"model": "m", "node": "none", "outcome": "bad_request", "mode": "none"}
+    assert _value(telemetry, "distinfer_gateway_requests_total", **bad) == 1
+    assert telemetry.stats.node(node).error_rate == 0.0
+
+
+async def test_overlapping_attempts_of_one_call_are_hedges() -> None:
+    telemetry, *_ = _setup()
+    observer = telemetry.observer
+    with observer.dispatch("m", "r", "round_robin") as call:
+        with observer.attempt("m", "n0", 1), observer.attempt("m", "n1", 2):
+            pass
+        call.finished("n0", "distributed", 2)
+    assert _value(telemetry, "distinfer_gateway_hedges_total", model="m") == 1
+    assert _value(telemetry, "distinfer_gateway_retries_total", model="m") == 0
+
+
+async def test_the_request_record_learns_upstream_timing_and_routing() -> None:
+    _, dispatcher, client, urls, _ = _setup()
+    record = RequestRecord(start=0.0, route="/api/inference")
+    token = RECORD.set(record)
+    try:
+        await dispatcher.infer(_call())
+    finally:
+        RECORD.reset(token)
+    assert record.upstream_start is not None
+    assert record.upstream_end is not None
+    assert record.upstream_end >= record.upstream_start
+    assert (record.model, record.node, record.mode, record.attempts, record.outcome) == (
+        "m",
+        f"n{urls.index(client.urls[0])}",
+        "distributed",
+        1,
+        "ok",
+    )
+
+
+def test_ejections_and_live_node_state_follow_the_registry() -> None:
+    telemetry, *_ = _setup()
+    registry = telemetry.cluster._registry
+    registry.update("http://n0:1", status=NodeStatus.OFFLINE, last_error="probe failed")
+    registry.update("http://n0:1", status=NodeStatus.OFFLINE, last_error="still")
+    assert _value(telemetry, "distinfer_gateway_node_ejections_total", node="n0") == 1
+    assert _value(telemetry, "distinfer_gateway_node_up", node="n0") == 0
+    assert _value(telemetry, "distinfer_gateway_node_up", node="n1") == 1
+    assert _value(telemetry, "distinfer_gateway_queue_depth") == 0
+    telemetry.queue_depth = lambda: 7
+    assert _value(telemetry, "distinfer_gateway_queue_depth") == 7
+
+
+def test_label_budget_folds_newcomers_past_the_limit_into_other() -> None:
+    budget = LabelBudget(2)
+    assert [budget("a"), budget("b"), budget("c"), budget("a")] == ["a", "b", OTHER, "a"]
+
+
+def test_a_task_queue_wait_is_a_histogram_sample_and_a_span_of_that_length() -> None:
+    telemetry, *_, exporter = _setup()
+    telemetry.observer.queued("high", 0.25)
+    assert _value(telemetry, "distinfer_gateway_queue_wait_seconds_count", priority="high") == 1
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "queue wait"]
+    assert span.end_time is not None
+    assert span.start_time is not None
+    assert abs((span.end_time - span.start_time) / 1e9 - 0.25) < 0.01
