@@ -1,0 +1,23 @@
+{{/* Combinations the schema cannot express; each fails the render with the fix to make. */}}
+{{- define "distinfer.validate" -}}
+{{- $sources := .Values.discovery.sources -}}
+{{- if and .Values.nodes.autoscaling.enabled (eq (len $sources) 1) (has "static" $sources) -}}
+{{- fail "nodes.autoscaling needs discovery.sources dns or consul: a static node list cannot follow a changing replica count" -}}
+{{- end -}}
+{{- if and (has "static" $sources) (not (include "distinfer.staticNodes" .)) .Values.gateway.enabled (not .Values.discovery.static.nodesFile) -}}
+{{- fail "static discovery has no nodes: keep nodes.kind=StatefulSet, or give discovery.static.nodes or discovery.static.nodesFile" -}}
+{{- end -}}
+{{- if and (has "dns" $sources) (not .Values.nodes.enabled) (not .Values.discovery.dns.srvName) -}}
+{{- fail "dns discovery without the chart's nodes needs discovery.dns.srvName" -}}
+{{- end -}}
+{{- if and (not .Values.auth.disabled) (not .Values.auth.existingSecret) (not .Values.auth.createSecret) (not .Values.auth.jwksUrl) -}}
+{{- fail "auth is on: give auth.existingSecret, auth.jwksUrl or auth.createSecret=true (or auth.disabled=true for a closed test cluster)" -}}
+{{- end -}}
+{{- if and (eq .Values.tasks.store "redis") (not .Values.tasks.redisUrl) (not .Values.tasks.redisUrlSecret.name) -}}
+{{- fail "tasks.store=redis needs tasks.redisUrl or tasks.redisUrlSecret.name" -}}
+{{- end -}}
+{{- $flag := toString (index .Values.gateway.settings "ENABLE_DISTRIBUTED_INFERENCE") -}}
+{{- if and .Values.gateway.enabled (eq $flag "false") (not .Values.gateway.probes.livenessPath) -}}
+{{- fail "ENABLE_DISTRIBUTED_INFERENCE=false makes /api/v1/distributed/health answer 404; set gateway.probes.livenessPath/readinessPath to your app's own health endpoints" -}}
+{{- end -}}
+{{- end -}}
