@@ -1,0 +1,122 @@
+"""The response cache: a hit only when everything that decides the answer is the same."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gateway_plugin.cache import CachingDispatcher, ResponseCache, cache_key
+from gateway_plugin.dispatch import InferenceCall, Outcome
+from worker.protocol import Tensor
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingDispatcher:
+    """Answers every call with a fresh outcome and counts the calls that reached it."""
+
+    def __init__(self, mode: str = "distributed") -> None:
+        self.calls = 0
+        self.mode = mode
+
+    async def infer(self, call: InferenceCall) -> Outcome:
+        self.calls += 1
+        doubled = Tensor.of("y", call.inputs[0].data * 2)
+        return Outcome(call.model, "1", [doubled], "node-1", self.mode, 1, 5.0)  # type: ignore[arg-type]
+
+
+def _call(values: list[float], **changes: object) -> InferenceCall:
+    fields: dict[str, object] = {
+        "model": "digits",
+        "inputs": [Tensor.of("x", np.asarray(values, dtype=np.float32))],
+        "request_id": "r",
+        "timeout_s": 1.0,
+    }
+    fields.update(changes)
+    return InferenceCall(**fields)  # type: ignore[arg-type]
+
+
+def _dispatcher(inner: CountingDispatcher, clock: FakeClock | None = None, version: str = "1") -> CachingDispatcher:
+    cache = ResponseCache(max_entries=2, ttl_s=10, clock=clock or FakeClock())
+    return CachingDispatcher(inner, cache, models=frozenset({"digits"}), version_of=lambda _: version)
+
+
+async def test_the_same_call_twice_reaches_the_cluster_once() -> None:
+    inner = CountingDispatcher()
+    cached = _dispatcher(inner)
+    first = await cached.infer(_call([1, 2]))
+    second = await cached.infer(_call([1, 2], request_id="another id"))
+    assert inner.calls == 1
+    assert second.attempts == 0
+    np.testing.assert_array_equal(second.outputs[0].data, first.outputs[0].data)
+    assert (cached.cache.hits, cached.cache.misses) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        _call([1, 3]),
+        _call([1, 2], outputs=["y"]),
+        _call([1, 2], parameters={"temperature": 0.5}),
+        _call([1, 2], inputs=[Tensor.of("x", np.asarray([1, 2], dtype=np.float64))]),
+        _call([1, 2], inputs=[Tensor.of("x", np.asarray([[1, 2]], dtype=np.float32))]),
+    ],
+)
+async def test_anything_that_changes_the_answer_is_a_miss(other: InferenceCall) -> None:
+    inner = CountingDispatcher()
+    cached = _dispatcher(inner)
+    await cached.infer(_call([1, 2]))
+    await cached.infer(other)
+    assert inner.calls == 2
+
+
+def test_bytes_elements_are_framed_so_they_cannot_run_together() -> None:
+    def strings(*items: bytes) -> InferenceCall:
+        array = np.empty(len(items), dtype=object)
+        array[:] = list(items)
+        return _call([0], inputs=[Tensor("s", "BYTES", array)])
+
+    assert cache_key(strings(b"ab", b"c"), "1") != cache_key(strings(b"a", b"bc"), "1")
+
+
+async def test_a_new_model_version_is_a_miss() -> None:
+    inner = CountingDispatcher()
+    cache = ResponseCache(max_entries=4, ttl_s=10)
+    version = {"now": "1"}
+    cached = CachingDispatcher(inner, cache, models=frozenset({"digits"}), version_of=lambda _: version["now"])
+    await cached.infer(_call([1]))
+    version["now"] = "2"
+    await cached.infer(_call([1]))
+    assert inner.calls == 2
+
+
+async def test_entries_expire_and_the_oldest_is_evicted() -> None:
+    inner, clock = CountingDispatcher(), FakeClock()
+    cached = _dispatcher(inner, clock)
+    await cached.infer(_call([1]))
+    clock.now += 11  # past the 10 s TTL
+    await cached.infer(_call([1]))
+    assert inner.calls == 2
+    await cached.infer(_call([2]))
+    await cached.infer(_call([3]))  # max_entries=2: [1] is evicted
+    assert len(cached.cache) == 2
+    await cached.infer(_call([1]))
+    assert inner.calls == 5
+
+
+async def test_models_not_opted_in_and_local_answers_are_never_cached() -> None:
+    inner = CountingDispatcher()
+    cached = _dispatcher(inner)
+    for _ in range(2):
+        await cached.infer(_call([1], model="other"))
+    local_inner = CountingDispatcher(mode="local")
+    local = _dispatcher(local_inner)
+    for _ in range(2):
+        await local.infer(_call([1]))
+    assert (inner.calls, local_inner.calls) == (2, 2)

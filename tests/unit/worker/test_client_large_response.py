@@ -1,0 +1,54 @@
+"""Regression: `NodeClient` must read a node's whole answer, however the bytes arrive.
+
+Found by the sharding tests: a stage answering 1 MB of activations came back "binary data
+truncated (127799 of 1048576 bytes)". `aiohttp`'s `StreamReader.read(n)` returns *up to* n bytes,
+whatever is buffered, not the whole body (worker/client.py, `_call`).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import aiohttp
+import numpy as np
+from aiohttp import web
+
+from worker.client import NodeClient
+from worker.protocol import HEADER_LENGTH, Tensor, encode_response
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_a_large_answer_sent_in_pieces_is_read_whole() -> None:
+    data = np.arange(512 * 512, dtype=np.float32).reshape(512, 512)
+    encoded = encode_response(
+        model_name="m", model_version="1", request_id=None, outputs=[Tensor.of("y", data)], binary=True
+    )
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={HEADER_LENGTH: str(encoded.header_length)})
+        response.content_type = "application/octet-stream"
+        await response.prepare(request)
+        for start in range(0, len(encoded.body), 65536):  # the way a busy node's bytes arrive
+            await response.write(encoded.body[start : start + 65536])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v2/models/m/infer", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            reply = await NodeClient(session).infer(
+                f"http://127.0.0.1:{port}", "m", [Tensor.of("x", data[:1])], timeout_s=10
+            )
+    finally:
+        await runner.cleanup()
+    np.testing.assert_array_equal(reply.outputs[0].data, data)
