@@ -1,0 +1,206 @@
+"""A model too big for any node's memory cap, planned, split and served as a chain of real node processes.
+
+`distinfer shard plan` and `split` run as commands; node-a holds stage 0 (and refuses the whole
+model: over its cap), node-b and node-c each hold stage 1. The gateway plugin serves the sharded
+model by name, relayed or node to node, whole requests or micro-batches; a stage node killed
+mid-request costs one more attempt of that stage only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from bench.shard_model import write_mlp
+from gateway_plugin.cli import main
+from gateway_plugin.processes import ServerProcess, free_port, start_node
+from gateway_plugin.settings import BalancerSettings, ShardingSettings
+from tests.integration.conftest import mounted, settings_for
+
+INFER = "/api/v1/distributed/inference"
+TOLERANCE = 1e-5
+CAP_MB = "7"  # the whole model is ~9.5 MB; each stage about half
+
+
+@dataclass
+class Cluster:
+    repo: Path
+    whole: ort.InferenceSession
+    a: ServerProcess
+    b: ServerProcess
+    c: ServerProcess
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.whole.run(["y"], {"x": x})[0])
+
+
+def _distinfer(*args: str) -> str:
+    """`distinfer ARGS` in this process (the same parser and code; a subprocess costs seconds of imports)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(list(args)) == 0
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("sharded")
+    source = write_mlp(root / "src" / "mlp", width=1024, depth=4, inputs=256, outputs=16)
+    repo = root / "repo"
+    plan_text = _distinfer(
+        "shard", "plan", "--model", str(source), "--capacities", f"{CAP_MB},{CAP_MB}", "--out", str(root / "plan.json")
+    )
+    assert "mlp: 2 stages" in plan_text
+    _distinfer("shard", "split", "--model", str(source), "--plan", str(root / "plan.json"), "--out", str(repo))
+    shutil.copytree(source, repo / "mlp")  # the whole model beside its stages: node-a must refuse it
+    ports = [free_port() for _ in range(3)]
+    peers = ",".join(f"http://127.0.0.1:{port}" for port in ports[1:])
+    cap = ["--memory-cap-mb", CAP_MB]
+    nodes = [
+        start_node(
+            repo, "node-a", port=ports[0], extra_args=[*cap, "--forward-peers", peers, "--models", "mlp,mlp.stage0of2"]
+        ),
+        start_node(repo, "node-b", port=ports[1], extra_args=[*cap, "--models", "mlp.stage1of2"]),
+        start_node(repo, "node-c", port=ports[2], extra_args=[*cap, "--models", "mlp.stage1of2"]),
+    ]
+    try:
+        for node in nodes:
+            node.wait_ready()
+        whole = ort.InferenceSession(str(source / "model.onnx"), providers=["CPUExecutionProvider"])
+        yield Cluster(repo, whole, *nodes)
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def _sharded(cluster: Cluster, nodes: list[ServerProcess], **options: Any) -> Any:
+    balancer = options.pop("balancer", BalancerSettings(probe_interval_s=0.2))
+    return settings_for(
+        [node.url for node in nodes], sharding=ShardingSettings(models=[cluster.repo], **options), balancer=balancer
+    )
+
+
+def _rows(body: dict[str, Any]) -> np.ndarray:
+    out = body["outputs"][0]
+    return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+
+
+async def test_memory_cap_refuses_the_whole_model_and_serves_its_stages(cluster: Cluster) -> None:
+    async with httpx.AsyncClient(timeout=5) as node:
+        index = {row["name"]: row for row in (await node.post(cluster.a.url + "/v2/repository/index")).json()}
+        assert index["mlp.stage0of2"]["state"] == "READY"
+        assert index["mlp"]["state"] == "UNAVAILABLE"
+        assert "over the node's memory cap of 7.0 MB" in index["mlp"]["reason"]
+        direct = await node.post(cluster.a.url + "/v2/models/mlp/infer", json={"inputs": []})
+        assert direct.status_code == 503
+        assert "memory cap" in direct.json()["error"]
+        assert (await node.get(cluster.a.url + "/v2")).json()["labels"]["memory_cap_mb"] == CAP_MB
+    x = np.random.default_rng(3).standard_normal((2, 256)).astype(np.float32)
+    plain = settings_for([cluster.a.url, cluster.b.url])
+    async with mounted(plain) as (client, _):
+        refused = await client.post(INFER, json={"model": "mlp", "inputs": [_tensor(x)]})
+        assert refused.status_code == 404  # no node could load it
+    async with mounted(_sharded(cluster, [cluster.a, cluster.b])) as (client, _):
+        served = await client.post(INFER, json={"model": "mlp", "inputs": x.tolist()})
+        assert served.status_code == 200, served.text
+        assert np.max(np.abs(_rows(served.json()) - cluster.reference(x))) <= TOLERANCE
+
+
+def _tensor(x: np.ndarray) -> dict[str, Any]:
+    return {"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [{}, {"shard_micro_batch": 2}, {"shard_forwarding": True}, {"shard_forwarding": True, "shard_micro_batch": 3}],
+    ids=["relayed", "micro-batched", "node-to-node", "node-to-node-micro-batched"],
+)
+async def test_sharded_model_answers_like_the_whole_model(cluster: Cluster, parameters: dict[str, Any]) -> None:
+    x = np.random.default_rng(1).standard_normal((7, 256)).astype(np.float32)
+    async with mounted(_sharded(cluster, [cluster.a, cluster.b, cluster.c])) as (client, _):
+        response = await client.post(INFER, json={"model": "mlp", "inputs": x.tolist(), "parameters": parameters})
+        assert response.status_code == 200, response.text
+        body = response.json()
+    assert np.max(np.abs(_rows(body) - cluster.reference(x))) <= TOLERANCE
+    assert body["model"] == "mlp"
+    assert body["mode"] == "distributed"
+    first, second = body["node_id"].split(">")
+    assert first == "node-a"
+    assert set(second.split("+")) <= {"node-b", "node-c"}
+    chunks = -(-7 // parameters.get("shard_micro_batch", 7))
+    # Relayed: one attempt per stage and micro-batch. Node to node: one call carries both stages.
+    assert body["attempts"] == chunks * (1 if parameters.get("shard_forwarding") else 2)
+
+
+async def test_concurrent_callers_get_their_own_rows_back(cluster: Cluster) -> None:
+    rng = np.random.default_rng(2)
+    batches = [rng.standard_normal((5, 256)).astype(np.float32) for _ in range(8)]
+    async with mounted(_sharded(cluster, [cluster.a, cluster.b, cluster.c])) as (client, _):
+
+        async def call(x: np.ndarray, forwarding: bool) -> np.ndarray:
+            # Asked for per request, micro-batches are cut however many requests are in flight.
+            parameters = {"shard_forwarding": forwarding, "shard_micro_batch": 2}
+            response = await client.post(INFER, json={"model": "mlp", "inputs": x.tolist(), "parameters": parameters})
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["attempts"] == 3 * (1 if forwarding else 2)  # 3 micro-batches of 2, 2 and 1 rows
+            return _rows(body)
+
+        answers = await asyncio.gather(*(call(x, i % 2 == 1) for i, x in enumerate(batches)))
+    for x, answer in zip(batches, answers, strict=True):
+        assert answer.shape == (5, 16)
+        assert np.max(np.abs(answer - cluster.reference(x))) <= TOLERANCE
+
+
+async def test_a_stage_node_killed_mid_request_reruns_only_that_stage(cluster: Cluster) -> None:
+    # node-d dies (SIGKILL, worker.faults) on the first inference it receives: mid-request for the gateway.
+    crash = ["--models", "mlp.stage1of2", "--fault-crash-after", "0"]
+    spare = start_node(cluster.repo, "node-d", extra_args=crash)
+    try:
+        spare.wait_ready()
+        x = np.random.default_rng(4).standard_normal((8, 256)).astype(np.float32)
+        settings = _sharded(cluster, [cluster.a, cluster.b, spare], balancer=BalancerSettings(probe_interval_s=30))
+        async with mounted(settings) as (client, _):
+            body: dict[str, Any] | None = None
+            for _ in range(8):  # round robin: within a few requests, stage 1 lands on node-d
+                response = await client.post(INFER, json={"model": "mlp", "inputs": x.tolist()})
+                assert response.status_code == 200, response.text
+                if not spare.alive:
+                    body = response.json()
+                    break
+            assert body is not None, "stage 1 never ran on node-d"
+    finally:
+        spare.stop()
+    assert body["node_id"] == "node-a>node-b"
+    assert body["attempts"] == 3  # stage 0 once; stage 1 on node-d (killed), then again on node-b
+    assert np.max(np.abs(_rows(body) - cluster.reference(x))) <= TOLERANCE
+
+
+async def test_nodes_forward_only_to_their_peers(cluster: Cluster) -> None:
+    x = np.zeros((1, 256), dtype=np.float32)
+
+    def request(url: str) -> dict[str, Any]:
+        hop = {"url": url, "model": "mlp.stage1of2", "send": ["relu1"]}
+        return {"inputs": [_tensor(x)], "parameters": {"distinfer_forward": {"hops": [hop]}}}
+
+    async with httpx.AsyncClient(timeout=10) as node:
+        stray = await node.post(cluster.a.url + "/v2/models/mlp.stage0of2/infer", json=request("http://127.0.0.1:9"))
+        assert stray.status_code == 400
+        assert "not one of its --forward-peers" in stray.json()["error"]
+        closed = await node.post(cluster.b.url + "/v2/models/mlp.stage1of2/infer", json=request(cluster.c.url))
+        assert closed.status_code == 400
+        assert "does not forward" in closed.json()["error"]
+        chained = await node.post(cluster.a.url + "/v2/models/mlp.stage0of2/infer", json=request(cluster.b.url))
+        assert chained.status_code == 200, chained.text
+        assert chained.json()["model_name"] == "mlp.stage1of2"
