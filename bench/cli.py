@@ -45,6 +45,42 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     overhead.add_argument("--concurrency", type=_concurrency, default=None, help="comma list (default 1,64)")
     overhead.add_argument("--rounds", type=int, choices=range(1, 11), default=None, metavar="1..10")
     overhead.set_defaults(run=run)
+    balance = scenarios.add_parser("balance", help="every strategy with one 10x-slower node, then a failover run")
+    balance.add_argument("--quick", action="store_true", help="one short round (~1 minute, smoke test)")
+    balance.add_argument("--out", type=Path, default=None, help="JSON file (default bench-results/balance-<ts>.json)")
+    balance.add_argument("--nodes", type=int, choices=range(2, 17), default=None, metavar="2..16")
+    balance.add_argument("--concurrency", type=int, choices=range(1, 257), default=None, metavar="1..256")
+    balance.add_argument("--duration", type=_duration, default=None, help="seconds per strategy run")
+    balance.set_defaults(run=_run_balance)
+    minilm = scenarios.add_parser("minilm", help="all-MiniLM-L6-v2 direct vs gateway, dynamic batching on/off")
+    minilm.add_argument("--quick", action="store_true", help="one short round (smoke test)")
+    minilm.add_argument("--repository", type=Path, default=None, help="where scripts/export_minilm.py wrote")
+    minilm.add_argument("--out", type=Path, default=None, help="JSON file (default bench-results/minilm-<ts>.json)")
+    minilm.set_defaults(run=_run_minilm)
+    peer = scenarios.add_parser("peer", help="digits on MLServer (own venv) vs a distinfer node, v2 JSON")
+    gateway = scenarios.add_parser("peer-gateway", help="Ray Serve (own venv) vs distinfer gateway + nodes")
+    for sub in (peer, gateway):
+        sub.add_argument("--quick", action="store_true", help="one short round (< 60 s once the venv exists)")
+        sub.add_argument("--out", type=Path, default=None, help="JSON file (default bench-results/<name>-<ts>.json)")
+        sub.add_argument("--duration", type=_duration, default=None, help="seconds per measured run")
+        sub.add_argument("--concurrency", type=_concurrency, default=None, help="comma list (default 1,64)")
+        sub.add_argument("--rounds", type=int, choices=range(1, 11), default=None, metavar="1..10")
+        sub.add_argument("--venvs", type=Path, default=Path("build/venvs"), help="where the peers' venvs live")
+        sub.add_argument("--setup-timeout", type=float, default=900.0, help="seconds the peer's pip install may take")
+        sub.set_defaults(run=_run_peer)
+    gateway.add_argument("--replicas", type=int, choices=range(1, 9), default=2, metavar="1..8")
+    gateway.add_argument(
+        "--ray-max-ongoing", type=int, default=64, help="Serve max_ongoing_requests per replica (0: Serve's default, 5)"
+    )
+    from bench.batch_cli import add_batch_parser  # light too (issue 5: batch and coalescing)
+    from bench.chaos.cli import add_chaos_parser  # light: imports nothing heavy at module level
+    from bench.discovery_cli import add_discovery_parser  # light too (issue 4: discovery)
+    from bench.shard_cli import add_shard_bench_parser  # light too (issue 10: sharding)
+
+    add_batch_parser(scenarios)
+    add_chaos_parser(scenarios)
+    add_shard_bench_parser(scenarios)
+    add_discovery_parser(scenarios)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,5 +97,68 @@ def run(args: argparse.Namespace) -> int:
     document = run_overhead(params, console)
     render_overhead(document, console)
     out = args.out or RESULTS_DIR / f"overhead-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    console.print(f"results: {write_json(document, out)}")
+    return 1 if document["errors"] else 0
+
+
+def _run_balance(args: argparse.Namespace) -> int:
+    """Exit 1 if the run could not be measured; whether the goals were met is in the table and the JSON."""
+    from rich.console import Console
+
+    from bench.balance_report import render_balance
+    from bench.report import write_json
+    from bench.scenarios.balance import BalanceParams, run_balance
+
+    console = Console(width=max(Console().width, 120))
+    params = BalanceParams.make(
+        quick=args.quick, nodes=args.nodes, concurrency=args.concurrency, duration_s=args.duration
+    )
+    document = run_balance(params, console)
+    render_balance(document, console)
+    out = args.out or RESULTS_DIR / f"balance-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    console.print(f"results: {write_json(document, out)}")
+    return 1 if document["errors"] else 0
+
+
+def _run_minilm(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from bench.report import write_json
+    from bench.scenarios.minilm import MiniLMParams, render_minilm, run_minilm
+
+    console = Console(width=max(Console().width, 120))
+    document = run_minilm(MiniLMParams.make(quick=args.quick, repository=args.repository), console)
+    render_minilm(document, console)
+    out = args.out or RESULTS_DIR / f"minilm-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    console.print(f"results: {write_json(document, out)}")
+    return 1 if document["errors"] else 0
+
+
+def _run_peer(args: argparse.Namespace) -> int:
+    """`peer` and `peer-gateway`: exit 1 if something could not be measured (the targets' verdicts are in the JSON)."""
+    from rich.console import Console
+
+    from bench.peers.measure import PeerParams
+    from bench.peers.report import render_peers
+    from bench.report import write_json
+
+    console = Console(width=max(Console().width, 120))
+    params = PeerParams.make(
+        quick=args.quick, duration_s=args.duration, concurrency=args.concurrency, rounds=args.rounds
+    )
+    if args.scenario == "peer":
+        from bench.scenarios.peer import run_peer
+
+        document = run_peer(params, console, venvs_root=args.venvs, setup_timeout_s=args.setup_timeout)
+    else:
+        from bench.peers.ray_serve import RayServeConfig
+        from bench.scenarios.peer_gateway import run_peer_gateway
+
+        config = RayServeConfig(replicas=args.replicas, max_ongoing_requests=args.ray_max_ongoing or None)
+        document = run_peer_gateway(
+            params, console, config=config, venvs_root=args.venvs, setup_timeout_s=args.setup_timeout
+        )
+    render_peers(document, console)
+    out = args.out or RESULTS_DIR / f"{args.scenario}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     console.print(f"results: {write_json(document, out)}")
     return 1 if document["errors"] else 0

@@ -1,4 +1,4 @@
-"""The `distinfer` command: `node`, `gateway`, `demo`.
+"""The `distinfer` command: `node`, `gateway`, `demo`, `token`.
 
 Servers run under uvicorn, which stops cleanly on SIGTERM and SIGINT: it stops accepting, lets
 in-flight requests finish (bounded by --graceful-timeout), then runs the lifespan's shutdown.
@@ -7,23 +7,30 @@ in-flight requests finish (bounded by --graceful-timeout), then runs the lifespa
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from gateway_plugin.auth_cli import add_node_security, add_token_parser
 from worker.bundled import bundled_models
+from worker.faults import add_fault_arguments
+from worker.hardware import parse_label
+from worker.sharding.cli import add_node_arguments, add_shard_parser, node_labels, node_options
+
+if TYPE_CHECKING:
+    from worker.registration import ConsulRegistration
 
 __all__ = ["BUNDLED_MODELS", "main"]
 
 BUNDLED_MODELS = bundled_models()
 
 
-def _serve(app: object, host: str, port: int, graceful_timeout: int, log_level: str) -> None:
+def _serve(app: object, host: str, port: int, graceful_timeout: int, log_level: str, **tls: Any) -> None:
     uvicorn.run(
         app,  # type: ignore[arg-type]
         host=host,
@@ -31,13 +38,18 @@ def _serve(app: object, host: str, port: int, graceful_timeout: int, log_level: 
         log_level=log_level,
         timeout_graceful_shutdown=graceful_timeout,
         access_log=False,
+        **tls,
     )
 
 
 def _run_node(args: argparse.Namespace) -> int:
+    from gateway_plugin.auth_cli import node_security
+    from worker.faults import faults_from_args
+    from worker.hardware import detect_labels
     from worker.server import NodeConfig, create_node_app
 
     node_id = args.node_id or f"{socket.gethostname()}:{args.port}"
+    node_token, tls = node_security(args)
     config = NodeConfig(
         model_repository=Path(args.model_repository),
         node_id=node_id,
@@ -46,9 +58,41 @@ def _run_node(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         models=frozenset(args.models.split(",")) if args.models else None,
         batching=args.batching,
+        labels=detect_labels(workers=args.workers, extra={**node_labels(args), **dict(args.label or ())}),
+        faults=faults_from_args(args),
+        fault_control=args.fault_control,
+        fault_seed=args.fault_seed,
+        consul=_consul_registration(args, node_id),
+        **node_options(args),  # --memory-cap-mb, --forward-peers (worker.sharding)
+        node_token=node_token,
+        max_new_tokens=args.max_new_tokens,
     )
-    _serve(create_node_app(config), args.host, args.port, args.graceful_timeout, args.log_level)
+    from worker.telemetry import NodeTelemetry
+
+    app = create_node_app(config, telemetry=NodeTelemetry.from_env(node_id))  # OTEL_* for spans
+    _serve(app, args.host, args.port, args.graceful_timeout, args.log_level, **tls)
     return 0
+
+
+def _consul_registration(args: argparse.Namespace, node_id: str) -> ConsulRegistration | None:
+    """The node's Consul registration from its flags (the token also from DISTINFER_CONSUL_TOKEN)."""
+    from worker.registration import ConsulRegistration
+
+    if not args.consul_url:
+        return None
+    advertise = args.advertise_host or args.host
+    if advertise in ("0.0.0.0", "::", ""):  # noqa: S104 (compared, not bound)
+        advertise = socket.getfqdn()
+    return ConsulRegistration(
+        url=args.consul_url,
+        advertise_host=advertise,
+        port=args.port,
+        token=args.consul_token or os.environ.get("DISTINFER_CONSUL_TOKEN") or None,
+        service=args.consul_service or os.environ.get("DISTINFER_CONSUL_SERVICE") or "distinfer-node",
+        check_interval=args.consul_check_interval,
+        deregister_after=args.consul_deregister_after,
+        scheme="https" if getattr(args, "ssl_certfile", None) else "http",
+    )
 
 
 def _run_gateway(args: argparse.Namespace) -> int:
@@ -59,6 +103,9 @@ def _run_gateway(args: argparse.Namespace) -> int:
     # The standalone gateway exists to serve the cluster: on unless the operator says otherwise.
     if "ENABLE_DISTRIBUTED_INFERENCE" not in os.environ:
         settings.flags.enabled = True
+    from gateway_plugin.auth_cli import announce_dev_token
+
+    announce_dev_token(settings)  # auth stays on: with no key set, a run-only key and a printed token
     _serve(create_gateway_app(settings), args.host, args.port, args.graceful_timeout, args.log_level)
     return 0
 
@@ -78,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--port", type=int, default=port)
         sub.add_argument("--graceful-timeout", type=int, default=10, help="seconds in-flight requests get")
         sub.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        sub.add_argument(
+            "--log-format",
+            default="auto",
+            choices=["auto", "json", "text"],
+            help="JSON lines, or readable text (auto: text at a terminal); one line per request at info",
+        )
 
     node = commands.add_parser("node", help="serve a model repository over the Open Inference Protocol")
     node.add_argument("--model-repository", required=True, help="folder of <model>/config.json + weights")
@@ -92,6 +145,17 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="dynamic batching: as each config.json says (auto), for every batchable model (on), or none",
     )
+    consul = node.add_argument_group("consul self-registration")
+    consul.add_argument("--consul-url", default=None, help="register with this Consul agent (http://host:8500)")
+    consul.add_argument("--consul-token", default=None, help="ACL token (default: DISTINFER_CONSUL_TOKEN)")
+    consul.add_argument("--consul-service", default=None, help="service name (default: DISTINFER_CONSUL_SERVICE)")
+    consul.add_argument("--advertise-host", default=None, help="address gateways dial (default: --host)")
+    consul.add_argument("--consul-check-interval", default="1s", help="how often Consul checks /v2/health/ready")
+    consul.add_argument("--consul-deregister-after", default="1m", help="DeregisterCriticalServiceAfter")
+    node.add_argument("--label", type=parse_label, action="append", metavar="KEY=VALUE", help="advertised label")
+    add_fault_arguments(node)
+    add_node_arguments(node)
+    add_node_security(node)
     server_options(node, 8001)
     node.set_defaults(run=_run_node)
 
@@ -104,15 +168,25 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--samples", type=int, default=6, help="digits images to send in each phase")
     demo.set_defaults(run=_run_demo)
 
+    add_token_parser(commands)
+
+    from gateway_plugin.monitor import add_monitor_parser
+
+    add_monitor_parser(commands)
+
     from bench.cli import add_bench_parser
 
     add_bench_parser(commands)
+    add_shard_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway_plugin.telemetry.logs import configure_logging
+
+    # Request lines (logger distinfer.requests / distinfer.node.requests) follow --log-level.
+    configure_logging(getattr(args, "log_format", "auto"), requests=getattr(args, "log_level", "") in ("debug", "info"))
     return int(args.run(args))
 
 

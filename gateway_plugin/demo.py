@@ -1,14 +1,16 @@
 """`distinfer demo`: two real nodes and a gateway on loopback, real digits traffic, failover, fallback.
 
-1. both nodes up: requests spread over them;
+1. both nodes up: requests spread over them; then tokens streamed (SSE) from the bundled `charlm`;
 2. node-1 killed (SIGKILL): traffic moves to node-2, no request fails;
 3. node-2 killed too: the gateway answers from its local model repository (`mode: local`).
+Auth stays on: the demo makes a random secret for its gateway and prints the token it uses.
 Everything it started is stopped at the end, whatever happens.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -19,6 +21,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from gateway_plugin.auth import ADMIN, INFER, mint_token
 from gateway_plugin.processes import ServerProcess, start_gateway, start_node
 
 __all__ = ["run_demo"]
@@ -72,6 +75,30 @@ def _phase(console: Console, client: httpx.Client, title: str, samples: list[dic
     return served
 
 
+def _stream(console: Console, client: httpx.Client, prompt: str) -> None:
+    """Tokens of the bundled character model, read as server-sent events as they arrive."""
+    if not _has_model(client, "charlm"):
+        console.print("[yellow]no charlm model in this repository: skipping the streaming phase[/]")
+        return
+    console.print(f"[bold]streaming[/] charlm, prompt {prompt!r}:")
+    text, started, event = [], time.perf_counter(), ""
+    params: dict[str, str | int | float] = {"prompt": prompt, "max_tokens": 120, "temperature": 0.6, "seed": 7}
+    with client.stream("GET", f"{PREFIX}/inference/stream/charlm", params=params) as response:
+        node = response.headers.get("X-Inference-Node", "?")
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:") and event == "token":
+                text.append(json.loads(line[5:])["text"])
+    seconds = time.perf_counter() - started
+    console.print(f"{prompt}[green]{''.join(text)}[/]")
+    console.print(f"{len(text)} tokens from {node} in {seconds:.2f}s ({len(text) / seconds:.0f} tokens/s, end to end)")
+
+
+def _has_model(client: httpx.Client, model: str) -> bool:
+    return any(entry["name"] == model for entry in client.get(f"{PREFIX}/models").json())
+
+
 def run_demo(model_repository: Path, samples: int = 6) -> int:
     console = Console()
     data = _samples()
@@ -86,10 +113,12 @@ def run_demo(model_repository: Path, samples: int = 6) -> int:
         for node in nodes:
             node.wait_ready()
             console.print(f"started [cyan]{node.name}[/] at {node.url}")
+        secret = secrets.token_urlsafe(32)
+        token = mint_token(secret, scopes=(INFER, ADMIN), sub="demo", ttl_s=900)
         gateway = start_gateway(
             {
                 "ENABLE_DISTRIBUTED_INFERENCE": "true",
-                "DISTINFER_AUTH_DISABLED": "true",
+                "DISTINFER_JWT_SECRET": secret,
                 "DISTINFER_NODES": ",".join(node.url for node in nodes),
                 "DISTINFER_LOCAL_MODEL_REPOSITORY": str(model_repository),
                 "DISTINFER_PROBE_INTERVAL_S": "0.5",
@@ -98,12 +127,15 @@ def run_demo(model_repository: Path, samples: int = 6) -> int:
         )
         stack.callback(gateway.stop)
         gateway.wait_ready()
-        console.print(f"started [cyan]gateway[/] at {gateway.url}{PREFIX}  (auth off for the demo)")
-        client = stack.enter_context(httpx.Client(base_url=gateway.url, timeout=10.0))
+        console.print(f"started [cyan]gateway[/] at {gateway.url}{PREFIX}")
+        console.print(f"dev token (infer admin, 15 min), for curl while the demo runs:\n[dim]{token}[/]")
+        headers = {"Authorization": f"Bearer {token}"}
+        client = stack.enter_context(httpx.Client(base_url=gateway.url, timeout=10.0, headers=headers))
         _wait_for_nodes(client, online=2)
 
         totals: list[tuple[str, Counter[str]]] = []
         totals.append(("both nodes up", _phase(console, client, "1. Both nodes up", picks[:samples])))
+        _stream(console, client, "The return statement")
         nodes[0].kill()
         console.print("[bold red]killed node-1 (SIGKILL)[/]")
         totals.append(

@@ -1,7 +1,9 @@
-"""One logical inference call: pick a node, call it, retry elsewhere, fall back to local, keep the deadline.
+"""One logical inference call: pick a node, call it, retry elsewhere, hedge, fall back to local, keep the deadline.
 
 Batch, parallel, pipeline and tasks are compositions of `Dispatcher.infer`; nothing else in the
-gateway talks to nodes.
+gateway talks to nodes. The policies live in `balancer` (which node, when to retry, the retry
+budget, when to hedge, result validation); this module only applies them around attempts and
+reports each attempt's outcome back through its lease (breakers, latency, node state).
 """
 
 from __future__ import annotations
@@ -9,17 +11,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from balancer.pool import NodePool
-from balancer.retry import RetryPolicy
+from balancer.hedging import HedgePolicy, race
+from balancer.pool import Lease, NodePool
+from balancer.retry import RetryBudget, RetryPolicy
+from balancer.strategies import session_key
+from balancer.validation import Validator
+from discovery.node import Node
 from gateway_plugin.errors import DeadlineExceeded, NoCapacity, UnknownModel, from_worker
 from gateway_plugin.local import LocalInference
+from gateway_plugin.telemetry.observer import NO_OBSERVER, DispatchObserver
 from worker.client import NodeClient
-from worker.errors import NodeCallError, NodeTimeout, NodeUnreachable
-from worker.protocol import Tensor
+from worker.errors import NodeCallError, NodeTimeout
+from worker.protocol import DecodedResponse, Tensor
 
 __all__ = ["Dispatcher", "InferenceCall", "Outcome"]
 
@@ -35,6 +42,8 @@ class InferenceCall:
     outputs: Sequence[str] | None = None
     parameters: Mapping[str, Any] = field(default_factory=dict)
     strategy: str | None = None
+    affinity_key: str | None = None  # session for model_affinity; else the parameters' session_id
+    local_fallback: bool = True  # False: compat falls back to the host's own handler instead
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +55,27 @@ class Outcome:
     mode: Literal["distributed", "local"]
     attempts: int
     latency_ms: float
+    hedged: bool = False  # the answer came from a hedged copy
+    panic: bool = False  # the node was picked in panic mode
+
+
+@dataclass(slots=True)
+class _Run:
+    """The state of one call across its attempts (and hedges)."""
+
+    call: InferenceCall
+    strategy: str
+    deadline: float
+    affinity: str | None
+    tried: set[str] = field(default_factory=set)
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    node: Node
+    response: DecodedResponse
+    panic: bool
 
 
 class Dispatcher:
@@ -58,6 +88,11 @@ class Dispatcher:
         local: LocalInference | None = None,
         binary: bool = True,
         clock: Callable[[], float] = time.perf_counter,
+        budget: RetryBudget | None = None,
+        hedge: HedgePolicy | None = None,
+        attempt_timeout_s: float | None = None,
+        validator: Validator | None = None,
+        observer: DispatchObserver = NO_OBSERVER,
     ) -> None:
         self._pool = pool
         self._client = client
@@ -65,55 +100,128 @@ class Dispatcher:
         self._local = local
         self._binary = binary
         self._clock = clock
+        self._budget = budget
+        self._hedge = hedge or HedgePolicy()
+        self._attempt_timeout = attempt_timeout_s
+        self._validator = validator
+        self._observer = observer  # telemetry: metrics, spans, stats, request logs
 
     async def infer(self, call: InferenceCall) -> Outcome:
+        with self._observer.dispatch(call.model, call.request_id, self._pool.check_strategy(call.strategy)) as seen:
+            outcome = await self._infer(call)
+            seen.finished(outcome.node_id, outcome.mode, outcome.attempts)
+        return outcome
+
+    async def _infer(self, call: InferenceCall) -> Outcome:
         start = self._clock()
-        deadline = start + call.timeout_s
-        strategy = self._pool.check_strategy(call.strategy)
-        tried: set[str] = set()
-        attempts = 0
+        run = _Run(
+            call,
+            self._pool.check_strategy(call.strategy),
+            start + call.timeout_s,
+            call.affinity_key or session_key(call.parameters),
+        )
+        if self._budget is not None:
+            self._budget.deposit()
         last_error: NodeCallError | None = None
-        while (lease := self._pool.pick(call.model, strategy=strategy, exclude=frozenset(tried))) is not None:
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                lease.done()
-                raise DeadlineExceeded(f"deadline of {call.timeout_s * 1000:.0f} ms spent after {attempts} attempts")
-            node = lease.node
-            attempts += 1
-            tried.add(node.key)
+        while last_error is None or self._may_retry(last_error, run.attempts):
+            if self._clock() >= run.deadline:
+                raise DeadlineExceeded(_spent(call, run.attempts))
+            lease = self._pick(run)
+            if lease is None and run.tried:
+                # No other node left: retry on one already tried rather than fail (as Envoy does when
+                # its retry host predicate finds no other host). A dead node is offline by now.
+                lease = self._pick(run, frozenset())
+            if lease is None:
+                break
             try:
+                answer, hedged = await self._attempt_hedged(run, lease)
+            except NodeCallError as exc:
+                last_error = exc
+                log.warning("attempt %d of %s failed: %s", run.attempts, call.request_id, exc.message)
+                if not exc.retryable:
+                    raise from_worker(exc) from exc
+                continue
+            if self._validator is not None and self._validator.enabled:
+                self._validator.offer(answer.node.key, answer.response.outputs, lambda skip: self._rerun(run, skip))
+            return Outcome(
+                model=answer.response.model_name,
+                model_version=answer.response.model_version,
+                outputs=answer.response.outputs,
+                node_id=answer.node.node_id,
+                mode="distributed",
+                attempts=run.attempts,
+                latency_ms=(self._clock() - start) * 1000,
+                hedged=hedged,
+                panic=answer.panic,
+            )
+        return await self._without_cluster(call, start, run.deadline, run.attempts, last_error)
+
+    def _may_retry(self, error: NodeCallError, attempts: int) -> bool:
+        if not self._retry.should_retry(error, attempts):
+            return False
+        return self._budget is None or self._budget.withdraw()
+
+    def _pick(self, run: _Run, exclude: frozenset[str] | None = None) -> Lease | None:
+        skip = frozenset(run.tried) if exclude is None else exclude
+        return self._pool.pick(run.call.model, strategy=run.strategy, exclude=skip, affinity_key=run.affinity)
+
+    async def _attempt(self, run: _Run, lease: Lease) -> _Answer:
+        """One call to one node; its outcome goes back to the pool (breaker, latency) through the lease."""
+        node, call = lease.node, run.call
+        run.attempts += 1
+        run.tried.add(node.key)
+        began = self._clock()
+        timeout = run.deadline - began
+        if self._attempt_timeout is not None:
+            timeout = min(timeout, self._attempt_timeout)
+        try:
+            with self._observer.attempt(call.model, node.node_id, run.attempts) as observed:
                 response = await self._client.infer(
                     node.url,
                     call.model,
                     call.inputs,
-                    timeout_s=remaining,
+                    timeout_s=max(timeout, 0.001),
                     outputs=call.outputs,
                     binary=self._binary and node.binary,
                     request_id=call.request_id,
                     parameters=call.parameters,
+                    headers=observed.headers,
                 )
-            except NodeCallError as exc:
-                last_error = exc
-                log.warning("attempt %d of %s on %s failed: %s", attempts, call.request_id, node.node_id, exc.message)
-                if isinstance(exc, NodeUnreachable):
-                    self._pool.report_unreachable(node.key, exc.message)
-                if not exc.retryable:
-                    raise from_worker(exc) from exc
-                if not self._retry.should_retry(exc, attempts):
-                    break
-                continue
-            finally:
-                lease.done()
-            return Outcome(
-                model=response.model_name,
-                model_version=response.model_version,
-                outputs=response.outputs,
-                node_id=node.node_id,
-                mode="distributed",
-                attempts=attempts,
-                latency_ms=(self._clock() - start) * 1000,
-            )
-        return await self._without_cluster(call, start, deadline, attempts, last_error)
+        except NodeCallError as exc:
+            lease.report(self._clock() - began, exc)
+            raise
+        finally:
+            lease.done()  # a cancelled hedge reports nothing: neither success nor failure
+        lease.report(self._clock() - began)
+        return _Answer(node, response, lease.panic)
+
+    async def _attempt_hedged(self, run: _Run, lease: Lease) -> tuple[_Answer, bool]:
+        delay = self._hedge.delay_s(self._pool.p95_s(lease.node.key))
+        primary = self._attempt(run, lease)
+        if delay is None or self._clock() + delay >= run.deadline:
+            return await primary, False
+
+        def start_hedge() -> Coroutine[Any, Any, _Answer] | None:
+            if self._clock() >= run.deadline:
+                return None
+            second = self._pick(run)
+            if second is None:
+                return None
+            if self._budget is not None and not self._budget.withdraw():
+                second.done()
+                return None
+            return self._attempt(run, second)
+
+        return await race(primary, start_hedge, delay)
+
+    async def _rerun(self, run: _Run, skip: frozenset[str]) -> tuple[str, Sequence[Tensor]] | None:
+        """The same request on a node not in `skip`, for result validation (its own deadline)."""
+        again = _Run(run.call, run.strategy, self._clock() + run.call.timeout_s, run.affinity)
+        lease = self._pick(again, skip)
+        if lease is None:
+            return None
+        answer = await self._attempt(again, lease)
+        return answer.node.key, answer.response.outputs
 
     async def _without_cluster(
         self, call: InferenceCall, start: float, deadline: float, attempts: int, last_error: NodeCallError | None
@@ -121,8 +229,8 @@ class Dispatcher:
         """The cluster could not serve: run locally if we can, else say why."""
         remaining = deadline - self._clock()
         if remaining <= 0 or (isinstance(last_error, NodeTimeout) and remaining < 0.001):
-            raise DeadlineExceeded(f"deadline of {call.timeout_s * 1000:.0f} ms spent after {attempts} attempts")
-        if self._local is not None and self._local.has(call.model):
+            raise DeadlineExceeded(_spent(call, attempts))
+        if call.local_fallback and self._local is not None and self._local.has(call.model):
             try:
                 async with asyncio.timeout(remaining):
                     config, outputs = await self._local.infer(call.model, call.inputs, call.outputs)
@@ -142,3 +250,7 @@ class Dispatcher:
             raise UnknownModel(f"no node and no local copy has model {call.model!r}")
         reason = last_error.message if last_error else "no healthy node serves it"
         raise NoCapacity(f"model {call.model!r} cannot be served now: {reason}")
+
+
+def _spent(call: InferenceCall, attempts: int) -> str:
+    return f"deadline of {call.timeout_s * 1000:.0f} ms spent after {attempts} attempts"

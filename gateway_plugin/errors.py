@@ -2,12 +2,17 @@
 
     DistinferError                    500 internal
     ├── BadRequest                    400 malformed body or tensor
+    ├── Unauthorized                  401 missing or invalid bearer token (WWW-Authenticate)
+    ├── Forbidden                     403 the token lacks a scope
     ├── NotFound                      404 flag off, unknown route target
     │   ├── UnknownModel              404 no node and no local copy has the model
     │   └── UnknownNode               404
+    ├── Conflict                      409 the node exists already, or belongs to another source
     ├── PayloadTooLarge               413 body or tensor over the limit
     ├── Unprocessable                 422 schema violation
+    ├── TooManyRequests               429 task queue full or gateway saturated (Retry-After)
     ├── NoCapacity                    503 no node can serve and no fallback
+    ├── AuthUnavailable               503 the signing keys cannot be fetched (JWKS down)
     └── DeadlineExceeded              504 the request's deadline was spent
 
 `from_worker` maps the worker's errors (the node's own 4xx, codec errors) at the boundary.
@@ -24,18 +29,24 @@ from worker.errors import InvalidInput, NodeRejected, WorkerError
 from worker.errors import PayloadTooLarge as WorkerPayloadTooLarge
 
 __all__ = [
+    "AuthUnavailable",
     "BadRequest",
+    "Conflict",
     "DeadlineExceeded",
     "DistinferError",
+    "Forbidden",
     "NoCapacity",
     "NotFound",
     "PayloadTooLarge",
     "ProblemResponse",
+    "TooManyRequests",
+    "Unauthorized",
     "UnknownModel",
     "UnknownNode",
     "Unprocessable",
     "from_worker",
     "problem",
+    "problem_body",
 ]
 
 
@@ -55,6 +66,14 @@ class BadRequest(DistinferError):
     status, code, title = 400, "bad_request", "Malformed request"
 
 
+class Unauthorized(DistinferError):
+    status, code, title = 401, "unauthorized", "Authentication required"
+
+
+class Forbidden(DistinferError):
+    status, code, title = 403, "forbidden", "Insufficient scope"
+
+
 class NotFound(DistinferError):
     status, code, title = 404, "not_found", "Not found"
 
@@ -67,6 +86,10 @@ class UnknownNode(NotFound):
     code, title = "unknown_node", "Unknown node"
 
 
+class Conflict(DistinferError):
+    status, code, title = 409, "conflict", "Conflict with the current state"
+
+
 class PayloadTooLarge(DistinferError):
     status, code, title = 413, "payload_too_large", "Payload too large"
 
@@ -75,8 +98,19 @@ class Unprocessable(DistinferError):
     status, code, title = 422, "invalid_request", "Request does not match the schema"
 
 
+class TooManyRequests(DistinferError):
+    status, code, title = 429, "too_many_requests", "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after_s: int = 1, **extra: Any) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after_s))}, **extra)
+
+
 class NoCapacity(DistinferError):
     status, code, title = 503, "no_capacity", "No node can serve the request"
+
+
+class AuthUnavailable(DistinferError):
+    status, code, title = 503, "auth_unavailable", "Token verification unavailable"
 
 
 class DeadlineExceeded(DistinferError):
@@ -107,8 +141,9 @@ class ProblemResponse(JSONResponse):
     media_type = "application/problem+json"
 
 
-def problem(error: DistinferError, request_id: str) -> ProblemResponse:
-    body: dict[str, Any] = {
+def problem_body(error: DistinferError, request_id: str) -> dict[str, Any]:
+    """The RFC 9457 object alone: for a batch item or a task that failed inside a 200 answer."""
+    return {
         "type": f"urn:distinfer:problem:{error.code}",
         "title": error.title,
         "status": error.status,
@@ -117,5 +152,9 @@ def problem(error: DistinferError, request_id: str) -> ProblemResponse:
         "code": error.code,
         **error.extra,
     }
+
+
+def problem(error: DistinferError, request_id: str) -> ProblemResponse:
+    body = problem_body(error, request_id)
     headers = {"X-Request-ID": request_id, **error.headers}
     return ProblemResponse(body, status_code=error.status, headers=headers)

@@ -18,7 +18,7 @@ from gateway_plugin.errors import BadRequest, PayloadTooLarge
 from worker.protocol import Limits, Tensor, tensor_from_json
 from worker.protocol.models import WireTensor
 
-__all__ = ["is_tensor_list", "to_tensors"]
+__all__ = ["check_batch_size", "is_tensor_list", "to_tensors"]
 
 
 def is_tensor_list(value: Any) -> bool:
@@ -54,6 +54,14 @@ def _plain_value(value: Any, info: ModelInfo, limits: Limits) -> Tensor:
         raise PayloadTooLarge(f"inputs has more than {limits.max_tensor_elements} elements")
     shape = _fit_shape(tuple(given), spec.shape, info.name)
     return tensor_from_json(WireTensor(name=spec.name, shape=shape, datatype=spec.datatype, data=data), limits)
+
+
+def check_batch_size(info: ModelInfo, tensors: list[Tensor], limit: int) -> None:
+    """PayloadTooLarge when an input's batch dimension (a dynamic first dim) has more than `limit` rows."""
+    batched = {spec.name for spec in info.inputs if spec.shape[:1] == (-1,)}
+    for tensor in tensors:
+        if tensor.name in batched and tensor.shape and tensor.shape[0] > limit:
+            raise PayloadTooLarge(f"input {tensor.name!r} has a batch of {tensor.shape[0]}, over the limit of {limit}")
 
 
 def to_tensors(value: Any, info: ModelInfo | None, limits: Limits) -> list[Tensor]:

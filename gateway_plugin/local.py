@@ -11,8 +11,10 @@ from pathlib import Path
 from discovery.node import ModelInfo
 from worker.config import ModelConfig
 from worker.engine import InferenceEngine
+from worker.generate import TextGenerator
 from worker.protocol import Tensor
 from worker.repository import ModelRepository
+from worker.streaming import generators_for
 
 __all__ = ["LocalInference", "model_info"]
 
@@ -30,8 +32,9 @@ def model_info(config: ModelConfig) -> ModelInfo:
 
 
 class LocalInference:
-    def __init__(self, engine: InferenceEngine) -> None:
+    def __init__(self, engine: InferenceEngine, generators: dict[str, TextGenerator] | None = None) -> None:
         self._engine = engine
+        self._generators = dict(generators or {})
         self._infos = {model.config.name: model_info(model.config) for model in engine.repository}
 
     @classmethod
@@ -41,7 +44,7 @@ class LocalInference:
         repository = await asyncio.to_thread(ModelRepository.load, root, threads=threads)
         try:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="local-infer") as executor:
-                yield cls(InferenceEngine(repository, executor))
+                yield cls(InferenceEngine(repository, executor), generators_for(repository, executor))
         finally:
             repository.close()
 
@@ -50,6 +53,10 @@ class LocalInference:
 
     def info(self, model: str) -> ModelInfo | None:
         return self._infos.get(model)
+
+    def generator(self, model: str) -> TextGenerator | None:
+        """The model's text generator, when it is a generative (step-function) model."""
+        return self._generators.get(model)
 
     def models(self) -> list[ModelInfo]:
         return list(self._infos.values())

@@ -5,31 +5,69 @@
 
 Background work (discovery, health probes) starts and stops with the host app's lifespan; hosts
 that are plain Starlette apps can enter `distributed.lifespan(app)` themselves.
+
+Every route needs a bearer token with `infer` (CONTRACT §6) but `/health*`; `require_admin` is
+the dependency for admin routes. `/flags` answers even while the flag is off, so that it can be
+turned back on at runtime; everything else under the prefix is 404 then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
+import uuid
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import aiohttp
 from fastapi import APIRouter, Depends
+from opentelemetry.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+from starlette.responses import Response
 
-from balancer import HealthProber, NodePool, RetryPolicy, default_strategies
-from discovery import NodeRegistry, StaticSource
-from gateway_plugin.api import cluster_router, health_router, inference_router, problem_route, relay_router
+from balancer import HealthProber, RetryPolicy
+from discovery import NodeRegistry
+from gateway_plugin.admission import InflightLimiter
+from gateway_plugin.api import (
+    batch_router,
+    cluster_router,
+    flags_router,
+    health_router,
+    inference_router,
+    nodes_admin_router,
+    parallel_router,
+    pipeline_router,
+    problem_route,
+    relay_router,
+    stream_router,
+)
+from gateway_plugin.api.health import summary
+from gateway_plugin.api.inference import build_call
+from gateway_plugin.api.schemas import InferenceRequest
+from gateway_plugin.api.stats import stats_router
+from gateway_plugin.api.tasks import task_runner, tasks_router
+from gateway_plugin.auth import Authenticator, node_ssl_context
+from gateway_plugin.balancing import build_pool, build_resilience
+from gateway_plugin.cache import CachingDispatcher, ResponseCache
 from gateway_plugin.catalog import ModelCatalog
-from gateway_plugin.dispatch import Dispatcher
-from gateway_plugin.errors import NoCapacity, NotFound
+from gateway_plugin.dispatch import Dispatcher, Outcome
+from gateway_plugin.errors import NoCapacity, NotFound, from_worker
+from gateway_plugin.flags import FeatureFlags, FlagProvider
 from gateway_plugin.local import LocalInference
-from gateway_plugin.services import Services
+from gateway_plugin.services import InferenceDispatcher, Services
 from gateway_plugin.settings import Settings
+from gateway_plugin.shadow import BackgroundWork, ShadowStats
+from gateway_plugin.sharded import ShardedDispatcher, sharded_models
+from gateway_plugin.sources import build_sources, cancel_tasks, wait_synced
+from gateway_plugin.streaming import StreamRelay
+from gateway_plugin.tasks import TaskService, open_store
+from gateway_plugin.telemetry import NodeReaders, Telemetry
 from worker.client import NodeClient
+from worker.errors import WorkerError
 from worker.protocol import Limits
 
 __all__ = ["DistributedInference"]
@@ -38,15 +76,30 @@ log = logging.getLogger(__name__)
 
 
 class DistributedInference:
-    def __init__(self, settings: Settings | None = None, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        rng: random.Random | None = None,
+        flag_provider: FlagProvider | None = None,
+        metrics_registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
         self.settings = settings if settings is not None else Settings()
         self._check_discovery()
+        self.auth = Authenticator(self.settings.auth)
+        self.require_infer = self.auth.require_infer  # FastAPI dependencies (async bound methods)
+        self.require_admin = self.auth.require_admin
+        self.flags = FeatureFlags(self.settings.flags, flag_provider)
+        self.shadow = ShadowStats()  # written by compat's shadow mode, read by /stats and metrics
+        self.background = BackgroundWork()
         self.registry = NodeRegistry()
-        self.pool = NodePool(
-            self.registry, default_strategies(), default_strategy=self.settings.balancer.strategy, rng=rng
-        )
+        self.pool = build_pool(self.registry, self.settings, rng=rng)
+        self._rng = rng
         self._services: Services | None = None
-        self.router = self._build_router()
+        self.telemetry = self._build_telemetry(metrics_registry, tracer_provider)
+        self.metrics_registry = self.telemetry.registry
+        self.router = self._with_metrics(self._build_router())
 
     @classmethod
     def from_env(cls) -> DistributedInference:
@@ -54,13 +107,8 @@ class DistributedInference:
         return cls(Settings())
 
     def _check_discovery(self) -> None:
-        # Only static discovery exists so far; refuse loudly rather than route to nothing.
-        unsupported = [s for s in self.settings.discovery.sources if s != "static"]
-        if unsupported or self.settings.discovery.nodes_file is not None:
-            raise ValueError(
-                f"discovery {unsupported or ['DISTINFER_NODES_FILE']} is not available in this version; "
-                "use DISTINFER_DISCOVERY=static with DISTINFER_NODES"
-            )
+        # Bad discovery settings (a Consul URL that is not one, a bad nameserver) fail here, not later.
+        build_sources(self.settings.discovery)
 
     # ------------------------------------------------------------------ dependencies
 
@@ -72,20 +120,84 @@ class DistributedInference:
         return self._services
 
     async def require_enabled(self) -> None:
-        if not self.settings.flags.enabled:
+        if not self.flags.enabled:
             raise NotFound("distributed inference is disabled (ENABLE_DISTRIBUTED_INFERENCE)")
 
+    # ------------------------------------------------------------------ for code in the host (compat)
+
+    async def infer(self, request: InferenceRequest, *, local_fallback: bool = True) -> Outcome:
+        """One inference over the cluster, as `POST /inference` runs it; raises `DistinferError`.
+
+        `local_fallback=False` leaves the plugin's own local models out, for callers that have
+        their own fallback (compat runs the host's original handler instead).
+        """
+        svc = await self.services()
+        try:
+            call = build_call(svc, request, request.request_id or uuid.uuid4().hex)
+        except WorkerError as exc:
+            raise from_worker(exc) from exc
+        return await svc.dispatcher.infer(dataclasses.replace(call, local_fallback=local_fallback))
+
+    def cluster_summary(self) -> dict[str, Any]:
+        """The `/health` summary, for a host that adds it to its own health endpoint."""
+        if self._services is None:
+            return {"status": "not_started", "ready": False}
+        return summary(self._services)
+
     def _build_router(self) -> APIRouter:
-        route_class = problem_route(self.settings.limits.max_body_bytes)
-        router = APIRouter(
-            prefix=self.settings.api.prefix,
-            lifespan=self.lifespan,
-            dependencies=[Depends(self.require_enabled)],
-            route_class=route_class,
-        )
-        for build in (inference_router, relay_router, cluster_router, health_router):
-            router.include_router(build(self.services, route_class))
+        route_class = problem_route(self.settings.limits.max_body_bytes, self.telemetry.route_hook)
+        router = APIRouter(prefix=self.settings.api.prefix, lifespan=self.lifespan, route_class=route_class)
+        enabled, infer = Depends(self.require_enabled), Depends(self.require_infer)
+        # No enabled-check here: with the flag off, PUT /flags is how it comes back on.
+        router.include_router(flags_router(self.flags, self.require_infer, self.require_admin, route_class))
+        router.include_router(health_router(self.services, route_class), dependencies=[enabled])
+        for build in (inference_router, stream_router, relay_router, cluster_router):
+            router.include_router(build(self.services, route_class), dependencies=[enabled, infer])
+        admin_nodes = nodes_admin_router(self.services, route_class, admin=self.require_admin)  # POST/PATCH/DELETE
+        router.include_router(admin_nodes, dependencies=[enabled])
+        for build in (batch_router, parallel_router, pipeline_router):
+            router.include_router(build(self.services, route_class), dependencies=[enabled, infer])
+        tasks = tasks_router(self.services, self.require_infer, route_class)  # tasks belong to the token's sub
+        router.include_router(tasks, dependencies=[enabled, infer])
+        router.include_router(stats_router(self.telemetry, route_class, self.shadow), dependencies=[enabled, infer])
         return router
+
+    # ------------------------------------------------------------------ telemetry
+
+    def _build_telemetry(self, registry: CollectorRegistry | None, provider: TracerProvider | None) -> Telemetry:
+        pool = self.pool
+        telemetry = Telemetry(
+            self.registry,
+            api_prefix=self.settings.api.prefix,
+            registry=registry,
+            tracer_provider=provider,
+            known_model=self._known_model,
+        )
+        telemetry.cluster.readers = NodeReaders(
+            in_flight=pool.in_flight,
+            breaker=lambda key: pool.breaker(key).state.value,
+            trust=lambda key: round(pool.trust.score(key), 4),
+        )
+        return telemetry
+
+    def _known_model(self, model: str) -> bool:
+        """Whether a model exists (a node lists it, or the local fallback has it): metric labels only for those."""
+        return self.pool.knows(model) or (self._services is not None and self._services.catalog.info(model) is not None)
+
+    def _with_metrics(self, api: APIRouter) -> APIRouter:
+        """The API router plus `GET /metrics` beside it: outside the prefix, no auth, flag or not."""
+        path = self.settings.telemetry.metrics_path
+        if path == "off":
+            return api
+        outer = APIRouter()  # merges the API router's lifespan when it includes it
+        outer.include_router(api)
+
+        async def metrics() -> Response:
+            body, content_type = self.telemetry.render_metrics()
+            return Response(body, media_type=content_type)
+
+        outer.add_api_route(path, metrics, methods=["GET"], include_in_schema=False)
+        return outer
 
     # ------------------------------------------------------------------ lifespan
 
@@ -97,37 +209,87 @@ class DistributedInference:
             max_string_bytes=settings.limits.max_string_bytes,
         )
         async with AsyncExitStack() as stack:
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=settings.dispatch.connections_per_node)
+            connector = aiohttp.TCPConnector(
+                limit=0,
+                limit_per_host=settings.dispatch.connections_per_node,
+                ssl=node_ssl_context(settings.auth) or True,
+            )
             session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
-            client = NodeClient(session, limits=limits, probe_timeout_s=settings.balancer.probe_timeout_s)
+            node_token = settings.auth.node_token.get_secret_value() if settings.auth.node_token else None
+            client = NodeClient(
+                session, limits=limits, probe_timeout_s=settings.balancer.probe_timeout_s, token=node_token
+            )
             local = None
             if settings.local.model_repository is not None:
                 local = await stack.enter_async_context(
                     LocalInference.open(settings.local.model_repository, threads=settings.local.threads)
                 )
+            resilience = build_resilience(settings, self.pool, rng=self._rng)
             dispatcher = Dispatcher(
                 self.pool,
                 client,
                 retry=RetryPolicy(max_attempts=settings.balancer.max_attempts),
                 local=local,
                 binary=settings.dispatch.binary_to_nodes,
+                budget=resilience.budget,
+                hedge=resilience.hedge,
+                attempt_timeout_s=resilience.attempt_timeout_s,
+                validator=resilience.validator,
+                observer=self.telemetry.observer,
             )
-            prober = HealthProber(self.registry, client, interval_s=settings.balancer.probe_interval_s)
-            await StaticSource(settings.discovery.nodes).run(self.registry)
+            catalog = ModelCatalog(self.registry, local)
+            served: InferenceDispatcher = dispatcher
+            if settings.cache.models:
+                served = CachingDispatcher(
+                    dispatcher,
+                    ResponseCache(max_entries=settings.cache.max_entries, ttl_s=settings.cache.ttl_s),
+                    models=frozenset(settings.cache.models),
+                    version_of=lambda model: info.version if (info := catalog.info(model)) else None,
+                )
+            sharded = sharded_models(settings.sharding, dispatcher, self.pool)  # models cut into stages
+            if sharded is not None:
+                served = ShardedDispatcher(served, sharded)
+            prober = HealthProber(
+                self.registry, client, interval_s=settings.balancer.probe_interval_s, on_labels=self.pool.learn_labels
+            )
+            sources = build_sources(settings.discovery)
+            watches = [self._owned(source.run(self.registry), f"discovery-{source.name}") for source in sources]
+            stack.push_async_callback(cancel_tasks, watches)
+            await wait_synced(sources, self.registry, settings.discovery.start_timeout_s)
             # One probe round before serving, so the first request already knows the nodes.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(settings.balancer.probe_timeout_s * 3):
                     await prober.probe_all()
+            task_settings = settings.tasks
+            task_store = open_store(task_settings.store, max_tasks=task_settings.max_tasks, ttl_s=task_settings.ttl_s)
+            stack.push_async_callback(task_store.close)
+            task_service = TaskService(task_store, task_runner(self.services), task_settings)
             self._services = Services(
                 settings=settings,
                 registry=self.registry,
                 pool=self.pool,
-                dispatcher=dispatcher,
-                catalog=ModelCatalog(self.registry, local),
+                dispatcher=served,
+                sharded=sharded,
+                catalog=catalog,
                 local=local,
                 limits=limits,
+                streams=StreamRelay(
+                    self.pool,
+                    client,
+                    max_attempts=settings.balancer.max_attempts,
+                    local=local,
+                    max_new_tokens=settings.limits.max_new_tokens,
+                ),
+                admission=InflightLimiter(settings.limits.max_inflight),
+                tasks=task_service,
             )
+            self.background.open()
+            stack.push_async_callback(self.background.close)
             tasks = [self._owned(prober.run(), "health-prober")]
+            tasks.append(self._owned(task_service.run(), "task-workers"))  # on stop, running tasks are requeued
+            tasks.append(self._owned(self.telemetry.watch_event_loop(), "event-loop-lag"))
+            if resilience.validator is not None:
+                tasks.append(self._owned(resilience.validator.run(), "result-validator"))
             try:
                 yield
             finally:
@@ -135,6 +297,7 @@ class DistributedInference:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                self.telemetry.flush()
 
     @staticmethod
     def _owned(work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:

@@ -39,7 +39,15 @@ class ServerProcess:
     log: IO[bytes] | None = field(default=None, repr=False)
     final_output: str = field(default="", repr=False)
 
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Poll the health endpoint until 200; on failure the process is stopped, never leaked."""
+        try:
+            self._poll_ready(timeout_s)
+        except BaseException:
+            self.stop(timeout_s=5)
+            raise
+
+    def _poll_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         with httpx.Client(timeout=1.0) as client:
             while time.monotonic() < deadline:

@@ -18,16 +18,24 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from worker.runtimes.base import Arrays
 
-__all__ = ["BatchPolicy", "DynamicBatcher"]
+__all__ = ["BatchPolicy", "DynamicBatcher", "RunObserver"]
 
 Outputs = dict[str, np.ndarray[Any, Any]]
 RunFn = Callable[[Arrays], Outputs]
+
+
+class RunObserver(Protocol):
+    """Told about every runtime call and every queue wait (node metrics and spans)."""
+
+    def runtime_call(self, rows: int, seconds: float) -> None: ...
+
+    def queued(self, arrived: float, started: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +53,7 @@ class _Pending:
     signature: tuple[object, ...]
     future: asyncio.Future[Outputs]
     arrived: float = field(default_factory=time.monotonic)
+    started: float = 0.0
 
 
 def _signature(feeds: Arrays) -> tuple[object, ...]:
@@ -54,8 +63,11 @@ def _signature(feeds: Arrays) -> tuple[object, ...]:
 class DynamicBatcher:
     """One per batchable model. `submit()` from request handlers; `run()` as a lifespan-owned task."""
 
-    def __init__(self, run: RunFn, executor: Executor, policy: BatchPolicy) -> None:
+    def __init__(
+        self, run: RunFn, executor: Executor, policy: BatchPolicy, observer: RunObserver | None = None
+    ) -> None:
         self._run = run
+        self._observer = observer
         self._executor = executor
         self._policy = policy
         self._queue: deque[_Pending] = deque()
@@ -69,9 +81,18 @@ class DynamicBatcher:
         if rows > self._policy.max_batch_size:
             raise ValueError(f"{rows} rows is over max_batch_size {self._policy.max_batch_size}")
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(feeds, rows, _signature(feeds), future))
+        pending = _Pending(feeds, rows, _signature(feeds), future)
+        self._queue.append(pending)
         self._arrived.set()
-        return await future
+        outputs = await future
+        if self._observer is not None:
+            self._observer.queued(pending.arrived, pending.started)  # here, in the caller's trace context
+        return outputs
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for a batch now."""
+        return len(self._queue)
 
     async def run(self) -> None:
         try:
@@ -135,13 +156,19 @@ class DynamicBatcher:
             live = [p for p in batch if not p.future.cancelled()]
             if not live:
                 return
-            self.batch_sizes.append(sum(p.rows for p in live))
+            rows = sum(p.rows for p in live)
+            self.batch_sizes.append(rows)
+            started = time.monotonic()
+            for pending in live:
+                pending.started = started
             if len(live) == 1:
                 await self._run_alone(live[0])
                 return
             try:
                 stacked = {name: np.concatenate([p.feeds[name] for p in live]) for name in live[0].feeds}
                 outputs = await loop.run_in_executor(self._executor, self._run, stacked)
+                if self._observer is not None:
+                    self._observer.runtime_call(rows, time.monotonic() - started)
             except Exception:
                 # Somebody's rows broke the stacked call; find out whose by running each alone.
                 for pending in live:
@@ -158,7 +185,10 @@ class DynamicBatcher:
 
     async def _run_alone(self, pending: _Pending) -> None:
         try:
+            started = time.monotonic()
             result = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, pending.feeds)
+            if self._observer is not None:
+                self._observer.runtime_call(pending.rows, time.monotonic() - started)
         except Exception as exc:
             if not pending.future.done():
                 pending.future.set_exception(exc)

@@ -8,6 +8,7 @@ the `NodeCallError` branch of `worker.errors`, sorted into what may be retried e
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -33,6 +34,7 @@ from worker.stream_client import open_generate_stream
 __all__ = ["NodeClient"]
 
 _INDEX = TypeAdapter(list[RepositoryEntry])
+_RAW_LIMIT = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +74,11 @@ class NodeClient:
     ) -> _Reply:
         if self._auth:
             headers = {**self._auth, **(headers or {})}
+        # aiohttp warns that raw bytes over 1 MB may block the loop and wants a file-like body.
+        payload: bytes | io.BytesIO | None = io.BytesIO(data) if data is not None and len(data) > _RAW_LIMIT else data
         try:
             async with self._session.request(
-                method, url, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+                method, url, data=payload, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as response:
                 declared = response.content_length
                 if declared is not None and declared > self._max_response_bytes:

@@ -24,6 +24,7 @@ from worker.protocol.datatypes import DATATYPES
 __all__ = [
     "DEFAULT_WEIGHTS",
     "DynamicBatching",
+    "Generation",
     "ModelConfig",
     "Runtime",
     "TensorSpec",
@@ -72,6 +73,22 @@ class DynamicBatching(BaseModel):
     preferred_batch_sizes: tuple[int, ...] = ()
 
 
+class Generation(BaseModel):
+    """A generative model served as a step function with explicit state (streamed token by token).
+
+    Each step takes one token id per row ([B, 1] INT64) and the state, and returns the logits
+    over the vocabulary and the next state; the logits' `labels` are the vocabulary (the text of
+    each token id).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token_input: str
+    state_input: str
+    logits_output: str
+    state_output: str
+
+
 class ModelConfig(BaseModel):
     """What a node knows about one model before loading it."""
 
@@ -87,6 +104,7 @@ class ModelConfig(BaseModel):
     max_batch_size: int = Field(default=0, ge=0)
     dynamic_batching: DynamicBatching | None = None
     labels: tuple[str, ...] = ()
+    generation: Generation | None = None
 
     @property
     def weights_file(self) -> str:

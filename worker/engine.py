@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
 
-from worker.batching import BatchPolicy, DynamicBatcher
+from worker.batching import BatchPolicy, DynamicBatcher, RunObserver
 from worker.config import ModelConfig, TensorSpec
 from worker.errors import InferenceFailed, InvalidInput
 from worker.protocol import Tensor, dtype_of
@@ -59,10 +60,12 @@ class InferenceEngine:
         repository: ModelRepository,
         executor: Executor,
         batchers: Mapping[str, DynamicBatcher] | None = None,
+        observers: Mapping[str, RunObserver] | None = None,
     ) -> None:
         self.repository = repository
         self._executor = executor
         self.batchers = dict(batchers or {})
+        self._observers = dict(observers or {})  # runtime calls of unbatched models (metrics)
 
     async def infer(
         self, model_name: str, inputs: Sequence[Tensor], outputs: Sequence[str] | None = None
@@ -79,7 +82,11 @@ class InferenceEngine:
             if batcher is not None:
                 results = await batcher.submit(feeds)
             else:
+                started = time.monotonic()
                 results = await asyncio.get_running_loop().run_in_executor(self._executor, model.runtime.run, feeds)
+                if (observer := self._observers.get(config.name)) is not None:
+                    rows = next(iter(feeds.values())).shape[0] if config.max_batch_size and feeds else 1
+                    observer.runtime_call(int(rows), time.monotonic() - started)
         except Exception as exc:  # the runtime's own errors: bad values it alone can judge
             raise InferenceFailed(f"model {config.name!r} failed: {type(exc).__name__}") from exc
         specs = {spec.name: spec for spec in config.outputs}

@@ -1,7 +1,9 @@
 """The model repository: folders of `config.json` + weights, loaded once at start-up.
 
 A folder with only `model.onnx` is described from its graph. A model that cannot load (torch
-missing, corrupt file) is listed as UNAVAILABLE with the reason instead of stopping the node.
+missing, corrupt file, over the node's memory cap) is listed as UNAVAILABLE with the reason
+instead of stopping the node. A model's memory is counted as the bytes of its folder's files
+(weights, external data) less config.json: what the runtime holds once the model is loaded.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from worker.errors import ModelNotFound, ModelNotReady
 from worker.runtimes import Runtime, open_runtime
 from worker.runtimes.onnx import describe_onnx
 
-__all__ = ["LoadedModel", "ModelRepository", "RepositoryError", "read_config"]
+__all__ = ["LoadedModel", "ModelRepository", "OverMemoryCap", "RepositoryError", "model_bytes", "read_config"]
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +29,29 @@ class RepositoryError(Exception):
     """A model folder that cannot be described (no config, bad config, no weights)."""
 
 
+class OverMemoryCap(RepositoryError):
+    """Loading the model would take the node over its memory cap (`distinfer node --memory-cap-mb`)."""
+
+
+def model_bytes(folder: Path) -> int:
+    """Bytes a model holds once loaded: its folder's files (weights, external data) less config.json."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != "config.json")
+
+
+def _check_cap(name: str, size: int, used: int, cap: int | None, loaded: int) -> None:
+    if cap is not None and used + size > cap:
+        mb = 1024 * 1024
+        raise OverMemoryCap(
+            f"model {name!r} needs {size / mb:.1f} MB, over the node's memory cap of {cap / mb:.1f} MB "
+            f"({used / mb:.1f} MB already held by {loaded} model(s)); serve it sharded (distinfer shard)"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
     config: ModelConfig
     runtime: Runtime
+    memory_bytes: int = 0
 
 
 def read_config(folder: Path) -> ModelConfig:
@@ -58,12 +79,30 @@ def read_config(folder: Path) -> ModelConfig:
 class ModelRepository:
     """Loaded models by name, plus the ones that failed to load and why."""
 
-    def __init__(self, models: dict[str, LoadedModel], unavailable: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        models: dict[str, LoadedModel],
+        unavailable: dict[str, str] | None = None,
+        *,
+        memory_cap_bytes: int | None = None,
+    ) -> None:
         self._models = models
         self.unavailable: dict[str, str] = dict(unavailable or {})
+        self.memory_cap_bytes = memory_cap_bytes
+
+    @property
+    def memory_used_bytes(self) -> int:
+        return sum(model.memory_bytes for model in self._models.values())
 
     @classmethod
-    def load(cls, root: Path, *, threads: int = 0, only: frozenset[str] | None = None) -> ModelRepository:
+    def load(
+        cls,
+        root: Path,
+        *,
+        threads: int = 0,
+        only: frozenset[str] | None = None,
+        memory_cap_bytes: int | None = None,
+    ) -> ModelRepository:
         if not root.is_dir():
             raise RepositoryError(f"model repository {root} is not a folder")
         models: dict[str, LoadedModel] = {}
@@ -73,11 +112,14 @@ class ModelRepository:
                 continue
             try:
                 config = read_config(folder)
-                models[config.name] = LoadedModel(config, open_runtime(config, folder, threads=threads))
+                size = model_bytes(folder)
+                used = sum(model.memory_bytes for model in models.values())
+                _check_cap(config.name, size, used, memory_cap_bytes, len(models))
+                models[config.name] = LoadedModel(config, open_runtime(config, folder, threads=threads), size)
             except Exception as exc:  # one bad model must not take the node down
                 log.warning("model %s not loaded: %s", folder.name, exc)
                 unavailable[folder.name] = f"{type(exc).__name__}: {exc}"
-        return cls(models, unavailable)
+        return cls(models, unavailable, memory_cap_bytes=memory_cap_bytes)
 
     def get(self, name: str) -> LoadedModel:
         model = self._models.get(name)

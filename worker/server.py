@@ -8,6 +8,10 @@ Endpoints (KServe v2 + Triton's model repository index extension)::
     GET  /v2/models/{m}[/versions/{v}]        model metadata
     GET  /v2/models/{m}[/versions/{v}]/ready  200 when ready
     POST /v2/models/{m}[/versions/{v}]/infer  JSON or binary tensors, both ways
+    GET  /metrics                             Prometheus metrics (worker.telemetry)
+    POST /v2/models/{m}/generate_stream       SSE tokens of a generative model (worker.streaming)
+
+With a node token, every call but health and /metrics must bear it (worker.nodeauth).
 
 Errors are v2 error JSON, `{"error": "..."}`, with a 4xx status for anything the request got wrong.
 """
@@ -16,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -29,6 +34,8 @@ from worker.batching import DynamicBatcher
 from worker.bodies import read_body
 from worker.engine import InferenceEngine, batch_policy
 from worker.errors import ModelNotFound, WorkerError
+from worker.faults import FaultInjector, FaultSpec, FaultState
+from worker.nodeauth import NodeTokenMiddleware
 from worker.protocol import (
     HEADER_LENGTH,
     Limits,
@@ -38,7 +45,11 @@ from worker.protocol import (
     parse_header_length,
 )
 from worker.protocol.models import MetadataTensor, ModelMetadata, RepositoryEntry, ServerMetadata
+from worker.registration import ConsulRegistration, consul_registration
 from worker.repository import ModelRepository
+from worker.sharding.forward import FORWARD_PARAMETER, Forwarder
+from worker.streaming import GenerationService, generate_router, generators_for
+from worker.telemetry import NodeTelemetry
 
 __all__ = ["EXTENSIONS", "NodeConfig", "create_node_app"]
 
@@ -59,12 +70,22 @@ class NodeConfig:
     limits: Limits = field(default_factory=Limits)
     models: frozenset[str] | None = None
     batching: str = "auto"  # auto: as config.json says; on: every batchable model; off: none
+    labels: Mapping[str, str] = field(default_factory=dict)  # advertised in GET /v2 (worker.hardware)
+    faults: FaultSpec | None = None  # test knobs (worker.faults); None: no fault middleware
+    fault_control: bool = False  # serve GET|PUT /v2/faults
+    fault_seed: int | None = None
+    node_token: str | None = None  # when set, every call but health and /metrics must bear it
+    max_new_tokens: int = 65_536  # per generate_stream call (the gateway's own limit is lower by default)
+    consul: ConsulRegistration | None = None  # register with this Consul agent while serving
+    memory_cap_bytes: int | None = None  # models over it are refused (worker.repository); sharding: issue 10
+    forward_peers: frozenset[str] | None = None  # node-to-node hops of sharded models (worker.sharding.forward)
 
 
 class _State:
     """What the lifespan builds and the handlers use; one per app, never global."""
 
     engine: InferenceEngine | None = None
+    generation: GenerationService | None = None
 
 
 def _error(exc: WorkerError) -> JSONResponse:
@@ -83,20 +104,31 @@ def _metadata(engine: InferenceEngine, name: str) -> ModelMetadata:
     )
 
 
-def create_node_app(config: NodeConfig) -> FastAPI:
+def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = None) -> FastAPI:
     state = _State()
+    forwarder = Forwarder(config.forward_peers, token=config.node_token)
+    telemetry = telemetry or NodeTelemetry(node_id=config.node_id)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Models load here, once, never per request.
-        repository = ModelRepository.load(config.model_repository, threads=config.threads, only=config.models)
+        repository = ModelRepository.load(
+            config.model_repository,
+            threads=config.threads,
+            only=config.models,
+            memory_cap_bytes=config.memory_cap_bytes,
+        )
         with ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="infer") as executor:
-            batchers = {}
+            batchers: dict[str, DynamicBatcher] = {}
+            telemetry.serve((m.config.name for m in repository), lambda: {n: b.depth for n, b in batchers.items()})
+            observers = {m.config.name: telemetry.model(m.config.name) for m in repository}
             for model in repository:
                 policy = batch_policy(model.config, config.batching, max_concurrent=config.workers)
                 if policy is not None:
-                    batchers[model.config.name] = DynamicBatcher(model.runtime.run, executor, policy)
-            state.engine = InferenceEngine(repository, executor, batchers)
+                    name = model.config.name
+                    batchers[name] = DynamicBatcher(model.runtime.run, executor, policy, observers[name])
+            state.engine = InferenceEngine(repository, executor, batchers, observers)
+            state.generation = GenerationService(generators_for(repository, executor), max_tokens=config.max_new_tokens)
             tasks = [asyncio.create_task(b.run(), name=f"batcher-{name}") for name, b in batchers.items()]
             log.info(
                 "node %s serving %s (batching %s)",
@@ -105,15 +137,22 @@ def create_node_app(config: NodeConfig) -> FastAPI:
                 sorted(batchers),
             )
             try:
-                yield
+                served = {m.config.name: m.config.runtime for m in repository}
+                async with consul_registration(config.consul, config.node_id, served):
+                    yield
             finally:
                 state.engine = None
+                state.generation = None
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 repository.close()
+                await forwarder.close()
 
     app = FastAPI(title="distinfer node", version=SERVER_VERSION, lifespan=lifespan)
+    telemetry.instrument(app)
+    if config.node_token:
+        app.add_middleware(NodeTokenMiddleware, token=config.node_token)
 
     @app.exception_handler(WorkerError)
     async def _on_worker_error(_: Request, exc: WorkerError) -> JSONResponse:
@@ -124,10 +163,17 @@ def create_node_app(config: NodeConfig) -> FastAPI:
             raise WorkerError("node is not started")
         return state.engine
 
+    def generation() -> GenerationService:
+        if state.generation is None:
+            raise WorkerError("node is not started")
+        return state.generation
+
+    app.include_router(generate_router(generation, lambda name: name in engine().repository, config.max_body_bytes))
+
     @app.get("/v2")
     async def server_metadata() -> dict[str, object]:
         meta = ServerMetadata(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
-        return {**meta.model_dump(), "node_id": config.node_id}
+        return {**meta.model_dump(), "node_id": config.node_id, "labels": dict(config.labels)}
 
     @app.get("/v2/health/live")
     async def live() -> Response:
@@ -160,22 +206,34 @@ def create_node_app(config: NodeConfig) -> FastAPI:
     @app.post("/v2/models/{model}/infer")
     @app.post("/v2/models/{model}/versions/{version}/infer")
     async def infer(model: str, request: Request, version: str | None = None) -> Response:
-        eng = engine()
-        _check_version(_metadata(eng, model), version)
-        body = await read_body(request, config.max_body_bytes)
-        decoded = decode_request(body, parse_header_length(request.headers.get(HEADER_LENGTH)), config.limits)
-        wanted = [out.name for out in decoded.outputs] if decoded.outputs else None
-        model_config, outputs = await eng.infer(model, decoded.inputs, wanted)
-        encoded = encode_response(
-            model_name=model_config.name,
-            model_version=model_config.version,
-            request_id=decoded.id,
-            outputs=outputs,
-            binary=binary_outputs(decoded),
-        )
+        with telemetry.request(model, request.headers.get("x-request-id")):
+            eng = engine()
+            _check_version(_metadata(eng, model), version)
+            body = await read_body(request, config.max_body_bytes)
+            decoded = decode_request(body, parse_header_length(request.headers.get(HEADER_LENGTH)), config.limits)
+            wanted = [out.name for out in decoded.outputs] if decoded.outputs else None
+            if FORWARD_PARAMETER in decoded.parameters:  # a sharded model's stage that hands on to the next node
+                model_config, outputs = await forwarder.infer(eng, model, decoded)
+            else:
+                model_config, outputs = await eng.infer(model, decoded.inputs, wanted)
+            encoded = encode_response(
+                model_name=model_config.name,
+                model_version=model_config.version,
+                request_id=decoded.id,
+                outputs=outputs,
+                binary=binary_outputs(decoded),
+            )
         headers = {HEADER_LENGTH: str(encoded.header_length)} if encoded.header_length is not None else None
         return Response(encoded.body, media_type=encoded.content_type, headers=headers)
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body, content_type = telemetry.exposition.render()
+        return Response(body, media_type=content_type)
+
+    if config.faults is not None and (config.faults.active or config.fault_control):
+        faults = FaultState(config.faults, rng=random.Random(config.fault_seed))
+        app.add_middleware(FaultInjector, state=faults, control=config.fault_control)
     return app
 
 

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from starlette.responses import JSONResponse
 
+from discovery.node import NodeStatus
 from gateway_plugin.api.routing import ProblemRoute
 from gateway_plugin.services import Services, ServicesDependency
 
@@ -15,12 +16,15 @@ _STATES = ("online", "busy", "offline", "error")
 
 
 def summary(svc: Services) -> dict[str, Any]:
-    statuses = Counter(node.status.value for node in svc.registry.nodes())
+    statuses = Counter(svc.pool.status(node).value for node in svc.registry.nodes())
+    panic = svc.pool.panic_models()
     online = statuses.get("online", 0)
+    # Busy or ejected nodes still answer probes: they can serve (ejected ones in panic mode).
+    reachable = sum(node.status is NodeStatus.ONLINE for node in svc.registry.nodes())
     local = svc.local is not None and bool(svc.local.models())
-    ready = online > 0 or local
+    ready = reachable > 0 or local
     return {
-        "status": "ok" if online else ("degraded" if local else "unavailable"),
+        "status": "ok" if online else ("degraded" if reachable or local else "unavailable"),
         "ready": ready,
         "nodes": {
             "total": sum(statuses.values()),
@@ -28,6 +32,8 @@ def summary(svc: Services) -> dict[str, Any]:
         },
         "models": len(svc.catalog.entries()),
         "local_fallback": local,
+        # Panic: every probed-healthy node of these models is ejected, so routing goes to the least bad.
+        "panic": {"active": bool(panic), "models": panic},
     }
 
 
@@ -36,7 +42,8 @@ def health_router(services: ServicesDependency, route_class: type[ProblemRoute] 
 
     @router.get("/health", summary="Plugin health and cluster summary")
     async def health(svc: Annotated[Services, Depends(services)]) -> dict[str, Any]:
-        return summary(svc)
+        # Liveness and readiness side by side: live while the plugin runs, ready while something can serve.
+        return {"live": True, **summary(svc)}
 
     @router.get("/health/live", summary="Liveness: the plugin is running")
     async def live(svc: Annotated[Services, Depends(services)]) -> dict[str, str]:

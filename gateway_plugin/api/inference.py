@@ -6,17 +6,21 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from balancer.pool import UnknownStrategy
+from gateway_plugin.admission import admitted
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest, InferenceResponse
 from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.errors import Unprocessable
-from gateway_plugin.inputs import to_tensors
+from gateway_plugin.inputs import check_batch_size, to_tensors
 from gateway_plugin.services import Services, ServicesDependency
 from worker.engine import check_inputs
 from worker.protocol import dumps
 from worker.protocol.codec import json_tensor
 
-__all__ = ["inference_router", "outcome_body", "outcome_headers"]
+# Names the session `model_affinity` keeps on one node (else `parameters.session_id`, else the model).
+SESSION_HEADER = "X-Session-ID"
+
+__all__ = ["SESSION_HEADER", "inference_router", "outcome_body", "outcome_headers"]
 
 
 def outcome_body(outcome: Outcome, request_id: str) -> dict[str, Any]:
@@ -40,11 +44,15 @@ def outcome_headers(outcome: Outcome, request_id: str) -> dict[str, str]:
     }
 
 
-def build_call(services: Services, body: InferenceRequest, request_id: str) -> InferenceCall:
-    """Check and convert one request before any node is called."""
-    info = services.catalog.info(body.model)
+def build_call(
+    services: Services, body: InferenceRequest, request_id: str, *, affinity_key: str | None = None
+) -> InferenceCall:
+    """Check and convert one request before any node is called (`affinity_key`: the X-Session-ID header)."""
+    # A sharded model (gateway_plugin.sharded) is described by its pipeline; the dispatcher wrapper serves it.
+    info = (services.sharded.info(body.model) if services.sharded else None) or services.catalog.info(body.model)
     tensors = to_tensors(body.inputs, info, services.limits)
     if info is not None:
+        check_batch_size(info, tensors, services.settings.limits.max_batch_size)
         check_inputs(info.name, info.inputs, tensors, max_batch_size=info.max_batch_size)
     try:
         services.pool.check_strategy(body.strategy)
@@ -60,6 +68,7 @@ def build_call(services: Services, body: InferenceRequest, request_id: str) -> I
         outputs=body.outputs,
         parameters=body.parameters,
         strategy=body.strategy,
+        affinity_key=affinity_key,
     )
 
 
@@ -70,11 +79,13 @@ def inference_router(services: ServicesDependency, route_class: type[ProblemRout
         "/inference",
         response_model=InferenceResponse,
         summary="Run one inference on the cluster",
-        responses={400: {}, 404: {}, 413: {}, 422: {}, 503: {}, 504: {}},
+        responses={400: {}, 404: {}, 413: {}, 422: {}, 429: {}, 503: {}, 504: {}},
     )
     async def infer(body: InferenceRequest, request: Request, svc: Annotated[Services, Depends(services)]) -> Response:
         request_id = body.request_id or request_id_of(request)
-        outcome = await svc.dispatcher.infer(build_call(svc, body, request_id))
+        session = request.headers.get(SESSION_HEADER)
+        with admitted(svc.admission):  # 429 + Retry-After beyond DISTINFER_MAX_INFLIGHT
+            outcome = await svc.dispatcher.infer(build_call(svc, body, request_id, affinity_key=session))
         return Response(
             dumps(outcome_body(outcome, request_id)),
             media_type="application/json",

@@ -15,6 +15,7 @@ from gateway_plugin.api.inference import outcome_headers
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.dispatch import InferenceCall
 from gateway_plugin.errors import DistinferError, UnknownModel, from_worker
+from gateway_plugin.inputs import check_batch_size
 from gateway_plugin.services import Services, ServicesDependency
 from worker.engine import check_inputs
 from worker.errors import WorkerError
@@ -61,6 +62,7 @@ async def _relay(svc: Services, model: str, version: str | None, request: Reques
     if info is not None:
         if version is not None and version != info.version:
             raise UnknownModel(f"model {model!r} has no version {version!r}")
+        check_batch_size(info, decoded.inputs, svc.settings.limits.max_batch_size)
         check_inputs(info.name, info.inputs, decoded.inputs, max_batch_size=info.max_batch_size)
     dispatch = svc.settings.dispatch
     outcome = await svc.dispatcher.infer(

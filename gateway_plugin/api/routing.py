@@ -9,34 +9,43 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ClassVar
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from balancer.pool import UnknownStrategy
 from gateway_plugin.errors import BadRequest, DistinferError, Unprocessable, from_worker, problem
 from worker.bodies import read_body
 from worker.errors import WorkerError
 
-__all__ = ["ProblemRoute", "problem_route", "request_id_of"]
+__all__ = ["ProblemRoute", "RouteHook", "problem_route", "request_id_of"]
 
 log = logging.getLogger(__name__)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+_SCOPE_KEY = "distinfer.request_id"
+
+
 def request_id_of(request: Request) -> str:
-    """The id of this request: the caller's `X-Request-ID` when it is sane, else a new one."""
-    existing = getattr(request.state, "request_id", None)
+    """The id of this request: the caller's `X-Request-ID` when it is sane, else a new one.
+
+    Kept in the request's own ASGI scope, not in `request.state`: servers may share the lifespan
+    state dict between requests (asgi-lifespan does), which once gave every request one id.
+    """
+    existing = request.scope.get(_SCOPE_KEY)
     if isinstance(existing, str):
         return existing
     given = request.headers.get("x-request-id", "")
     request_id = given if _SAFE_ID.match(given) else uuid.uuid4().hex
-    request.state.request_id = request_id
+    request.scope[_SCOPE_KEY] = request_id
     return request_id
 
 
@@ -59,6 +68,15 @@ class ProblemRoute(APIRoute):
     """Renders every error as problem+json; with `max_body_bytes`, refuses larger bodies (413) unread."""
 
     max_body_bytes: int | None = None
+    # Telemetry's pure-ASGI wrapper around each request of the route (timing, spans, request log).
+    hook: ClassVar[RouteHook | None] = None
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hook = type(self).hook  # read from the class: a plain function must not bind to the route
+        if hook is None:
+            await super().handle(scope, receive, send)
+        else:
+            await hook(self, scope, receive, send, super().handle)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -74,6 +92,12 @@ class ProblemRoute(APIRoute):
                 response = await handler(request)
             except DistinferError as exc:
                 return problem(exc, request_id)
+            except UnknownStrategy as exc:  # from the balancer, wherever a request names a strategy
+                return problem(Unprocessable(str(exc)), request_id)
+            except ClientDisconnect:
+                # The caller left mid-body: nobody will read an answer, and it is not our error.
+                log.info("client disconnected before sending request %s in full", request_id)
+                return problem(BadRequest("client disconnected before the body was complete"), request_id)
             except WorkerError as exc:
                 return problem(from_worker(exc), request_id)
             except RequestValidationError as exc:
@@ -92,6 +116,10 @@ class ProblemRoute(APIRoute):
         return handle
 
 
-def problem_route(max_body_bytes: int) -> type[ProblemRoute]:
-    """A ProblemRoute class that caps request bodies at `max_body_bytes`."""
-    return type("LimitedProblemRoute", (ProblemRoute,), {"max_body_bytes": max_body_bytes})
+# (route, scope, receive, send, the route's own ASGI handling) -> None
+RouteHook = Callable[[APIRoute, Scope, Receive, Send, ASGIApp], Awaitable[None]]
+
+
+def problem_route(max_body_bytes: int, hook: RouteHook | None = None) -> type[ProblemRoute]:
+    """A ProblemRoute class that caps request bodies at `max_body_bytes` (and runs `hook` around requests)."""
+    return type("LimitedProblemRoute", (ProblemRoute,), {"max_body_bytes": max_body_bytes, "hook": hook})

@@ -84,3 +84,10 @@ class NodeEntry(BaseModel):
     weight: float
     labels: dict[str, str]
     last_error: str | None
+    breaker: Literal["closed", "open", "half_open"] = Field(
+        default="closed", description="circuit breaker: open = ejected by outlier detection"
+    )
+    ejected_for_s: float = Field(default=0.0, description="seconds left of the current ejection")
+    latency_ewma_ms: float | None = Field(default=None, description="peak EWMA of observed latency")
+    trust: float = Field(default=1.0, description="trust score from result validation, 0..1")
+    quarantined: bool = Field(default=False, description="excluded for disagreeing with other nodes")

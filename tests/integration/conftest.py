@@ -15,11 +15,21 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from gateway_plugin import DistributedInference, Settings
+from gateway_plugin.auth import ADMIN, INFER, mint_token
 from gateway_plugin.processes import ServerProcess, start_node
-from gateway_plugin.settings import BalancerSettings, DiscoverySettings, FlagSettings, LimitSettings, LocalSettings
+from gateway_plugin.settings import (
+    AuthSettings,
+    BalancerSettings,
+    DiscoverySettings,
+    FlagSettings,
+    LimitSettings,
+    LocalSettings,
+)
 from worker.bundled import bundled_models
 
 StartNodes = Callable[..., list[ServerProcess]]
+# Loading the local fallback models (torch ones too) takes seconds on a busy 2-core machine.
+STARTUP_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="session")
@@ -31,8 +41,13 @@ def _start(
     repository: Path, ids: tuple[str, ...], extra_args: list[str] | None, port: int | None = None
 ) -> list[ServerProcess]:
     nodes = [start_node(repository, node_id, extra_args=extra_args, port=port) for node_id in ids]
-    for node in nodes:
-        node.wait_ready()
+    try:
+        for node in nodes:
+            node.wait_ready()
+    except BaseException:
+        for node in nodes:
+            node.stop(timeout_s=5)
+        raise
     return nodes
 
 
@@ -60,6 +75,15 @@ def two_nodes(repository: Path) -> Iterator[list[ServerProcess]]:
         node.stop()
 
 
+# HS256 secret of the test gateways (PyJWT warns below 32 bytes, and warnings are errors here).
+TEST_JWT_SECRET = "distinfer-integration-tests-secret-0123456789"
+
+
+def bearer(*scopes: str, sub: str = "tester", secret: str = TEST_JWT_SECRET) -> dict[str, str]:
+    """An Authorization header with a valid token for the test gateways."""
+    return {"Authorization": f"Bearer {mint_token(secret, scopes=scopes or (INFER,), sub=sub, ttl_s=600)}"}
+
+
 def settings_for(
     nodes: list[str],
     *,
@@ -74,19 +98,26 @@ def settings_for(
         balancer=sections.pop("balancer", BalancerSettings(probe_interval_s=probe_interval_s)),
         local=LocalSettings(model_repository=local),
         limits=sections.pop("limits", LimitSettings()),
+        auth=sections.pop("auth", AuthSettings(jwt_secret=TEST_JWT_SECRET)),
         **sections,
     )
 
 
 @asynccontextmanager
-async def mounted(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, DistributedInference]]:
-    """The plugin mounted exactly as CONTRACT §2 shows, the host app's lifespan running."""
+async def mounted(
+    settings: Settings, *, headers: dict[str, str] | None = None
+) -> AsyncIterator[tuple[httpx.AsyncClient, DistributedInference]]:
+    """The plugin mounted exactly as CONTRACT §2 shows, the host app's lifespan running.
+
+    The client sends a valid `infer admin` token unless `headers` says otherwise.
+    """
     app = FastAPI()
     distributed = DistributedInference(settings=settings)
     app.include_router(distributed.router)
-    async with LifespanManager(app) as manager:
+    async with LifespanManager(app, startup_timeout=STARTUP_TIMEOUT_S) as manager:
         transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        sent = bearer(INFER, ADMIN) if headers is None else headers
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", headers=sent) as client:
             yield client, distributed
 
 

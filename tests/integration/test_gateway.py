@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from gateway_plugin import DistributedInference
 from gateway_plugin.processes import ServerProcess, free_port
 from gateway_plugin.settings import BalancerSettings, DispatchSettings, LimitSettings
-from tests.integration.conftest import mounted, settings_for
+from tests.integration.conftest import STARTUP_TIMEOUT_S, TEST_JWT_SECRET, bearer, mounted, settings_for
 
 PREFIX = "/api/v1/distributed"
 StartNodes = Callable[..., list[ServerProcess]]
@@ -43,7 +43,8 @@ async def test_round_robin_spreads_over_both_nodes_and_matches_onnxruntime(
     async with mounted(settings_for([n.url for n in two_nodes])) as (client, _):
         served: Counter[str] = Counter()
         for image in digits_images.repeat(4, axis=0):
-            response = await client.post(f"{PREFIX}/inference", json={"model": "digits", "inputs": image[0].tolist()})
+            request = {"model": "digits", "inputs": image[0].tolist(), "strategy": "round_robin"}
+            response = await client.post(f"{PREFIX}/inference", json=request)
             assert response.status_code == 200, response.text
             body = response.json()
             assert body["mode"] == "distributed"
@@ -108,7 +109,7 @@ async def test_killed_node_is_retried_on_the_other(start_nodes: StartNodes, digi
     # A long probe interval: the gateway learns of the death only from failed attempts.
     settings = settings_for([first.url, second.url], probe_interval_s=60)
     async with mounted(settings) as (client, _):
-        body = {"model": "digits", "inputs": digits_images[0, 0].tolist()}
+        body = {"model": "digits", "inputs": digits_images[0, 0].tolist(), "strategy": "round_robin"}
         warm = [await client.post(f"{PREFIX}/inference", json=body) for _ in range(2)]
         assert {r.json()["node_id"] for r in warm} == {"node-1", "node-2"}
         first.kill()
@@ -252,6 +253,7 @@ async def test_from_env_and_include_router_is_all_a_host_needs(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ENABLE_DISTRIBUTED_INFERENCE", "true")
     monkeypatch.setenv("DISTINFER_NODES", ",".join(n.url for n in two_nodes))
+    monkeypatch.setenv("DISTINFER_JWT_SECRET", TEST_JWT_SECRET)
     app = FastAPI()
 
     @app.get("/hello")
@@ -260,9 +262,9 @@ async def test_from_env_and_include_router_is_all_a_host_needs(
 
     distributed = DistributedInference.from_env()
     app.include_router(distributed.router)
-    async with LifespanManager(app) as manager:
+    async with LifespanManager(app, startup_timeout=STARTUP_TIMEOUT_S) as manager:
         transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://host") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://host", headers=bearer()) as client:
             assert (await client.get("/hello")).json() == {"hello": "world"}
             nodes = (await client.get(f"{PREFIX}/nodes")).json()
             paths = (await client.get("/openapi.json")).json()["paths"]
@@ -275,7 +277,7 @@ async def test_not_started_plugin_answers_503_not_500(two_nodes: list[ServerProc
     app = FastAPI()
     app.include_router(DistributedInference(settings=settings_for([two_nodes[0].url])).router)
     transport = httpx.ASGITransport(app=app)  # no lifespan: the host forgot to run it
-    async with httpx.AsyncClient(transport=transport, base_url="http://host") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://host", headers=bearer()) as client:
         response = await client.get(f"{PREFIX}/nodes")
     _problem(response, 503)
 
@@ -299,3 +301,27 @@ async def test_probes_bring_a_restarted_node_back(start_nodes: StartNodes, repos
         response = await client.post(f"{PREFIX}/inference", json={"model": "digits", "inputs": [[0.0] * 8] * 8})
     assert response.status_code == 200
     assert response.json()["mode"] == "distributed"
+
+
+async def test_response_cache_answers_a_repeated_request_without_a_node(two_nodes: list[ServerProcess]) -> None:
+    from gateway_plugin.settings import CacheSettings
+
+    settings = settings_for([n.url for n in two_nodes], cache=CacheSettings(models=["digits"]))
+    body = {"model": "digits", "inputs": [[0.5] * 8] * 8}
+    async with mounted(settings) as (client, _):
+        first = (await client.post(f"{PREFIX}/inference", json=body)).json()
+        second = (await client.post(f"{PREFIX}/inference", json=body)).json()
+        other = (await client.post(f"{PREFIX}/inference", json={**body, "inputs": [[0.25] * 8] * 8})).json()
+    assert first["attempts"] == 1
+    assert second["attempts"] == 0
+    assert second["outputs"] == first["outputs"]
+    assert other["attempts"] == 1
+
+
+async def test_every_request_gets_its_own_request_id(two_nodes: list[ServerProcess]) -> None:
+    """Regression: the id was cached in request.state, which asgi-lifespan shares between requests."""
+    async with mounted(settings_for([n.url for n in two_nodes])) as (client, _):
+        ids = [(await client.get(f"{PREFIX}/models")).headers["X-Request-ID"] for _ in range(3)]
+        echoed = (await client.get(f"{PREFIX}/models", headers={"X-Request-ID": "mine-1"})).headers["X-Request-ID"]
+    assert len(set(ids)) == 3
+    assert echoed == "mine-1"

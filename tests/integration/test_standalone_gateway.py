@@ -36,6 +36,13 @@ def test_standalone_gateway_serves_and_stops_cleanly(two_nodes: list[ServerProce
     assert code in (0, -signal.SIGTERM)
 
 
-def test_discovery_not_yet_built_is_refused_at_start_not_ignored() -> None:
-    with pytest.raises(ValueError, match="not available"):
-        DistributedInference(settings=Settings(discovery=DiscoverySettings(sources=["consul"])))
+def test_every_discovery_source_is_accepted_and_bad_settings_are_refused_at_start() -> None:
+    every = DiscoverySettings(sources=["static", "consul", "dns"], dns_srv="_http._tcp.nodes.example")
+    DistributedInference(settings=Settings(discovery=every))
+    with pytest.raises(ValueError, match="Consul URL"):
+        DistributedInference(settings=Settings(discovery=DiscoverySettings(sources=["consul"], consul_url="ftp://c")))
+    bad_nameserver = DiscoverySettings(sources=["dns"], dns_srv="_x._tcp.example", dns_nameserver="127.0.0.1:x")
+    with pytest.raises(ValueError, match="nameserver"):
+        DistributedInference(settings=Settings(discovery=bad_nameserver))
+    with pytest.raises(ValueError, match="DISTINFER_DNS_SRV"):
+        DiscoverySettings(sources=["dns"])

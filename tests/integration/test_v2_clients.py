@@ -88,3 +88,23 @@ def test_relay_answers_truncated_binary_with_problem_json(gateway: ServerProcess
     body = response.json()
     assert "truncated" in body["detail"]
     assert body["error"] == body["detail"]
+
+
+def test_relay_refuses_a_batch_over_the_gateway_limit(two_nodes: list[ServerProcess]) -> None:
+    """The relay applies the same batch-size limit as /inference (it used to skip it)."""
+    process = start_gateway(
+        {
+            "DISTINFER_NODES": ",".join(n.url for n in two_nodes),
+            "DISTINFER_AUTH_DISABLED": "true",
+            "DISTINFER_MAX_BATCH_SIZE": "4",
+        }
+    )
+    try:
+        process.wait_ready()
+        client = _client(process.url + PREFIX)
+        tensor = httpclient.InferInput("image", [5, 1, 8, 8], "FP32")
+        tensor.set_data_from_numpy(np.zeros((5, 1, 8, 8), dtype=np.float32))
+        with pytest.raises(InferenceServerException, match="over the limit"):
+            client.infer("digits", [tensor])  # type: ignore[attr-defined]
+    finally:
+        process.stop()

@@ -6,6 +6,7 @@ from the node's own model repository; nothing is ever unpickled from the network
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,10 @@ class TorchRuntime:
 
         if threads > 0:
             torch.set_num_threads(threads)
+        self._threads = threads
+        # torch's intra-op thread count is per calling thread (OpenMP); set it in each executor thread
+        # too, or every worker thread runs with one thread per core and spins against the others.
+        self._configured = threading.local()
         self._torch = torch
         self._inputs = list(input_names)
         self._outputs = list(output_names)
@@ -53,6 +58,9 @@ class TorchRuntime:
 
     def run(self, inputs: Arrays) -> dict[str, np.ndarray[Any, Any]]:
         torch = self._torch
+        if self._threads > 0 and not getattr(self._configured, "done", False):
+            torch.set_num_threads(self._threads)
+            self._configured.done = True
         with torch.inference_mode():
             args = [torch.from_numpy(_writable(inputs[name])) for name in self._inputs]
             result = self._module(*args)

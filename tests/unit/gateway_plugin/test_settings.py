@@ -31,7 +31,20 @@ def test_contract_names_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setenv("DISTINFER_LOCAL_MODEL_REPOSITORY", str(tmp_path / "models"))
     monkeypatch.setenv("DISTINFER_MAX_ATTEMPTS", "4")
     monkeypatch.setenv("DISTINFER_DISCOVERY", "static, dns")
+    monkeypatch.setenv("DISTINFER_DNS_SRV", "_http._tcp.nodes.example")
+    monkeypatch.setenv("DISTINFER_DNS_NAMESERVER", "127.0.0.1:5353")
+    monkeypatch.setenv("DISTINFER_CONSUL_URL", "http://consul:8500")
+    monkeypatch.setenv("DISTINFER_CONSUL_SERVICE", "gpu-nodes")
+    monkeypatch.setenv("DISTINFER_CONSUL_TOKEN", "s3cret")
+    monkeypatch.setenv("DISTINFER_CONSUL_DC", "eu1")
     settings = Settings()
+    assert settings.discovery.dns_srv == "_http._tcp.nodes.example"
+    assert settings.discovery.dns_nameserver == "127.0.0.1:5353"
+    assert (settings.discovery.consul_url, settings.discovery.consul_service) == ("http://consul:8500", "gpu-nodes")
+    assert settings.discovery.consul_token is not None
+    assert settings.discovery.consul_token.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)
+    assert settings.discovery.consul_dc == "eu1"
     assert settings.flags.enabled is True
     assert settings.flags.rollout_percent == 37.5
     assert settings.flags.mode == "shadow"

@@ -52,3 +52,34 @@ async def test_a_large_answer_sent_in_pieces_is_read_whole() -> None:
     finally:
         await runner.cleanup()
     np.testing.assert_array_equal(reply.outputs[0].data, data)
+
+
+async def test_a_large_request_is_sent_without_aiohttp_warnings() -> None:
+    """Regression: bodies over 1 MB sent as raw bytes made aiohttp warn (an error under pytest)."""
+    data = np.ones((300_000,), dtype=np.float32)  # 1.2 MB of input
+    echo_sizes: list[int] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        body = await request.read()
+        echo_sizes.append(len(body))
+        encoded = encode_response(
+            model_name="m", model_version="1", request_id=None, outputs=[Tensor.of("y", data[:2])], binary=True
+        )
+        return web.Response(body=encoded.body, headers={HEADER_LENGTH: str(encoded.header_length)})
+
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app.router.add_post("/v2/models/m/infer", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            reply = await NodeClient(session).infer(
+                f"http://127.0.0.1:{port}", "m", [Tensor.of("x", data)], timeout_s=10
+            )
+    finally:
+        await runner.cleanup()
+    assert len(echo_sizes) == 1
+    assert echo_sizes[0] > 1024 * 1024
+    assert reply.outputs[0].shape == [2]
