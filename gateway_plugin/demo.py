@@ -100,7 +100,7 @@ def _has_model(client: httpx.Client, model: str) -> bool:
 
 
 def run_demo(model_repository: Path, samples: int = 6) -> int:
-    console = Console()
+    console = Console(width=max(Console().width, 100))  # a pipe reads as 80 columns: too narrow
     data = _samples()
     picks = [data[i % len(data)] for i in range(samples * 3)]
     with ExitStack() as stack:
