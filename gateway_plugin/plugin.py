@@ -263,7 +263,10 @@ class DistributedInference:
             task_settings = settings.tasks
             task_store = open_store(task_settings.store, max_tasks=task_settings.max_tasks, ttl_s=task_settings.ttl_s)
             stack.push_async_callback(task_store.close)
-            task_service = TaskService(task_store, task_runner(self.services), task_settings)
+            task_service = TaskService(
+                task_store, task_runner(self.services), task_settings, on_start=self.telemetry.observer.queued
+            )
+            self.telemetry.queue_depth = lambda: task_service.depth
             self._services = Services(
                 settings=settings,
                 registry=self.registry,

@@ -64,8 +64,13 @@ class TaskService:
         *,
         clock: Callable[[], float] = time.time,
         poll_s: float = 0.2,
+        on_start: Callable[[str, float], None] | None = None,
     ) -> None:
         self.store = store
+        # Telemetry's hook: (priority, seconds waited in the queue), called as each task starts.
+        self._on_start = on_start
+        # Queue depth as of the watcher's last look: metrics are read synchronously, the store is not.
+        self.depth = 0
         self.queue = TaskQueue(store, max_size=settings.queue_size, aging_s=settings.aging_s, clock=clock)
         self._runner = runner
         self._workers = settings.workers
@@ -158,6 +163,8 @@ class TaskService:
             error = DistinferError(f"given up after {MAX_ATTEMPTS} attempts that did not finish")
             await self._finish(record, TaskStatus.ERROR, error=problem_body(error, record.task_id))
             return
+        if self._on_start is not None:
+            self._on_start(record.priority, max(0.0, (record.started_at or self._clock()) - record.created_at))
         task = asyncio.create_task(self._runner(record.kind, record.request, record.task_id))
         self._running[record.task_id] = task
         try:
@@ -205,6 +212,7 @@ class TaskService:
                 log.warning("task watcher: %s", exc)
 
     async def _watch_once(self) -> None:
+        self.depth = (await self.queue.stats()).depth
         now = self._clock()
         ids = list(self._running)
         if ids:

@@ -251,3 +251,26 @@ async def test_an_unreachable_task_store_is_503_not_500(
             assert response.status_code == 503, response.text
             assert response.json()["code"] == "task_store_unavailable"
         assert (await client.post(f"{API}/inference", json=_inference()["request"])).status_code == 200
+
+
+def _sample(text: str, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+async def test_task_queue_wait_and_depth_reach_the_metrics(two_nodes: list[ServerProcess]) -> None:
+    """The queue's wait histogram and depth gauge are fed by the task service (they stayed 0 before)."""
+    async with mounted(settings_for([node.url for node in two_nodes])) as (client, _):
+        before = (await client.get("/metrics")).text
+        task_id = await _submit(client, _inference(priority="high"))
+        await _until(client, task_id, "completed")
+        after = (await client.get("/metrics")).text
+    waited = "distinfer_gateway_queue_wait_seconds_count"
+    assert _sample(after, waited) == _sample(before, waited) + 1
+    assert "distinfer_gateway_queue_depth" in after
