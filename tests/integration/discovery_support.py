@@ -51,8 +51,12 @@ async def until(check: Callable[[], Any], *, timeout_s: float = 10.0, every_s: f
 
 
 async def served_by(client: httpx.AsyncClient, model: str = "digits") -> str | None:
-    """The node id that answered one inference, or None when it was not served by a node."""
-    response = await client.post(f"{PREFIX}/inference", json={**BODY, "model": model})
+    """The node id that answered one inference, or None when it was not served by a node.
+
+    Round robin, not the default `latency`: these tests ask which nodes are eligible, and round robin
+    sends to every eligible node in turn, where latency may rightly keep preferring one of them.
+    """
+    response = await client.post(f"{PREFIX}/inference", json={**BODY, "model": model, "strategy": "round_robin"})
     return response.json().get("node_id") if response.status_code == 200 else None
 
 
