@@ -50,7 +50,8 @@ class TorchRuntime:
         self._inputs = list(input_names)
         self._outputs = list(output_names)
         if kind == "torchscript":
-            self._module: Any = torch.jit.load(str(path), map_location="cpu").eval()  # type: ignore[no-untyped-call]
+            # train(False) is eval mode; the model file comes from the node's own repository, never the network.
+            self._module: Any = torch.jit.load(str(path), map_location="cpu").train(False)  # type: ignore[no-untyped-call]
         elif kind == "torch_export":
             self._module = torch.export.load(str(path)).module()
         else:
