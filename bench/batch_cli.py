@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
 from pathlib import Path
 
+from bench.args import int_list
+
 __all__ = ["add_batch_parser"]
-
-
-def _node_counts(text: str) -> tuple[int, ...]:
-    try:
-        counts = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a comma list of integers: {text!r}") from exc
-    if not counts or not all(1 <= count <= 8 for count in counts):
-        raise argparse.ArgumentTypeError("node counts must be integers in 1..8")
-    return counts
 
 
 def add_batch_parser(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,7 +16,9 @@ def add_batch_parser(scenarios: argparse._SubParsersAction[argparse.ArgumentPars
     )
     batch.add_argument("--quick", action="store_true", help="200 images, one round (smoke test)")
     batch.add_argument("--images", type=int, default=None, help="items in the batch (default 1000)")
-    batch.add_argument("--nodes", type=_node_counts, default=None, help="comma list of node counts (default 1,2,4)")
+    batch.add_argument(
+        "--nodes", type=int_list(1, 8, "node counts"), default=None, help="comma list of node counts (default 1,2,4)"
+    )
     batch.add_argument("--rounds", type=int, choices=range(1, 11), default=None, metavar="1..10")
     batch.add_argument("--max-concurrency", type=int, default=None, help="the batch's max_concurrency (default 32)")
     batch.add_argument("--out", type=Path, default=None, help="JSON file (default bench-results/batch-<ts>.json)")
@@ -34,12 +27,10 @@ def add_batch_parser(scenarios: argparse._SubParsersAction[argparse.ArgumentPars
 
 def _run(args: argparse.Namespace) -> int:
     """Exit 1 if a configuration could not be measured."""
-    from rich.console import Console
-
-    from bench.report import write_json
+    from bench.report import save, wide_console
     from bench.scenarios.batch import BatchParams, render_batch, run_batch_bench
 
-    console = Console(width=max(Console().width, 120))
+    console = wide_console()
     params = BatchParams.make(
         quick=args.quick,
         images=args.images,
@@ -49,6 +40,5 @@ def _run(args: argparse.Namespace) -> int:
     )
     document = run_batch_bench(params, console)
     render_batch(document, console)
-    out = args.out or Path("bench-results") / f"batch-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    console.print(f"results: {write_json(document, out)}")
+    save(document, args.out, "batch", console)
     return 1 if document["errors"] else 0

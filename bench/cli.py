@@ -7,29 +7,11 @@ imports nothing heavy at module level; the scenario is imported when a bench act
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
 from pathlib import Path
 
+from bench.args import concurrency, duration
+
 __all__ = ["add_bench_parser", "run"]
-
-RESULTS_DIR = Path("bench-results")
-
-
-def _concurrency(text: str) -> tuple[int, ...]:
-    try:
-        levels = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a comma list of integers: {text!r}") from exc
-    if not levels or not all(1 <= level <= 512 for level in levels):
-        raise argparse.ArgumentTypeError("concurrency levels must be integers in 1..512")
-    return levels
-
-
-def _duration(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 60:
-        raise argparse.ArgumentTypeError("duration must be in (0, 60] seconds")
-    return value
 
 
 def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,8 +23,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     )
     overhead.add_argument("--quick", action="store_true", help="one short round per target (~30 s, smoke test)")
     overhead.add_argument("--out", type=Path, default=None, help="JSON file (default bench-results/overhead-<ts>.json)")
-    overhead.add_argument("--duration", type=_duration, default=None, help="seconds per measured run")
-    overhead.add_argument("--concurrency", type=_concurrency, default=None, help="comma list (default 1,64)")
+    overhead.add_argument("--duration", type=duration, default=None, help="seconds per measured run")
+    overhead.add_argument("--concurrency", type=concurrency, default=None, help="comma list (default 1,64)")
     overhead.add_argument("--rounds", type=int, choices=range(1, 11), default=None, metavar="1..10")
     overhead.set_defaults(run=run)
     balance = scenarios.add_parser("balance", help="every strategy with one 10x-slower node, then a failover run")
@@ -50,7 +32,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     balance.add_argument("--out", type=Path, default=None, help="JSON file (default bench-results/balance-<ts>.json)")
     balance.add_argument("--nodes", type=int, choices=range(2, 17), default=None, metavar="2..16")
     balance.add_argument("--concurrency", type=int, choices=range(1, 257), default=None, metavar="1..256")
-    balance.add_argument("--duration", type=_duration, default=None, help="seconds per strategy run")
+    balance.add_argument("--duration", type=duration, default=None, help="seconds per strategy run")
     balance.set_defaults(run=_run_balance)
     minilm = scenarios.add_parser("minilm", help="all-MiniLM-L6-v2 direct vs gateway, dynamic batching on/off")
     minilm.add_argument("--quick", action="store_true", help="one short round (smoke test)")
@@ -62,8 +44,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     for sub in (peer, gateway):
         sub.add_argument("--quick", action="store_true", help="one short round (< 60 s once the venv exists)")
         sub.add_argument("--out", type=Path, default=None, help="JSON file (default bench-results/<name>-<ts>.json)")
-        sub.add_argument("--duration", type=_duration, default=None, help="seconds per measured run")
-        sub.add_argument("--concurrency", type=_concurrency, default=None, help="comma list (default 1,64)")
+        sub.add_argument("--duration", type=duration, default=None, help="seconds per measured run")
+        sub.add_argument("--concurrency", type=concurrency, default=None, help="comma list (default 1,64)")
         sub.add_argument("--rounds", type=int, choices=range(1, 11), default=None, metavar="1..10")
         sub.add_argument("--venvs", type=Path, default=Path("build/venvs"), help="where the peers' venvs live")
         sub.add_argument("--setup-timeout", type=float, default=900.0, help="seconds the peer's pip install may take")
@@ -85,64 +67,53 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen scenario, print its table, write its JSON; exit 1 if a target could not be measured."""
-    from rich.console import Console
-
-    from bench.report import render_overhead, write_json
+    from bench.report import render_overhead, save, wide_console
     from bench.scenarios.overhead import OverheadParams, run_overhead
 
-    console = Console(width=max(Console().width, 120))  # a pipe reads as 80 columns: too narrow for the table
+    console = wide_console()
     params = OverheadParams.make(
         quick=args.quick, duration_s=args.duration, concurrency=args.concurrency, rounds=args.rounds
     )
     document = run_overhead(params, console)
     render_overhead(document, console)
-    out = args.out or RESULTS_DIR / f"overhead-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    console.print(f"results: {write_json(document, out)}")
+    save(document, args.out, "overhead", console)
     return 1 if document["errors"] else 0
 
 
 def _run_balance(args: argparse.Namespace) -> int:
     """Exit 1 if the run could not be measured; whether the goals were met is in the table and the JSON."""
-    from rich.console import Console
-
     from bench.balance_report import render_balance
-    from bench.report import write_json
+    from bench.report import save, wide_console
     from bench.scenarios.balance import BalanceParams, run_balance
 
-    console = Console(width=max(Console().width, 120))
+    console = wide_console()
     params = BalanceParams.make(
         quick=args.quick, nodes=args.nodes, concurrency=args.concurrency, duration_s=args.duration
     )
     document = run_balance(params, console)
     render_balance(document, console)
-    out = args.out or RESULTS_DIR / f"balance-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    console.print(f"results: {write_json(document, out)}")
+    save(document, args.out, "balance", console)
     return 1 if document["errors"] else 0
 
 
 def _run_minilm(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from bench.report import write_json
+    from bench.report import save, wide_console
     from bench.scenarios.minilm import MiniLMParams, render_minilm, run_minilm
 
-    console = Console(width=max(Console().width, 120))
+    console = wide_console()
     document = run_minilm(MiniLMParams.make(quick=args.quick, repository=args.repository), console)
     render_minilm(document, console)
-    out = args.out or RESULTS_DIR / f"minilm-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    console.print(f"results: {write_json(document, out)}")
+    save(document, args.out, "minilm", console)
     return 1 if document["errors"] else 0
 
 
 def _run_peer(args: argparse.Namespace) -> int:
     """`peer` and `peer-gateway`: exit 1 if something could not be measured (the targets' verdicts are in the JSON)."""
-    from rich.console import Console
-
     from bench.peers.measure import PeerParams
     from bench.peers.report import render_peers
-    from bench.report import write_json
+    from bench.report import save, wide_console
 
-    console = Console(width=max(Console().width, 120))
+    console = wide_console()
     params = PeerParams.make(
         quick=args.quick, duration_s=args.duration, concurrency=args.concurrency, rounds=args.rounds
     )
@@ -159,6 +130,5 @@ def _run_peer(args: argparse.Namespace) -> int:
             params, console, config=config, venvs_root=args.venvs, setup_timeout_s=args.setup_timeout
         )
     render_peers(document, console)
-    out = args.out or RESULTS_DIR / f"{args.scenario}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    console.print(f"results: {write_json(document, out)}")
+    save(document, args.out, args.scenario, console)
     return 1 if document["errors"] else 0

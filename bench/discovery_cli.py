@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
 from pathlib import Path
 
 __all__ = ["add_discovery_parser"]
@@ -24,15 +23,12 @@ def add_discovery_parser(scenarios: argparse._SubParsersAction[argparse.Argument
 
 def _run(args: argparse.Namespace) -> int:
     """Exit 1 if something could not be measured; whether the targets were met is in the table and JSON."""
-    from rich.console import Console
-
-    from bench.report import write_json
+    from bench.report import save, wide_console
     from bench.scenarios.discovery import DiscoveryParams, render_discovery, run_discovery
 
-    console = Console(width=max(Console().width, 120))
+    console = wide_console()
     params = DiscoveryParams.make(quick=args.quick, trials=args.trials, consul_url=args.consul_url)
     document = run_discovery(params, console)
     render_discovery(document, console)
-    out = args.out or Path("bench-results") / f"discovery-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    console.print(f"results: {write_json(document, out)}")
+    save(document, args.out, "discovery", console)
     return 1 if document["errors"] else 0

@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["render_overhead", "write_json"]
+__all__ = ["RESULTS_DIR", "render_overhead", "save", "wide_console", "write_json"]
+
+RESULTS_DIR = Path("bench-results")
+
+
+def wide_console() -> Console:
+    """A console wide enough for the tables: a pipe reads as 80 columns."""
+    return Console(width=max(Console().width, 120))
+
+
+def save(document: dict[str, Any], out: Path | None, scenario: str, console: Console) -> Path:
+    """Write the document to `out`, or to bench-results/<scenario>-<timestamp>.json, and say where."""
+    path = write_json(document, out or RESULTS_DIR / f"{scenario}-{datetime.now():%Y%m%d-%H%M%S}.json")
+    console.print(f"results: {path}")
+    return path
 
 
 def write_json(document: dict[str, Any], path: Path) -> Path:

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
 from pathlib import Path
 
+from bench.args import duration
+
 __all__ = ["add_shard_bench_parser"]
-
-RESULTS_DIR = Path("bench-results")
-
-
-def _duration(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 60:
-        raise argparse.ArgumentTypeError("duration must be in (0, 60] seconds")
-    return value
 
 
 def add_shard_bench_parser(scenarios: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,21 +16,18 @@ def add_shard_bench_parser(scenarios: argparse._SubParsersAction[argparse.Argume
     )
     shard.add_argument("--quick", action="store_true", help="one short round (~1 minute, smoke test)")
     shard.add_argument("--out", type=Path, default=None, help="JSON file (default bench-results/shard-<ts>.json)")
-    shard.add_argument("--duration", type=_duration, default=None, help="seconds per measured run")
+    shard.add_argument("--duration", type=duration, default=None, help="seconds per measured run")
     shard.add_argument("--rounds", type=int, choices=range(1, 11), default=None, metavar="1..10")
     shard.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     """Exit 1 if something could not be measured; whether the target was met is in the table and the JSON."""
-    from rich.console import Console
-
-    from bench.report import write_json
+    from bench.report import save, wide_console
     from bench.scenarios.shard import ShardBenchParams, render_shard, run_shard
 
-    console = Console(width=max(Console().width, 120))
+    console = wide_console()
     document = run_shard(ShardBenchParams.make(quick=args.quick, duration_s=args.duration, rounds=args.rounds), console)
     render_shard(document, console)
-    out = args.out or RESULTS_DIR / f"shard-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    console.print(f"results: {write_json(document, out)}")
+    save(document, args.out, "shard", console)
     return 1 if document["errors"] else 0

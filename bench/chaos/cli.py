@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
 from pathlib import Path
 
 __all__ = ["add_chaos_parser", "run"]
@@ -26,15 +25,13 @@ def run(args: argparse.Namespace) -> int:
     """Run the plan, print the table, write the JSON; exit 1 when a target is not met."""
     import asyncio
 
-    from rich.console import Console
-
     from bench.chaos.report import markdown, render
     from bench.chaos.run import ChaosPlan, run_chaos
     from bench.chaos.scenarios import ChaosParams
-    from bench.report import write_json
+    from bench.report import save, wide_console
     from worker.bundled import bundled_models
 
-    console = Console(width=max(Console().width, 120))
+    console = wide_console()
     base = ChaosPlan(ChaosParams.short(), api_examples=5, parser_examples=300) if args.quick else ChaosPlan.long()
     plan = ChaosPlan(
         base.params,
@@ -46,6 +43,5 @@ def run(args: argparse.Namespace) -> int:
     render(document, console)
     if args.markdown:
         console.print(markdown(document), markup=False, highlight=False)
-    out = args.out or Path("bench-results") / f"chaos-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    console.print(f"results: {write_json(document, out)}")
+    save(document, args.out, "chaos", console)
     return 0 if document["all_met"] else 1
