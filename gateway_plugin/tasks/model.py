@@ -71,6 +71,10 @@ class TaskRecord:
     error: dict[str, Any] | None = None
     worker: str | None = field(default=None)
 
+    def matches(self, *, status: TaskStatus | None, owner: str | None) -> bool:
+        """Whether a listing filtered by `status` and `owner` (None: any) includes this task."""
+        return (status is None or self.status is status) and (owner is None or self.owner == owner)
+
     def public(self, *, full: bool = True) -> dict[str, Any]:
         """The API view; `full=False` leaves out the result (for listings)."""
         body: dict[str, Any] = {

@@ -203,7 +203,7 @@ class RedisTaskStore:
                 start -= len(gone)
             for raw in raws:
                 record = self._record(raw)
-                if record and (status is None or record.status is status) and (owner is None or record.owner == owner):
+                if record and record.matches(status=status, owner=owner):
                     found.append(record)
         return found[:limit]
 

@@ -133,11 +133,7 @@ class MemoryTaskStore:
         return None if record is None else replace(record)
 
     async def find(self, *, status: TaskStatus | None, owner: str | None, limit: int) -> list[TaskRecord]:
-        found = [
-            replace(r)
-            for r in self._records.values()
-            if (status is None or r.status is status) and (owner is None or r.owner == owner)
-        ]
+        found = [replace(r) for r in self._records.values() if r.matches(status=status, owner=owner)]
         found.sort(key=lambda r: r.created_at, reverse=True)
         return found[:limit]
 
