@@ -1,13 +1,12 @@
-"""Shared by the discovery integration tests: polling, one inference, a Consul agent (fake or real)."""
+"""Shared by the discovery integration tests: one inference, node states, a Consul agent (fake or real)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,19 +34,6 @@ def gateway_settings(discovery: DiscoverySettings, **balancer: Any) -> Settings:
         balancer=BalancerSettings(**{"probe_interval_s": 0.2, "probe_timeout_s": 0.5, "max_attempts": 3, **balancer}),
         auth=AuthSettings(jwt_secret=TEST_JWT_SECRET),
     )
-
-
-async def until(check: Callable[[], Any], *, timeout_s: float = 10.0, every_s: float = 0.02) -> float:
-    """Poll `check` (sync or async) until truthy; the seconds it took. Fails the test at the deadline."""
-    began = time.monotonic()
-    while time.monotonic() - began < timeout_s:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return time.monotonic() - began
-        await asyncio.sleep(every_s)
-    raise AssertionError(f"condition not met within {timeout_s}s")
 
 
 async def served_by(client: httpx.AsyncClient, model: str = "digits") -> str | None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from gateway_plugin.processes import ServerProcess, start_node
+from tests.integration.polling import eventually
 from worker.bundled import bundled_models
 
 __all__ = ["SLOW_MODEL", "SOFTMAX_MODEL", "digits_dataset", "eventually", "set_latency", "slow_node_fixture"]
@@ -80,13 +80,3 @@ def digits_dataset() -> tuple[np.ndarray, np.ndarray]:
 
     data = load_digits()
     return (data.images / 16.0).astype(np.float32)[:, None, :, :], data.target
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], *, timeout_s: float = 20.0, every_s: float = 0.05) -> T:
-    """Poll until `probe()` returns something (not None), or fail after `timeout_s`."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            found = await probe()
-            if found is not None:
-                return found
-            await asyncio.sleep(every_s)

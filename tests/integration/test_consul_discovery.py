@@ -31,8 +31,8 @@ from tests.integration.discovery_support import (
     gateway_settings,
     node_ids,
     served_by,
-    until,
 )
+from tests.integration.polling import until
 
 TOKEN = "distinfer-test-token"
 

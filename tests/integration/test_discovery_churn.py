@@ -17,7 +17,8 @@ from discovery import NodeEvent, NodeRemoved
 from gateway_plugin.processes import ServerProcess, start_node
 from gateway_plugin.settings import DiscoverySettings
 from tests.integration.conftest import mounted
-from tests.integration.discovery_support import BODY, PREFIX, gateway_settings, until
+from tests.integration.discovery_support import BODY, PREFIX, gateway_settings
+from tests.integration.polling import until
 
 CYCLES = 3
 WORKERS = 4

@@ -19,7 +19,8 @@ from bench.dnsmasq import Dnsmasq, find_dnsmasq
 from gateway_plugin.processes import ServerProcess
 from gateway_plugin.settings import DiscoverySettings
 from tests.integration.conftest import mounted
-from tests.integration.discovery_support import BODY, PREFIX, gateway_settings, served_by, until
+from tests.integration.discovery_support import BODY, PREFIX, gateway_settings, served_by
+from tests.integration.polling import until
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 from gateway_plugin.processes import ServerProcess, start_node
 from gateway_plugin.settings import DiscoverySettings
 from tests.integration.conftest import StartNodes, mounted
-from tests.integration.discovery_support import BODY, PREFIX, gateway_settings, node_ids, served_by, until
+from tests.integration.discovery_support import BODY, PREFIX, gateway_settings, node_ids, served_by
+from tests.integration.polling import until
 
 
 def write_nodes(path: Path, *nodes: ServerProcess) -> None:

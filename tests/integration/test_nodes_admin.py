@@ -9,7 +9,8 @@ from gateway_plugin.auth import INFER
 from gateway_plugin.processes import ServerProcess
 from gateway_plugin.settings import DiscoverySettings
 from tests.integration.conftest import StartNodes, bearer, mounted
-from tests.integration.discovery_support import BODY, PREFIX, gateway_settings, node_ids, served_by, until
+from tests.integration.discovery_support import BODY, PREFIX, gateway_settings, node_ids, served_by
+from tests.integration.polling import until
 
 JSON = {"Content-Type": "application/json"}
 

@@ -21,6 +21,7 @@ import pytest
 from gateway_plugin.processes import ServerProcess, start_node
 from gateway_plugin.settings import BalancerSettings, TrustSettings
 from tests.integration.conftest import mounted, settings_for
+from tests.integration.polling import until
 
 PREFIX = "/api/v1/distributed"
 StartNodes = Callable[..., list[ServerProcess]]
@@ -36,19 +37,6 @@ def set_faults(node: ServerProcess, **spec: Any) -> dict[str, Any]:
 
 def served(node: ServerProcess) -> int:
     return int(httpx.get(f"{node.url}/v2/faults", timeout=5).json()["served"])
-
-
-async def until(check: Callable[[], Any], *, timeout_s: float = 10.0, every_s: float = 0.02) -> float:
-    """Poll `check` (sync or async) until truthy; the seconds it took. Fails the test at the deadline."""
-    began = time.monotonic()
-    while time.monotonic() - began < timeout_s:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return time.monotonic() - began
-        await asyncio.sleep(every_s)
-    raise AssertionError(f"condition not met within {timeout_s}s")
 
 
 @pytest.fixture(scope="module")
