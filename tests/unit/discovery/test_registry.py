@@ -19,18 +19,6 @@ DIGITS = ModelInfo(
 )
 
 
-@pytest.fixture
-def registry() -> NodeRegistry:
-    return NodeRegistry()
-
-
-@pytest.fixture
-def events(registry: NodeRegistry) -> list[NodeEvent]:
-    seen: list[NodeEvent] = []
-    registry.subscribe(seen.append)
-    return seen
-
-
 def summary(events: list[NodeEvent]) -> list[tuple[str, str]]:
     return [(type(event).__name__, event.node.key) for event in events]
 

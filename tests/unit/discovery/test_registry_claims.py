@@ -19,18 +19,6 @@ def info(name: str) -> ModelInfo:
 MODELS = MappingProxyType({name: info(name) for name in ("digits", "digits_a")})
 
 
-@pytest.fixture
-def registry() -> NodeRegistry:
-    return NodeRegistry()
-
-
-@pytest.fixture
-def events(registry: NodeRegistry) -> list[NodeEvent]:
-    seen: list[NodeEvent] = []
-    registry.subscribe(seen.append)
-    return seen
-
-
 def test_a_node_lives_while_any_source_lists_it_and_changes_hands(
     registry: NodeRegistry, events: list[NodeEvent]
 ) -> None:
