@@ -6,10 +6,15 @@ passed, up to `half_open_trials` trial requests may go; a success closes the bre
 opens it again for a longer time. Only system failures count (connect, timeout, 5xx): the pool
 never reports a 4xx as a failure. The open → half_open step happens when the breaker is asked,
 so nothing needs a timer.
+
+Whoever caches what `allows()` says (the pool's pickers) passes `on_change`: it is called when
+admission may have changed for any reason but time (a trip, a close, the trial slots filling up or
+freeing). The one timed step, open → half_open, is announced in advance by `reopens_at`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -33,9 +38,10 @@ class BreakerSnapshot:
 
 
 class CircuitBreaker:
-    def __init__(self, policy: EjectionPolicy, clock: Clock) -> None:
+    def __init__(self, policy: EjectionPolicy, clock: Clock, *, on_change: Callable[[], None] | None = None) -> None:
         self._policy = policy
         self._clock = clock
+        self._on_change = on_change
         self._state = BreakerState.CLOSED
         self._window = FailureWindow(policy.window_s)
         self._consecutive = 0
@@ -54,6 +60,15 @@ class CircuitBreaker:
         self._advance(now)
         left = self._open_until - now if self._state is BreakerState.OPEN else 0.0
         return BreakerSnapshot(self._state, self._trips, round(max(left, 0.0), 3))
+
+    @property
+    def reopens_at(self) -> float | None:
+        """While open, the clock reading at which it turns half-open (and admits trials); else None."""
+        return self._open_until if self._state is BreakerState.OPEN else None
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
 
     def _advance(self, now: float) -> None:
         if self._state is BreakerState.OPEN and now >= self._open_until:
@@ -76,11 +91,16 @@ class CircuitBreaker:
         """A request was sent; True when it is a half-open trial (release it if it ends without outcome)."""
         if self.state is BreakerState.HALF_OPEN:
             self._trials += 1
+            if self._trials == self._policy.half_open_trials:
+                self._changed()  # the last trial slot is taken: no more traffic until an outcome
             return True
         return False
 
     def release_trial(self) -> None:
+        full = self._trials >= self._policy.half_open_trials
         self._trials = max(self._trials - 1, 0)
+        if full and self._state is BreakerState.HALF_OPEN and self._trials < self._policy.half_open_trials:
+            self._changed()  # a slot is free again
 
     def record_success(self, *, trial: bool = False) -> None:
         now = self._clock()
@@ -91,6 +111,7 @@ class CircuitBreaker:
             self._state = BreakerState.CLOSED
             self._closed_at = now
             self._trials = 0
+            self._changed()
         if self._state is BreakerState.CLOSED:
             self._consecutive = 0
             self._window.add(now, failed=False)
@@ -121,3 +142,4 @@ class CircuitBreaker:
         self._consecutive = 0
         self._trials = 0
         self._window.clear()
+        self._changed()

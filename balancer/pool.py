@@ -1,26 +1,32 @@
 """The pool: which healthy nodes serve which model, what is known about each, and `pick()`.
 
-It follows the registry's events and rebuilds its per-model candidate lists only when membership
-or health changes. Per node it keeps requests in flight, a peak EWMA and a p95 of latency, a
-circuit breaker fed by outlier detection, and trust (via the shared `TrustLedger`). `pick()` is
-synchronous and never waits: candidates → those whose breaker admits traffic and that are not
-quarantined → not busy → the strategy. When none is admitted (or fewer than `panic_threshold`
-percent), the pool is in panic for that model and routes to the least-bad node rather than
-failing everything, as Envoy's panic threshold does. Each attempt reports back through its
-`Lease`, which is how breakers, latency and the node's state learn.
+Per node it keeps requests in flight, a peak EWMA and a p95 of latency, a circuit breaker fed by
+outlier detection, and trust (via the shared `TrustLedger`). Which nodes may take a model's next
+request (online and serving it → breaker admits and not quarantined → not busy) is an immutable
+`Picker` per model (`balancer.picker`), rebuilt only when one of those inputs changes: registry
+events, breaker transitions (`on_change`), quarantines (`TrustLedger.version`), busy-limit
+crossings, and the timed ends of ejections and quarantines (`Picker.expires`). So `pick()` is
+synchronous, never waits and costs the same with 3 nodes or 300 before its strategy runs. When
+none is admitted (or fewer than `panic_threshold` percent), the pool is in panic for that model
+and routes to the least-bad node rather than failing everything, as Envoy's panic threshold does;
+panic listeners hear of every such pick. Each attempt reports back through its `Lease`, which is
+how breakers, latency and the node's state learn.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from types import MappingProxyType
 
 from balancer.breaker import BreakerSnapshot, CircuitBreaker
 from balancer.latency import Clock, LatencyWindow, PeakEwma
 from balancer.outlier import EjectionPolicy
+from balancer.picker import EMPTY_PICKER, Picker, in_panic
 from balancer.strategies import PickContext, Strategy
 from balancer.trust import TrustLedger, TrustPolicy
 from discovery.node import Node, NodeStatus
@@ -50,12 +56,12 @@ _LOAD_WEIGHT = 0.02  # the typical in-flight count is averaged over about the la
 class _NodeState:
     __slots__ = ("advertised", "breaker", "ewma", "in_flight", "load", "window")
 
-    def __init__(self, config: PoolConfig, clock: Clock) -> None:
+    def __init__(self, config: PoolConfig, clock: Clock, on_change: Callable[[], None]) -> None:
         self.in_flight = 0
         self.load: float | None = None  # average in flight (this one included) when requests were sent
         self.ewma = PeakEwma(clock, decay_s=config.latency_decay_s)
         self.window = LatencyWindow()
-        self.breaker = CircuitBreaker(config.ejection, clock)
+        self.breaker = CircuitBreaker(config.ejection, clock, on_change=on_change)
         self.advertised: Mapping[str, str] = _EMPTY
 
 
@@ -104,6 +110,9 @@ class NodePool:
         self.trust = trust or TrustLedger(TrustPolicy(), self._clock)
         self._states: dict[str, _NodeState] = {}
         self._candidates: dict[str, tuple[Node, ...]] | None = None
+        self._pickers: dict[str, Picker] = {}  # by model; only models some online node serves
+        self._trust_version = self.trust.version
+        self._panic_listeners: list[Callable[[str], None]] = []
         self.panic_picks = 0
         registry.subscribe(self._on_event)
 
@@ -114,7 +123,8 @@ class NodePool:
         return sorted(self._strategies)
 
     def _on_event(self, event: NodeEvent) -> None:
-        self._candidates = None  # rebuilt on the next pick
+        self._candidates = None  # rebuilt on the next pick, and the pickers with them
+        self._pickers.clear()
         if isinstance(event, NodeRemoved):
             key = event.node.key
             state = self._states.get(key)
@@ -125,8 +135,15 @@ class NodePool:
     def _state(self, key: str) -> _NodeState:
         state = self._states.get(key)
         if state is None:
-            state = self._states[key] = _NodeState(self.config, self._clock)
+            state = self._states[key] = _NodeState(self.config, self._clock, partial(self._invalidate, key))
         return state
+
+    def _invalidate(self, key: str) -> None:
+        """Something about `key`'s admission changed: drop the pickers of the models it serves."""
+        node = self._registry.get(key)
+        if node is not None:
+            for model in node.models:
+                self._pickers.pop(model, None)
 
     def _by_model(self) -> dict[str, tuple[Node, ...]]:
         if self._candidates is None:
@@ -209,8 +226,56 @@ class NodePool:
     def _admits(self, key: str) -> bool:
         return self._state(key).breaker.allows() and not self.trust.quarantined(key)
 
-    def _in_panic(self, admitted: int, total: int) -> bool:
-        return admitted == 0 or admitted * 100 < self.config.panic_threshold * total
+    def add_panic_listener(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(model)` on every pick made in panic mode (synchronously: it must not block)."""
+        self._panic_listeners.append(listener)
+
+    def picker(self, model: str) -> Picker:
+        """The model's current picker: built on first use, rebuilt after a change or once it expires."""
+        if self.trust.version != self._trust_version:  # a quarantine began or ended somewhere
+            self._trust_version = self.trust.version
+            self._pickers.clear()
+        picker = self._pickers.get(model)
+        if picker is None or (picker.expires != math.inf and self._clock() >= picker.expires):
+            nodes = self._by_model().get(model)
+            if nodes is None:
+                return EMPTY_PICKER  # not cached: callers must not grow the table by naming models
+            picker = self._pickers[model] = self._build(nodes)
+        return picker
+
+    def _build(self, nodes: tuple[Node, ...]) -> Picker:
+        expires = math.inf
+        admitted: list[Node] = []
+        for node in nodes:
+            breaker = self._state(node.key).breaker
+            allowed = breaker.allows()
+            reopens = breaker.reopens_at
+            if reopens is not None:
+                expires = min(expires, reopens)
+            if self.trust.quarantined(node.key):
+                expires = min(expires, self.trust.quarantine_ends(node.key) or math.inf)
+            elif allowed:
+                admitted.append(node)
+        keys = frozenset(node.key for node in admitted)
+        return self._snapshot(nodes, admitted, keys, expires)
+
+    def _snapshot(self, nodes: tuple[Node, ...], admitted: list[Node], keys: frozenset[str], expires: float) -> Picker:
+        if in_panic(len(admitted), len(nodes), self.config.panic_threshold):
+            return Picker(nodes, frozenset(n.key for n in nodes), keys, (), True, self._least_bad(nodes), expires)
+        ready = admitted
+        limit = self.config.max_in_flight
+        if limit:
+            free = [node for node in admitted if self.in_flight(node.key) < limit]
+            ready = free or admitted  # all busy: spill over rather than refuse
+        return Picker(nodes, frozenset(n.key for n in nodes), keys, tuple(ready), False, (), expires)
+
+    def _without(self, picker: Picker, exclude: frozenset[str]) -> Picker:
+        """The picker minus nodes already tried (a retry, a hedge): built per call, O(nodes)."""
+        nodes = tuple(node for node in picker.nodes if node.key not in exclude)
+        if not nodes:
+            return EMPTY_PICKER
+        admitted = [node for node in nodes if node.key in picker.admitted]
+        return self._snapshot(nodes, admitted, picker.admitted - exclude, picker.expires)
 
     def pick(
         self,
@@ -222,49 +287,56 @@ class NodePool:
     ) -> Lease | None:
         """A lease on a node for `model`, avoiding `exclude`d keys; None when there is none."""
         strategy_obj = self._strategies[self.check_strategy(strategy)]
-        nodes = self.candidates(model)
-        if exclude:
-            nodes = tuple(node for node in nodes if node.key not in exclude)
-        if not nodes:
+        picker = self.picker(model)
+        if exclude and not exclude.isdisjoint(picker.keys):
+            picker = self._without(picker, exclude)
+        if not picker.nodes:
             return None
-        admitted = [node for node in nodes if self._admits(node.key)]
-        panic = self._in_panic(len(admitted), len(nodes))
+        panic = picker.panic
         chosen: Node | None
         if panic:
-            chosen = self._least_bad(nodes)
+            chosen = self._rng.choice(picker.least_bad)
             self.panic_picks += 1
+            for listener in self._panic_listeners:
+                listener(model)
         else:
-            limit = self.config.max_in_flight
-            if limit:
-                free = [node for node in admitted if self.in_flight(node.key) < limit]
-                admitted = free or admitted  # all busy: spill over rather than refuse
-            chosen = strategy_obj.choose(PickContext(model, affinity_key), admitted, self, self._rng)
+            chosen = strategy_obj.choose(PickContext(model, affinity_key), picker.ready, self, self._rng)
         if chosen is None:
             return None
         state = self._state(chosen.key)
         state.in_flight += 1
         load = state.load
         state.load = state.in_flight if load is None else load + (state.in_flight - load) * _LOAD_WEIGHT
+        if state.in_flight == self.config.max_in_flight:
+            self._invalidate(chosen.key)  # it just became busy
         trial = state.breaker.acquire() if not panic else False
         return Lease(chosen, self, trial=trial, panic=panic)
 
-    def _least_bad(self, nodes: tuple[Node, ...]) -> Node:
-        """In panic: not quarantined before quarantined, then the fewest trips, then the soonest back."""
+    def _least_bad(self, nodes: tuple[Node, ...]) -> tuple[Node, ...]:
+        """In panic: not quarantined before quarantined, then the fewest trips, then the soonest back.
+
+        All the nodes tied for least bad; the pick draws one. Frozen in a picker, the order still
+        holds later: every term but the time left changes only through a rebuild, and the time left
+        shrinks alike for every ejected node (until one comes back, which is the picker's expiry).
+        """
 
         def badness(node: Node) -> tuple[bool, int, float]:
             snap = self._state(node.key).breaker.snapshot()
             return self.trust.quarantined(node.key), snap.trips, snap.open_for_s
 
-        best = min(badness(node) for node in nodes)
-        return self._rng.choice([node for node in nodes if badness(node) == best])
+        ranked = [(badness(node), node) for node in nodes]
+        best = min(rank for rank, _ in ranked)
+        return tuple(node for rank, node in ranked if rank == best)
 
     def panic_models(self) -> list[str]:
         """Models every one of whose probed-healthy nodes is ejected or quarantined right now."""
-        return sorted(
-            model
-            for model, nodes in self._by_model().items()
-            if self._in_panic(sum(self._admits(node.key) for node in nodes), len(nodes))
-        )
+        return sorted(model for model in self._by_model() if self.picker(model).panic)
+
+    def panic_states(self) -> dict[str, bool]:
+        """Every model some node lists (healthy or not) and whether it is in panic now (for metrics)."""
+        states = {model: False for node in self._registry.nodes() for model in node.models}
+        states.update((model, self.picker(model).panic) for model in self._by_model())
+        return states
 
     # ------------------------------------------------------------------ feedback
 
@@ -290,6 +362,8 @@ class NodePool:
         if state is None:
             return
         state.in_flight = max(state.in_flight - 1, 0)
+        if state.in_flight == self.config.max_in_flight - 1:
+            self._invalidate(key)  # no longer busy
         if trial:
             state.breaker.release_trial()
         if not state.in_flight and self._registry.get(key) is None:

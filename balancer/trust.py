@@ -5,6 +5,10 @@ node that agrees gains `reward`; one outvoted by two others that agree loses `pe
 two nodes disagree and no third can tell which is right, both lose `unresolved_penalty`. A node
 whose score falls below `quarantine_below` gets no traffic for `quarantine_s`, then comes back on
 probation: just above the line, so one more outvote sends it back.
+
+`version` moves whenever a quarantine begins or ends, so a reader that caches who is admitted
+(the pool's pickers) can tell in one comparison that it must look again; `quarantine_ends` says in
+advance when the timed end will come.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class TrustLedger:
         self.policy = policy
         self._clock = clock
         self._records: dict[str, _Record] = {}
+        self.version = 0  # bumped when any quarantine begins or ends
 
     def _record(self, key: str) -> _Record:
         record = self._records.get(key)
@@ -91,8 +96,14 @@ class TrustLedger:
         if self._clock() >= record.until:  # time served: back on probation
             record.until = None
             record.score = min(1.0, self.policy.quarantine_below + self.policy.penalty / 2)
+            self.version += 1
             return False
         return True
+
+    def quarantine_ends(self, key: str) -> float | None:
+        """The clock reading at which the node's quarantine ends, while it has one; else None."""
+        record = self._records.get(key)
+        return None if record is None else record.until
 
     def agreed(self, key: str) -> None:
         record = self._record(key)
@@ -111,13 +122,16 @@ class TrustLedger:
         record.score = max(0.0, record.score - amount)
         if record.score < self.policy.quarantine_below and record.until is None:
             record.until = self._clock() + self.policy.quarantine_s
+            self.version += 1
 
     def release(self, key: str) -> None:
         """End a quarantine now and restore full trust (an operator's decision)."""
-        self._records.pop(key, None)
+        self.forget(key)
 
     def forget(self, key: str) -> None:
-        self._records.pop(key, None)
+        record = self._records.pop(key, None)
+        if record is not None and record.until is not None:
+            self.version += 1
 
     def snapshot(self, key: str) -> TrustSnapshot:
         quarantined = self.quarantined(key)

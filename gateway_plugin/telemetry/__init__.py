@@ -7,7 +7,7 @@ observer, the route hook, and the `/metrics` and `/stats` readers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
@@ -38,13 +38,32 @@ class Telemetry:
         # Tasks (when a queue exists) replace this with their queue's depth.
         self.queue_depth: Callable[[], int] = lambda: 0
         self.metrics = GatewayMetrics(
-            self.registry, live_nodes=lambda: self.cluster.live(), queue_depth=lambda: self.queue_depth()
+            self.registry,
+            live_nodes=lambda: self.cluster.live(),
+            queue_depth=lambda: self.queue_depth(),
+            live_panic=lambda: self.cluster.panic(),
         )
         self.tracing = GatewayTracing(gateway_tracer_provider(tracer_provider))
         self.stats = StatsWindow()
         self.cluster = ClusterWatch(node_registry, self.metrics, self.stats)
         self.observer = GatewayTelemetry(self.metrics, self.tracing, self.stats, known_model=known_model)
         self.route_hook = RouteTelemetry(self.observer, api_prefix=api_prefix)
+
+    def cache_observer(self, models: Iterable[str]) -> Callable[[str, bool], None]:
+        """`observe(model, hit)` for the response cache: its hit and miss counters per model.
+
+        The cacheable models are a configured, bounded set; each starts at 0, so rates and hit
+        ratios read right from the first scrape.
+        """
+        m = self.metrics
+        for model in models:
+            m.child(m.cache_hits, m.model_label(model))
+            m.child(m.cache_misses, m.model_label(model))
+
+        def observe(model: str, hit: bool) -> None:
+            m.child(m.cache_hits if hit else m.cache_misses, m.model_label(model)).inc()
+
+        return observe
 
     def render_metrics(self) -> tuple[bytes, str]:
         """The `/metrics` body and its content type."""

@@ -3,12 +3,13 @@
 `ClusterWatch` follows the registry's events (synchronously, as the registry requires): a node
 that leaves `online` is an ejection; a removed node is forgotten by the stats window. `live()`
 is what the scrape-time collector and `/stats` read: status, in-flight, breaker and trust, the
-last two from optional readers wired by the plugin (the balancer owns them).
+last two from optional readers wired by the plugin (the balancer owns them); `panic()` is which
+models are in panic mode, and `panic_pick` counts each pick made in it (the pool calls it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from discovery.node import Node, NodeStatus
 from discovery.registry import NodeAdded, NodeEvent, NodeRegistry, NodeRemoved
@@ -19,17 +20,19 @@ __all__ = ["ClusterWatch", "NodeReaders"]
 
 
 class NodeReaders:
-    """Optional per-node readers: in-flight count, breaker state name, trust score."""
+    """Optional readers: per node its in-flight count, breaker state name, trust score; per model panic."""
 
     def __init__(
         self,
         in_flight: Callable[[str], int] = lambda _: 0,
         breaker: Callable[[str], str | None] = lambda _: None,
         trust: Callable[[str], float | None] = lambda _: None,
+        panic: Callable[[], Mapping[str, bool]] = dict,
     ) -> None:
         self.in_flight = in_flight
         self.breaker = breaker
         self.trust = trust
+        self.panic = panic
 
 
 class ClusterWatch:
@@ -56,6 +59,24 @@ class ClusterWatch:
 
     def nodes(self) -> list[Node]:
         return sorted(self._registry.nodes(), key=lambda n: n.node_id)
+
+    def panic(self) -> list[tuple[str, bool]]:
+        """(model label, in panic) per model; models folded into one label are in panic if any is.
+
+        Each model's panic-pick counter is made here too, at 0, so that the first panic shows as
+        an increase rather than as a series appearing out of nowhere.
+        """
+        m = self._metrics
+        folded: dict[str, bool] = {}
+        for model, active in self.readers.panic().items():
+            label = m.model_label(model)
+            folded[label] = folded.get(label, False) or active
+            m.child(m.panic_picks, label)
+        return sorted(folded.items())
+
+    def panic_pick(self, model: str) -> None:
+        """One pick made in panic mode for `model`."""
+        self._metrics.child(self._metrics.panic_picks, self._metrics.model_label(model)).inc()
 
     def live(self) -> list[LiveNode]:
         readers = self.readers

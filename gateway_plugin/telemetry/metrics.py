@@ -14,10 +14,10 @@ series without limit by inventing model names.
     distinfer_gateway_retries_total{model}                distinfer_gateway_hedges_total{model}
     distinfer_gateway_fallbacks_total{model,reason}       distinfer_gateway_balancer_decisions_total{strategy,node}
     distinfer_gateway_node_ejections_total{node}          distinfer_gateway_queue_wait_seconds{priority}
-    distinfer_gateway_event_loop_lag_seconds
+    distinfer_gateway_event_loop_lag_seconds              distinfer_gateway_panic_picks_total{model}
     live, read at scrape time: distinfer_gateway_node_up{node}, distinfer_gateway_node_in_flight_requests{node},
     distinfer_gateway_breaker_state{node,state}, distinfer_gateway_node_trust_score{node},
-    distinfer_gateway_queue_depth
+    distinfer_gateway_panic_mode{model}, distinfer_gateway_queue_depth
 """
 
 from __future__ import annotations
@@ -73,9 +73,15 @@ class LiveNode:
 
 
 class _LiveCollector(Collector):
-    def __init__(self, nodes: Callable[[], Iterable[LiveNode]], queue_depth: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        nodes: Callable[[], Iterable[LiveNode]],
+        queue_depth: Callable[[], int],
+        panic: Callable[[], Iterable[tuple[str, bool]]],
+    ) -> None:
         self._nodes = nodes
         self._queue_depth = queue_depth
+        self._panic = panic
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("distinfer_gateway_node_up", "1 when the node is online and routable", labels=["node"])
@@ -95,6 +101,14 @@ class _LiveCollector(Collector):
             if node.trust is not None:
                 trust.add_metric([node.node_id], node.trust)
         yield from (up, busy, breaker, trust)
+        panic = GaugeMetricFamily(
+            "distinfer_gateway_panic_mode",
+            "1 while the model is in panic mode (too few admitted nodes: routed to the least bad)",
+            labels=["model"],
+        )
+        for model, active in self._panic():
+            panic.add_metric([model], 1.0 if active else 0.0)
+        yield panic
         yield GaugeMetricFamily(
             "distinfer_gateway_queue_depth", "Tasks waiting in the queue", value=self._queue_depth()
         )
@@ -107,6 +121,7 @@ class GatewayMetrics:
         *,
         live_nodes: Callable[[], Iterable[LiveNode]] = tuple,
         queue_depth: Callable[[], int] = lambda: 0,
+        live_panic: Callable[[], Iterable[tuple[str, bool]]] = tuple,
         node_limit: int = 1000,
         model_limit: int = 256,
     ) -> None:
@@ -170,6 +185,12 @@ class GatewayMetrics:
             ["strategy", "node"],
             registry=r,
         )
+        self.panic_picks = Counter(
+            "distinfer_gateway_panic_picks",
+            "Nodes picked in panic mode (the least bad, because too few of the model's nodes were admitted)",
+            ["model"],
+            registry=r,
+        )
         self.ejections = Counter(
             "distinfer_gateway_node_ejections",
             "Times a node left the routable set (probe or passive failure)",
@@ -189,8 +210,14 @@ class GatewayMetrics:
             buckets=LAG_BUCKETS,
             registry=r,
         )
+        self.cache_hits = Counter(
+            "distinfer_gateway_cache_hits", "Calls answered from the response cache", ["model"], registry=r
+        )
+        self.cache_misses = Counter(
+            "distinfer_gateway_cache_misses", "Cacheable calls not found in the response cache", ["model"], registry=r
+        )
         self._names = {id(metric): name for name, metric in vars(self).items() if isinstance(metric, MetricWrapperBase)}
-        live = _LiveCollector(live_nodes, queue_depth)
+        live = _LiveCollector(live_nodes, queue_depth, live_panic)
         r.register(live)
         self.exposition = Exposition.for_environment(r, [live])
 

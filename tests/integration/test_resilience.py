@@ -10,13 +10,14 @@ import asyncio
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway_plugin.processes import ServerProcess, start_node
 from gateway_plugin.settings import BalancerSettings, TrustSettings
@@ -235,6 +236,55 @@ async def test_panic_mode_routes_to_the_least_bad_and_says_so(healthy: list[Serv
     assert statuses == {"error"}
     assert answered.status_code == 200  # panic: served by the least bad rather than refused
     assert answered.json()["mode"] == "distributed"
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The sample `name{labels}` of a Prometheus scrape; None when the scrape has no such sample."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+async def test_panic_mode_shows_in_metrics_and_clears_when_the_nodes_come_back(healthy: list[ServerProcess]) -> None:
+    for node in healthy:
+        set_faults(node, error_rate=1.0)
+    balancer = BalancerSettings(probe_interval_s=0.2, eject_consecutive_failures=2, eject_base_s=3, eject_max_s=6)
+    async with mounted(settings_for([n.url for n in healthy], balancer=balancer)) as (client, _):
+
+        async def scrape() -> str:
+            return (await client.get("/metrics")).text
+
+        await until(lambda: _panic_is(scrape, 0.0), every_s=0.1)  # probed: digits is listed, not in panic
+        before = await scrape()
+        assert metric(before, "distinfer_gateway_panic_mode", model="digits") == 0
+        assert metric(before, "distinfer_gateway_panic_picks_total", model="digits") == 0
+        for _ in range(6):  # every attempt fails: all three breakers open
+            assert (await client.post(f"{PREFIX}/inference", json=BODY)).status_code == 503
+        for node in healthy:
+            set_faults(node)  # healed, but every breaker stays open for 3 s
+        answered = await client.post(f"{PREFIX}/inference", json=BODY)
+        during = await scrape()
+        # The ejections end by time alone: trials are admitted, so the model is out of panic.
+        await until(lambda: _panic_is(scrape, 0.0), every_s=0.1)
+        after = await scrape()
+        recovered = await client.post(f"{PREFIX}/inference", json=BODY)
+        last = await scrape()
+    assert answered.status_code == 200  # served in panic
+    assert metric(during, "distinfer_gateway_panic_mode", model="digits") == 1
+    panic_picks = metric(during, "distinfer_gateway_panic_picks_total", model="digits")
+    assert panic_picks is not None
+    assert panic_picks >= 1
+    assert metric(after, "distinfer_gateway_panic_mode", model="digits") == 0
+    assert recovered.status_code == 200
+    assert metric(last, "distinfer_gateway_panic_picks_total", model="digits") == metric(
+        after, "distinfer_gateway_panic_picks_total", model="digits"
+    )  # out of panic: a trial, not a panic pick
+
+
+async def _panic_is(scrape: Callable[[], Awaitable[str]], value: float) -> bool:
+    return metric(await scrape(), "distinfer_gateway_panic_mode", model="digits") == value
 
 
 async def test_a_node_that_disagrees_is_quarantined(
