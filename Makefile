@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup system-packages demo test lint models clean bench bench-quick bench-balance bench-shard minilm bench-minilm bench-peer bench-peer-gateway
+.PHONY: setup system-packages demo test lint models clean bench bench-quick bench-balance bench-shard bench-scaleout minilm bench-minilm bench-peer bench-peer-gateway
 
 setup: $(STAMP) system-packages
 
@@ -60,6 +60,10 @@ bench-balance: setup
 # 1 node vs a model cut into 2 stages on 2 nodes: micro-batches, relayed vs node-to-node (QUICK=1: ~1 min).
 bench-shard: setup
 	$(BIN)/distinfer bench shard $(if $(QUICK),--quick)
+
+# 1, 2, 4 nodes serving one request at a time (20 ms model time): efficiency vs ideal, target 0.9 (QUICK=1: ~20 s).
+bench-scaleout: setup
+	$(BIN)/distinfer bench scaleout $(if $(QUICK),--quick)
 
 # all-MiniLM-L6-v2 exported to ONNX from the offline PyPI package (~90 MB, not committed).
 MINILM := build/models/minilm/model.onnx

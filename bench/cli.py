@@ -57,12 +57,14 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     from bench.batch_cli import add_batch_parser  # light too (issue 5: batch and coalescing)
     from bench.chaos.cli import add_chaos_parser  # light: imports nothing heavy at module level
     from bench.discovery_cli import add_discovery_parser  # light too (issue 4: discovery)
+    from bench.scaleout_cli import add_scaleout_parser  # light too (issue 8: scale-out)
     from bench.shard_cli import add_shard_bench_parser  # light too (issue 10: sharding)
 
     add_batch_parser(scenarios)
     add_chaos_parser(scenarios)
     add_shard_bench_parser(scenarios)
     add_discovery_parser(scenarios)
+    add_scaleout_parser(scenarios)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -50,6 +50,7 @@ def _run_node(args: argparse.Namespace) -> int:
 
     node_id = args.node_id or f"{socket.gethostname()}:{args.port}"
     node_token, tls = node_security(args)
+    user = dict(args.label or ())  # --label wins over what the node measures
     config = NodeConfig(
         model_repository=Path(args.model_repository),
         node_id=node_id,
@@ -58,7 +59,7 @@ def _run_node(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         models=frozenset(args.models.split(",")) if args.models else None,
         batching=args.batching,
-        labels=detect_labels(workers=args.workers, extra={**node_labels(args), **dict(args.label or ())}),
+        labels=detect_labels(workers=_parallel(args), extra={**node_labels(args), **_limit_label(args), **user}),
         faults=faults_from_args(args),
         fault_control=args.fault_control,
         fault_seed=args.fault_seed,
@@ -66,12 +67,22 @@ def _run_node(args: argparse.Namespace) -> int:
         **node_options(args),  # --memory-cap-mb, --forward-peers (worker.sharding)
         node_token=node_token,
         max_new_tokens=args.max_new_tokens,
+        max_concurrency=args.max_concurrency,
     )
     from worker.telemetry import NodeTelemetry
 
     app = create_node_app(config, telemetry=NodeTelemetry.from_env(node_id))  # OTEL_* for spans
     _serve(app, args.host, args.port, args.graceful_timeout, args.log_level, **tls)
     return 0
+
+
+def _parallel(args: argparse.Namespace) -> int:
+    """Inferences the node runs at once: its worker threads, or fewer under --max-concurrency (label `capacity`)."""
+    return int(min(args.workers, args.max_concurrency)) if args.max_concurrency else int(args.workers)
+
+
+def _limit_label(args: argparse.Namespace) -> dict[str, str]:
+    return {"max_concurrency": str(args.max_concurrency)} if args.max_concurrency else {}
 
 
 def _consul_registration(args: argparse.Namespace, node_id: str) -> ConsulRegistration | None:
@@ -116,6 +127,13 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(model_repository=Path(args.model_repository), samples=args.samples)
 
 
+def _at_least_zero(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distinfer", description="Distributed inference over v2 nodes.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +155,13 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--node-id", default=None, help="id advertised to gateways (default host:port)")
     node.add_argument("--threads", type=int, default=0, help="runtime threads per model (0: runtime default)")
     node.add_argument("--workers", type=int, default=2, help="models run concurrently in this many threads")
+    node.add_argument(
+        "--max-concurrency",
+        type=_at_least_zero,
+        default=0,
+        metavar="N",
+        help="serve at most N inference requests at once, the rest wait in arrival order (0: no limit)",
+    )
     node.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
     node.add_argument("--models", default=None, help="comma list: serve only these models")
     node.add_argument(

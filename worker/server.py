@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse
 
 from worker.batching import DynamicBatcher
 from worker.bodies import read_body
+from worker.concurrency import ConcurrencyLimiter, InferenceSlots
 from worker.engine import InferenceEngine, batch_policy
 from worker.errors import ModelNotFound, WorkerError
 from worker.faults import FaultInjector, FaultSpec, FaultState
@@ -79,6 +80,7 @@ class NodeConfig:
     consul: ConsulRegistration | None = None  # register with this Consul agent while serving
     memory_cap_bytes: int | None = None  # models over it are refused (worker.repository); sharding: issue 10
     forward_peers: frozenset[str] | None = None  # node-to-node hops of sharded models (worker.sharding.forward)
+    max_concurrency: int = 0  # inference requests served at once, the rest wait in order (worker.concurrency); 0: any
 
 
 class _State:
@@ -234,6 +236,8 @@ def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = Non
     if config.faults is not None and (config.faults.active or config.fault_control):
         faults = FaultState(config.faults, rng=random.Random(config.fault_seed))
         app.add_middleware(FaultInjector, state=faults, control=config.fault_control)
+    if config.max_concurrency:  # added last, so outermost: an injected latency counts as model time in the slot
+        app.add_middleware(ConcurrencyLimiter, slots=InferenceSlots(config.max_concurrency))
     return app
 
 

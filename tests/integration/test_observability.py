@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway_plugin import DistributedInference, Settings
 from gateway_plugin.monitor import add_monitor_parser
 from gateway_plugin.processes import ServerProcess, free_port, start_gateway, start_node
-from gateway_plugin.settings import AuthSettings
+from gateway_plugin.settings import AuthSettings, CacheSettings
 from gateway_plugin.telemetry.logs import JsonFormatter
 from tests.integration.conftest import STARTUP_TIMEOUT_S, settings_for
 
@@ -121,6 +121,25 @@ async def test_metrics_path_is_outside_the_prefix_unauthenticated_and_configurab
         assert scrape.status_code == 200
         assert scrape.headers["content-type"].startswith("text/plain")
         assert (await client.get("/metrics")).status_code == 404
+
+
+async def test_response_cache_misses_and_hits_are_counted_per_model(two_nodes: list[ServerProcess]) -> None:
+    settings = _settings([n.url for n in two_nodes], cache=CacheSettings(models=["digits"]))
+    body = {"model": "digits", "inputs": IMAGE}
+    async with _gateway(settings) as (client, _):
+        scrapes = [(await client.get("/metrics")).text]
+        for sent in (body, body, {"model": "digits_a", "inputs": IMAGE}):  # miss, hit, a model not cached
+            answer = await client.post(f"{PREFIX}/inference", json=sent)
+            assert answer.status_code == 200, answer.text
+            scrapes.append((await client.get("/metrics")).text)
+
+    def counts(text: str) -> tuple[float, float]:
+        hits = _samples(text, "distinfer_gateway_cache_hits_total")
+        misses = _samples(text, "distinfer_gateway_cache_misses_total")
+        assert set(hits) == set(misses) == {(("model", "digits"),)}  # only the cacheable model has series
+        return hits[(("model", "digits"),)], misses[(("model", "digits"),)]
+
+    assert [counts(text) for text in scrapes] == [(0, 0), (0, 1), (1, 1), (1, 1)]
 
 
 async def test_one_trace_spans_gateway_and_node_with_parent_links(repository: Path) -> None:

@@ -120,3 +120,19 @@ async def test_models_not_opted_in_and_local_answers_are_never_cached() -> None:
     for _ in range(2):
         await local.infer(_call([1]))
     assert (inner.calls, local_inner.calls) == (2, 2)
+
+
+async def test_every_lookup_of_a_cacheable_model_is_observed_as_hit_or_miss() -> None:
+    seen: list[tuple[str, bool]] = []
+    cache = ResponseCache(max_entries=4, ttl_s=10, clock=FakeClock())
+    cached = CachingDispatcher(
+        CountingDispatcher(),
+        cache,
+        models=frozenset({"digits"}),
+        version_of=lambda _: "1",
+        observe=lambda model, hit: seen.append((model, hit)),
+    )
+    for call in (_call([1]), _call([1]), _call([2]), _call([1], model="other")):
+        await cached.infer(call)
+    assert seen == [("digits", False), ("digits", True), ("digits", False)]  # "other" is not cacheable
+    assert (cache.hits, cache.misses) == (1, 2)

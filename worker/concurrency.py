@@ -1,0 +1,78 @@
+"""At most N inference requests at a time on one node; the rest wait their turn in arrival order.
+
+`distinfer node --max-concurrency 1` makes a node serve one inference at a time, as a node with
+one accelerator (or one model instance) does. A request beyond the limit is not refused: it waits,
+first come first served (asyncio's semaphore is FIFO and lets no newcomer jump the queue), and a
+request whose client goes away while it waits gives up its place. Health probes, metadata and
+`/metrics` are never held back, so a saturated node still reads as up. The gateway's side of the
+same limit is `DISTINFER_NODE_MAX_IN_FLIGHT`: at it the node counts as `busy` and new requests go
+to a node with a free slot.
+
+The slot is held from the moment the request is admitted until its response is sent, and the
+limiter wraps the fault knobs (`worker.faults`), so an added `--fault-latency-ms` is model time
+that the slot covers. Pure ASGI middleware; the shared state is one `InferenceSlots` per app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["ConcurrencyLimiter", "InferenceSlots"]
+
+_INFERENCE = re.compile(r"^/v2/models/[^/]+(?:/versions/[^/]+)?/(?:infer|generate_stream)$")
+
+
+class InferenceSlots:
+    """`limit` slots, handed out in arrival order; counts what runs and what waits (for tests and metrics)."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("a concurrency limit must be at least 1")
+        self.limit = limit
+        self.active = 0
+        self.waiting = 0
+        self.peak = 0  # most requests ever admitted at once: never above `limit`
+        self._semaphore: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _slots(self) -> asyncio.Semaphore:
+        # One semaphore per event loop: an app served by a second loop (a test client) starts afresh.
+        loop = asyncio.get_running_loop()
+        if self._semaphore is None or self._loop is not loop:
+            self._semaphore, self._loop = asyncio.Semaphore(self.limit), loop
+            self.active = self.waiting = 0
+        return self._semaphore
+
+    async def acquire(self) -> None:
+        slots = self._slots()
+        self.waiting += 1
+        try:
+            await slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+
+    def release(self) -> None:
+        self.active -= 1
+        if self._semaphore is not None:
+            self._semaphore.release()
+
+
+class ConcurrencyLimiter:
+    def __init__(self, app: ASGIApp, *, slots: InferenceSlots) -> None:
+        self.app = app
+        self.slots = slots
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not _INFERENCE.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        await self.slots.acquire()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.slots.release()
