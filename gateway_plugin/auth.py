@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from gateway_plugin.errors import AuthUnavailable, Forbidden, Unauthorized
 from gateway_plugin.settings import AuthSettings
@@ -205,13 +206,25 @@ class Authenticator:
         self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
     ) -> Principal:
         """Any valid token (or anyone, when auth is disabled)."""
+        return await self._principal(credentials.credentials if credentials is not None else None)
+
+    async def _principal(self, token: str | None) -> Principal:
         if self.disabled:
             return Principal(sub=None, scopes=frozenset({INFER, ADMIN}), anonymous=True)
-        if credentials is None:
+        if token is None:
             raise Unauthorized("a bearer token is required", headers={"WWW-Authenticate": _REALM})
         if not self.configured:
             raise _invalid("no verification key is configured on this gateway")
-        return await self.verify(credentials.credentials)
+        return await self.verify(token)
+
+    async def authorize(self, authorization: str | None, scope: str) -> Principal:
+        """`require_infer`/`require_admin` for a route served as plain ASGI: the raw `Authorization` value.
+
+        Parsed as FastAPI's `HTTPBearer(auto_error=False)` does: anything but `Bearer <token>` is no token.
+        """
+        scheme, token = get_authorization_scheme_param(authorization)
+        bearer = token if authorization and scheme.lower() == "bearer" and token else None
+        return _need(await self._principal(bearer), scope)
 
     async def require_infer(
         self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]

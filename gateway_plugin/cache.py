@@ -3,7 +3,8 @@
 Opt-in per model (`DISTINFER_CACHE_MODELS`), bounded in entries and in time (LRU + TTL). The key
 hashes everything that decides the answer: model, the model version the cluster serves now,
 requested outputs, parameters and every input tensor's name, datatype, shape and bytes. It wraps
-the dispatcher, so every caller of `infer` (single, relay, batch items) shares it.
+the dispatcher, so every caller of `infer` (single, relay, batch items) shares it. Each lookup is
+reported to an injected `observe(model, hit)` (the plugin's Prometheus counters).
 """
 
 from __future__ import annotations
@@ -101,18 +102,23 @@ class CachingDispatcher:
         *,
         models: frozenset[str],
         version_of: Callable[[str], str | None],
+        observe: Callable[[str, bool], None] = lambda model, hit: None,
     ) -> None:
         self._inner = inner
         self.cache = cache
         self._models = models
         self._version_of = version_of
+        self._observe = observe  # (model, hit), once per lookup
 
     async def infer(self, call: InferenceCall) -> Outcome:
         if call.model not in self._models:
             return await self._inner.infer(call)
+        # Cached answers are tensors, encoded per caller: a forwarded one keeps its first caller's encoding.
+        call = replace(call, raw=None)
         started = time.perf_counter()
         key = cache_key(call, self._version_of(call.model))
         cached = self.cache.get(key)
+        self._observe(call.model, cached is not None)
         if cached is not None:
             return replace(cached, attempts=0, latency_ms=(time.perf_counter() - started) * 1000)
         outcome = await self._inner.infer(call)

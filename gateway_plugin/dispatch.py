@@ -24,7 +24,7 @@ from discovery.node import Node
 from gateway_plugin.errors import DeadlineExceeded, NoCapacity, UnknownModel, from_worker
 from gateway_plugin.local import LocalInference
 from gateway_plugin.telemetry.observer import NO_OBSERVER, DispatchObserver
-from worker.client import NodeClient
+from worker.client import ForwardedAnswer, NodeClient, RawMessage
 from worker.errors import NodeCallError, NodeTimeout
 from worker.protocol import DecodedResponse, Tensor
 
@@ -44,6 +44,9 @@ class InferenceCall:
     strategy: str | None = None
     affinity_key: str | None = None  # session for model_affinity; else the parameters' session_id
     local_fallback: bool = True  # False: compat falls back to the host's own handler instead
+    # The client's own v2 body (the relay): sent to nodes as is, and their answer returned unread.
+    # `inputs` must still hold its tensors, for nodes that cannot take its encoding and for local fallback.
+    raw: RawMessage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,7 @@ class Outcome:
     latency_ms: float
     hedged: bool = False  # the answer came from a hedged copy
     panic: bool = False  # the node was picked in panic mode
+    raw: RawMessage | None = None  # the node's answer as bytes (a raw call), `outputs` then empty
 
 
 @dataclass(slots=True)
@@ -74,7 +78,7 @@ class _Run:
 @dataclass(frozen=True, slots=True)
 class _Answer:
     node: Node
-    response: DecodedResponse
+    response: DecodedResponse | ForwardedAnswer
     panic: bool
 
 
@@ -142,17 +146,20 @@ class Dispatcher:
                     raise from_worker(exc) from exc
                 continue
             if self._validator is not None and self._validator.enabled:
-                self._validator.offer(answer.node.key, answer.response.outputs, lambda skip: self._rerun(run, skip))
+                self._validator.offer(answer.node.key, self._outputs(answer), lambda skip: self._rerun(run, skip))
+            response = answer.response
+            forwarded = response.message if isinstance(response, ForwardedAnswer) else None
             return Outcome(
-                model=answer.response.model_name,
-                model_version=answer.response.model_version,
-                outputs=answer.response.outputs,
+                model=response.model_name,
+                model_version=response.model_version,
+                outputs=[] if isinstance(response, ForwardedAnswer) else response.outputs,
                 node_id=answer.node.node_id,
                 mode="distributed",
                 attempts=run.attempts,
                 latency_ms=(self._clock() - start) * 1000,
                 hedged=hedged,
                 panic=answer.panic,
+                raw=forwarded,
             )
         return await self._without_cluster(call, start, run.deadline, run.attempts, last_error)
 
@@ -176,17 +183,23 @@ class Dispatcher:
             timeout = min(timeout, self._attempt_timeout)
         try:
             with self._observer.attempt(call.model, node.node_id, run.attempts) as observed:
-                response = await self._client.infer(
-                    node.url,
-                    call.model,
-                    call.inputs,
-                    timeout_s=max(timeout, 0.001),
-                    outputs=call.outputs,
-                    binary=self._binary and node.binary,
-                    request_id=call.request_id,
-                    parameters=call.parameters,
-                    headers=observed.headers,
-                )
+                response: DecodedResponse | ForwardedAnswer
+                if call.raw is not None and (call.raw.header_length is None or node.binary):
+                    response = await self._client.forward(
+                        node.url, call.model, call.raw, timeout_s=max(timeout, 0.001), headers=observed.headers
+                    )
+                else:
+                    response = await self._client.infer(
+                        node.url,
+                        call.model,
+                        call.inputs,
+                        timeout_s=max(timeout, 0.001),
+                        outputs=call.outputs,
+                        binary=self._binary and node.binary,
+                        request_id=call.request_id,
+                        parameters=call.parameters,
+                        headers=observed.headers,
+                    )
         except NodeCallError as exc:
             lease.report(self._clock() - began, exc)
             raise
@@ -221,7 +234,14 @@ class Dispatcher:
         if lease is None:
             return None
         answer = await self._attempt(again, lease)
-        return answer.node.key, answer.response.outputs
+        return answer.node.key, self._outputs(answer)
+
+    def _outputs(self, answer: _Answer) -> Sequence[Tensor]:
+        """The answer's tensors; a forwarded answer is decoded only here, for its few readers."""
+        response = answer.response
+        if isinstance(response, ForwardedAnswer):
+            return self._client.decode(response.message).outputs
+        return response.outputs
 
     async def _without_cluster(
         self, call: InferenceCall, start: float, deadline: float, attempts: int, last_error: NodeCallError | None

@@ -24,7 +24,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import aiohttp
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 from starlette.responses import Response
@@ -50,7 +50,7 @@ from gateway_plugin.api.inference import build_call
 from gateway_plugin.api.schemas import InferenceRequest
 from gateway_plugin.api.stats import stats_router
 from gateway_plugin.api.tasks import task_runner, tasks_router
-from gateway_plugin.auth import Authenticator, node_ssl_context
+from gateway_plugin.auth import INFER, Authenticator, node_ssl_context
 from gateway_plugin.balancing import build_pool, build_resilience
 from gateway_plugin.cache import CachingDispatcher, ResponseCache
 from gateway_plugin.catalog import ModelCatalog
@@ -123,6 +123,11 @@ class DistributedInference:
         if not self.flags.enabled:
             raise NotFound("distributed inference is disabled (ENABLE_DISTRIBUTED_INFERENCE)")
 
+    async def _guard_infer(self, request: Request) -> None:
+        """`require_enabled` and `require_infer` for a route served outside FastAPI's dependencies."""
+        await self.require_enabled()
+        await self.auth.authorize(request.headers.get("authorization"), INFER)
+
     # ------------------------------------------------------------------ for code in the host (compat)
 
     async def infer(self, request: InferenceRequest, *, local_fallback: bool = True) -> Outcome:
@@ -148,10 +153,15 @@ class DistributedInference:
         route_class = problem_route(self.settings.limits.max_body_bytes, self.telemetry.route_hook)
         router = APIRouter(prefix=self.settings.api.prefix, lifespan=self.lifespan, route_class=route_class)
         enabled, infer = Depends(self.require_enabled), Depends(self.require_infer)
+        # Hot routes first: FastAPI tries each included router in order, and a miss costs a scan of its routes.
+        # The relay is served as plain ASGI (RawRoute): the dependencies document it, `_guard_infer` enforces them.
+        relay = relay_router(self.services, self._guard_infer, route_class)
+        router.include_router(relay, dependencies=[enabled, infer])
+        router.include_router(inference_router(self.services, route_class), dependencies=[enabled, infer])
         # No enabled-check here: with the flag off, PUT /flags is how it comes back on.
         router.include_router(flags_router(self.flags, self.require_infer, self.require_admin, route_class))
         router.include_router(health_router(self.services, route_class), dependencies=[enabled])
-        for build in (inference_router, stream_router, relay_router, cluster_router):
+        for build in (stream_router, cluster_router):
             router.include_router(build(self.services, route_class), dependencies=[enabled, infer])
         admin_nodes = nodes_admin_router(self.services, route_class, admin=self.require_admin)  # POST/PATCH/DELETE
         router.include_router(admin_nodes, dependencies=[enabled])
@@ -177,7 +187,9 @@ class DistributedInference:
             in_flight=pool.in_flight,
             breaker=lambda key: pool.breaker(key).state.value,
             trust=lambda key: round(pool.trust.score(key), 4),
+            panic=pool.panic_states,
         )
+        pool.add_panic_listener(telemetry.cluster.panic_pick)
         return telemetry
 
     def _known_model(self, model: str) -> bool:
@@ -245,6 +257,7 @@ class DistributedInference:
                     ResponseCache(max_entries=settings.cache.max_entries, ttl_s=settings.cache.ttl_s),
                     models=frozenset(settings.cache.models),
                     version_of=lambda model: info.version if (info := catalog.info(model)) else None,
+                    observe=self.telemetry.cache_observer(settings.cache.models),
                 )
             sharded = sharded_models(settings.sharding, dispatcher, self.pool)  # models cut into stages
             if sharded is not None:

@@ -24,6 +24,7 @@ from worker.protocol import (
     DecodedResponse,
     Limits,
     Tensor,
+    check_response_frame,
     decode_response,
     encode_request,
     parse_header_length,
@@ -31,10 +32,28 @@ from worker.protocol import (
 from worker.protocol.models import ModelMetadata, RepositoryEntry, ServerMetadata
 from worker.stream_client import open_generate_stream
 
-__all__ = ["NodeClient"]
+__all__ = ["ForwardedAnswer", "NodeClient", "RawMessage"]
 
 _INDEX = TypeAdapter(list[RepositoryEntry])
 _RAW_LIMIT = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """A v2 message as bytes on the wire: body, its Content-Type, and the binary header's length if any."""
+
+    data: bytes
+    content_type: str
+    header_length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedAnswer:
+    """A node's answer passed on unread: which model answered, and the message's bytes."""
+
+    model_name: str
+    model_version: str | None
+    message: RawMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +199,38 @@ class NodeClient:
         except WorkerError as exc:
             # A node that answers 200 with garbage is a sick node, not a bad request.
             raise NodeServerError(f"{url}: undecodable response: {exc}", node_url=base_url) from exc
+
+    async def forward(
+        self,
+        base_url: str,
+        model: str,
+        body: RawMessage,
+        *,
+        timeout_s: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> ForwardedAnswer:
+        """One inference call with a v2 body passed through as it is, and the answer's bytes as they are.
+
+        For a relay: the node answers the original client in the encoding that client asked for,
+        and nothing is decoded or encoded here. The answer's framing is checked (a valid header whose
+        binary parts fill the body), so a node answering 200 with garbage is still a sick node.
+        """
+        send = {"Content-Type": body.content_type, **(headers or {})}
+        if body.header_length is not None:
+            send[HEADER_LENGTH] = str(body.header_length)
+        url = f"{base_url}/v2/models/{model}/infer"
+        reply = await self._call("POST", url, timeout_s=timeout_s, data=body.data, headers=send)
+        try:
+            length = parse_header_length(reply.headers.get(HEADER_LENGTH))
+            header = check_response_frame(reply.body, length)
+        except WorkerError as exc:
+            raise NodeServerError(f"{url}: undecodable response: {exc}", node_url=base_url) from exc
+        message = RawMessage(reply.body, reply.headers.get("Content-Type", "application/json"), length)
+        return ForwardedAnswer(header.model_name, header.model_version, message)
+
+    def decode(self, answer: RawMessage) -> DecodedResponse:
+        """A forwarded answer's tensors (for the rare reader, such as result validation)."""
+        return decode_response(answer.data, answer.header_length, self._limits)
 
     def generate_stream(
         self,

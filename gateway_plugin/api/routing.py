@@ -24,7 +24,7 @@ from gateway_plugin.errors import BadRequest, DistinferError, Unprocessable, fro
 from worker.bodies import read_body
 from worker.errors import WorkerError
 
-__all__ = ["ProblemRoute", "RouteHook", "problem_route", "request_id_of"]
+__all__ = ["ProblemRoute", "RawRoute", "RouteHook", "problem_for", "problem_route", "raw_route", "request_id_of"]
 
 log = logging.getLogger(__name__)
 
@@ -90,30 +90,64 @@ class ProblemRoute(APIRoute):
                     # Starlette's Request caches the body in `_body`, where FastAPI then finds it.
                     request._body = await read_body(request, limit)
                 response = await handler(request)
-            except DistinferError as exc:
-                return problem(exc, request_id)
-            except UnknownStrategy as exc:  # from the balancer, wherever a request names a strategy
-                return problem(Unprocessable(str(exc)), request_id)
-            except ClientDisconnect:
-                # The caller left mid-body: nobody will read an answer, and it is not our error.
-                log.info("client disconnected before sending request %s in full", request_id)
-                return problem(BadRequest("client disconnected before the body was complete"), request_id)
-            except WorkerError as exc:
-                return problem(from_worker(exc), request_id)
-            except RequestValidationError as exc:
-                return problem(_validation_problem(exc), request_id)
-            except HTTPException as exc:
-                error = DistinferError(str(exc.detail))
-                error.status, error.code, error.title = exc.status_code, "http_error", "HTTP error"
-                return problem(error, request_id)
-            except Exception:
-                # Never a stack trace to the client; the log keeps it with the request id.
-                log.exception("unexpected error in request %s", request_id)
-                return problem(DistinferError("unexpected error; see the gateway log"), request_id)
+            except Exception as exc:
+                return problem_for(exc, request_id)
             response.headers.setdefault("X-Request-ID", request_id)
             return response
 
         return handle
+
+
+def problem_for(exc: Exception, request_id: str) -> Response:
+    """The problem+json answer for an exception that left a handler; never a stack trace to the client."""
+    if isinstance(exc, DistinferError):
+        return problem(exc, request_id)
+    if isinstance(exc, UnknownStrategy):  # from the balancer, wherever a request names a strategy
+        return problem(Unprocessable(str(exc)), request_id)
+    if isinstance(exc, ClientDisconnect):
+        # The caller left mid-body: nobody will read an answer, and it is not our error.
+        log.info("client disconnected before sending request %s in full", request_id)
+        return problem(BadRequest("client disconnected before the body was complete"), request_id)
+    if isinstance(exc, WorkerError):
+        return problem(from_worker(exc), request_id)
+    if isinstance(exc, RequestValidationError):
+        return problem(_validation_problem(exc), request_id)
+    if isinstance(exc, HTTPException):
+        error = DistinferError(str(exc.detail))
+        error.status, error.code, error.title = exc.status_code, "http_error", "HTTP error"
+        return problem(error, request_id)
+    # The log keeps the trace, with the request id.
+    log.error("unexpected error in request %s", request_id, exc_info=exc)
+    return problem(DistinferError("unexpected error; see the gateway log"), request_id)
+
+
+class RawRoute(ProblemRoute):
+    """A route FastAPI knows (matching, path parameters, OpenAPI, security) whose requests go to plain ASGI.
+
+    For the hottest path only (the v2 relay): FastAPI's request handling (dependency solving, the
+    Request/Response wrapping) cost more per request than the relay's own work, measured with
+    `distinfer bench overhead`. The endpoint function FastAPI is given describes the route for
+    OpenAPI; `raw` serves it and must do what the router's dependencies would (flag, auth).
+    """
+
+    raw: ClassVar[ASGIApp | None] = None
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = type(self).raw  # from the class: a plain function must not bind to the route
+        if raw is None or (self.methods and scope.get("method") not in self.methods):
+            await super().handle(scope, receive, send)  # FastAPI's own handling, and its 405
+            return
+        hook = type(self).hook
+        if hook is None:
+            await raw(scope, receive, send)
+        else:
+            await hook(self, scope, receive, send, raw)
+
+
+def raw_route(route_class: type[ProblemRoute], raw: ASGIApp) -> type[RawRoute]:
+    """A RawRoute class serving with `raw`, with `route_class`'s body cap and telemetry hook."""
+    attributes = {"raw": raw, "max_body_bytes": route_class.max_body_bytes, "hook": route_class.hook}
+    return type("RawRoute", (RawRoute,), attributes)
 
 
 # (route, scope, receive, send, the route's own ASGI handling) -> None

@@ -91,14 +91,16 @@ async def test_every_rejection_over_http(rsa_key: rsa.RSAPrivateKey) -> None:
     ]
     async with mounted(settings, headers={}) as (client, _):
         for name, headers, status, words in cases:
-            response = await client.get(f"{PREFIX}/nodes", headers=headers)
-            assert response.status_code == status, (name, response.text)
-            assert response.headers["content-type"] == "application/problem+json"
-            assert words in response.json()["detail"], name
-            challenge = response.headers["WWW-Authenticate"]
-            assert challenge.startswith('Bearer realm="distinfer"'), name
-            if status == 401 and words:
-                assert 'error="invalid_token"' in challenge, name
+            # The v2 relay is served outside FastAPI's dependencies (RawRoute): it must refuse alike.
+            for method, path in (("GET", f"{PREFIX}/nodes"), ("POST", f"{PREFIX}/v2/models/digits/infer")):
+                response = await client.request(method, path, headers=headers, json={"inputs": []})
+                assert response.status_code == status, (name, path, response.text)
+                assert response.headers["content-type"] == "application/problem+json"
+                assert words in response.json()["detail"], (name, path)
+                challenge = response.headers["WWW-Authenticate"]
+                assert challenge.startswith('Bearer realm="distinfer"'), (name, path)
+                if status == 401 and words:
+                    assert 'error="invalid_token"' in challenge, (name, path)
         ok = await client.get(f"{PREFIX}/nodes", headers={"Authorization": f"Bearer {rs(scopes=(INFER,))}"})
         health = await client.get(f"{PREFIX}/health")  # open, for orchestrators
         live = await client.get(f"{PREFIX}/health/live")

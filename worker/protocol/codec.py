@@ -37,6 +37,7 @@ __all__ = [
     "Limits",
     "Tensor",
     "binary_outputs",
+    "check_response_frame",
     "decode_request",
     "decode_response",
     "dumps",
@@ -271,16 +272,22 @@ def _split(body: bytes, header_length: int | None) -> tuple[bytes, memoryview]:
     return body[:header_length], view[header_length:]
 
 
+def _binary_size(wire: WireTensor) -> int | None:
+    """The tensor's `binary_data_size` (None: its data is in the JSON), checked to be a byte count."""
+    size = (wire.parameters or {}).get("binary_data_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise InvalidInput(f"tensor {wire.name!r}: binary_data_size must be a non-negative integer")
+    return size
+
+
 def _decode_tensors(wires: Iterable[WireTensor], blob: memoryview, limits: Limits) -> list[Tensor]:
     tensors: list[Tensor] = []
     offset = 0
     for wire in wires:
-        size = (wire.parameters or {}).get("binary_data_size")
+        size = _binary_size(wire)
         if size is None:
             tensors.append(tensor_from_json(wire, limits))
             continue
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise InvalidInput(f"tensor {wire.name!r}: binary_data_size must be a non-negative integer")
         if offset + size > len(blob):
             raise InvalidInput(f"tensor {wire.name!r}: binary data truncated ({len(blob) - offset} of {size} bytes)")
         tensors.append(_tensor_from_bytes(wire, blob[offset : offset + size], limits))
@@ -372,6 +379,23 @@ def decode_response(body: bytes, header_length: int | None, limits: Limits) -> D
         raise InvalidInput(f"malformed inference response: {_first_error(exc)}") from exc
     outputs = _decode_tensors(header.outputs, blob, limits)
     return DecodedResponse(header.model_name, header.model_version, header.id, header.parameters or {}, outputs)
+
+
+def check_response_frame(body: bytes, header_length: int | None) -> InferenceResponseHeader:
+    """The header of `body`, after checking it is framed as a v2 response: binary parts fill the rest.
+
+    What a relay that forwards a node's answer unread checks, so a node answering 200 with
+    garbage or a truncated body is caught as cheaply as possible; tensors are not decoded.
+    """
+    head, blob = _split(body, header_length)
+    try:
+        header = InferenceResponseHeader.model_validate_json(head)
+    except ValidationError as exc:
+        raise InvalidInput(f"malformed inference response: {_first_error(exc)}") from exc
+    declared = sum(_binary_size(wire) or 0 for wire in header.outputs)
+    if declared != len(blob):
+        raise InvalidInput(f"binary parts declare {declared} bytes, the body carries {len(blob)}")
+    return header
 
 
 def encode_response(

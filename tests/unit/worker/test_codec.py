@@ -21,6 +21,7 @@ from worker.protocol import (
     DATATYPES,
     Limits,
     Tensor,
+    check_response_frame,
     decode_request,
     decode_response,
     encode_request,
@@ -162,6 +163,33 @@ def test_response_round_trip_with_mixed_binary(outputs: list[Tensor], data: st.D
     assert len(decoded.outputs) == len(outputs)
     for expected, actual in zip(outputs, decoded.outputs, strict=True):
         assert_same_tensor(expected, actual, bitwise=expected.name in binary_names)
+
+
+@FAST
+@given(outputs=tensor_lists(text_only=True), data=st.data())
+def test_response_frame_accepts_every_encoded_response_and_no_cut_or_padded_one(
+    outputs: list[Tensor], data: st.DataObject
+) -> None:
+    """What the relay checks before passing a node's answer on unread."""
+    binary_names = data.draw(st.sets(st.sampled_from([tensor.name for tensor in outputs])))
+    encoded = encode_response(model_name="m", model_version="7", request_id=None, outputs=outputs, binary=binary_names)
+    header = check_response_frame(encoded.body, encoded.header_length)
+    assert (header.model_name, header.model_version, len(header.outputs)) == ("m", "7", len(outputs))
+    if encoded.header_length is None:
+        return
+    blob = len(encoded.body) - encoded.header_length
+    cut = data.draw(st.integers(min_value=1, max_value=blob)) if blob else 0
+    for broken in ([encoded.body[:-cut]] if cut else []) + [encoded.body + b"\x00"]:
+        with pytest.raises(InvalidInput):
+            check_response_frame(broken, encoded.header_length)
+
+
+@FUZZ
+@given(body=st.binary(max_size=64), length=st.none() | st.integers(min_value=0, max_value=80))
+def test_response_frame_refuses_garbage_with_invalid_input_only(body: bytes, length: int | None) -> None:
+    with contextlib.suppress(InvalidInput):
+        header = check_response_frame(body, length)
+        assert isinstance(header.model_name, str)  # whatever passes is a real v2 header
 
 
 @pytest.mark.parametrize("binary", [True, False])
