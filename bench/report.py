@@ -70,14 +70,20 @@ def render_overhead(document: dict[str, Any], console: Console) -> None:
     for column in ("enc", "overhead ratio (c=min)", f"<= {verdict['overhead_ratio_max']}", "throughput ratio (c=max)"):
         summary.add_column(column, no_wrap=True)
     summary.add_column(f">= {verdict['throughput_ratio_min']}", no_wrap=True)
+    summary.add_column("plugin: overhead / throughput ratios", no_wrap=True)  # no fast lane
     for encoding, figures in document["ratios"].items():
         judged = verdict[encoding]
+        plugin_over, plugin_rps = (
+            figures.get("plugin_overhead_over_passthrough"),
+            figures.get("plugin_throughput_over_passthrough"),
+        )
         summary.add_row(
             encoding,
             _num(figures["gateway_overhead_over_passthrough"], 2),
             "met" if judged["overhead"]["met"] else "[red]not met[/red]",
             _num(figures["gateway_throughput_over_passthrough"], 2),
             "met" if judged["throughput"]["met"] else "[red]not met[/red]",
+            f"{_num(plugin_over, 2)} / {_num(plugin_rps, 2)}",
         )
     console.print(summary)
     console.print(f"nginx: {document['nginx']}   wall {document['wall_s']} s (setup {document['setup_s']} s)")

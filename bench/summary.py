@@ -93,12 +93,14 @@ def ratios(
             "overhead_p99_ms": over_p99,
             "gateway_overhead_over_passthrough": _ratio(over_p50.get("gateway"), over_p50.get("passthrough")),
             "gateway_overhead_over_nginx": _ratio(over_p50.get("gateway"), over_p50.get("nginx")),
+            "plugin_overhead_over_passthrough": _ratio(over_p50.get("plugin"), over_p50.get("passthrough")),
             "throughput_at_concurrency": throughput_at,
             "throughput_over_direct": {
                 name: _ratio(value, rps.get("direct")) for name, value in rps.items() if name != "direct"
             },
             "gateway_throughput_over_passthrough": _ratio(rps.get("gateway"), rps.get("passthrough")),
             "gateway_throughput_over_nginx": _ratio(rps.get("gateway"), rps.get("nginx")),
+            "plugin_throughput_over_passthrough": _ratio(rps.get("plugin"), rps.get("passthrough")),
         }
     return out
 

@@ -117,7 +117,8 @@ def _run_gateway(args: argparse.Namespace) -> int:
     from gateway_plugin.auth_cli import announce_dev_token
 
     announce_dev_token(settings)  # auth stays on: with no key set, a run-only key and a printed token
-    _serve(create_gateway_app(settings), args.host, args.port, args.graceful_timeout, args.log_level)
+    app = create_gateway_app(settings, fast_lane=args.fast_lane)
+    _serve(app, args.host, args.port, args.graceful_timeout, args.log_level)
     return 0
 
 
@@ -186,6 +187,13 @@ def _parser() -> argparse.ArgumentParser:
 
     gateway = commands.add_parser("gateway", help="standalone gateway with the plugin mounted (env: CONTRACT §3-§8)")
     server_options(gateway, 8000)
+    gateway.add_argument(
+        "--no-fast-lane",
+        dest="fast_lane",
+        action="store_false",
+        help="serve the v2 relay through FastAPI's middleware and router like every other route "
+        "(as a host app that only calls include_router does); for comparing overhead",
+    )
     gateway.set_defaults(run=_run_gateway)
 
     demo = commands.add_parser("demo", help="two local nodes + a gateway on the bundled models, with traffic")

@@ -25,9 +25,11 @@ from typing import Any
 
 import aiohttp
 from fastapi import APIRouter, Depends, Request
+from fastapi.routing import APIRoute
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 from balancer import HealthProber, RetryPolicy
 from discovery import NodeRegistry
@@ -68,6 +70,7 @@ from gateway_plugin.tasks import TaskService, open_store
 from gateway_plugin.telemetry import NodeReaders, Telemetry
 from worker.client import NodeClient
 from worker.errors import WorkerError
+from worker.fast_lane import FastLane
 from worker.protocol import Limits
 
 __all__ = ["DistributedInference"]
@@ -128,6 +131,16 @@ class DistributedInference:
         await self.require_enabled()
         await self.auth.authorize(request.headers.get("authorization"), INFER)
 
+    def fast_lane(self, app: ASGIApp) -> ASGIApp:
+        """`app` with the v2 relay served ahead of its middleware and router (`worker.fast_lane`).
+
+        Opt-in: relay requests then skip the host's own middleware. The standalone gateway uses it.
+        """
+        prefix = self.settings.api.prefix
+        # RawRoute.handle: the method check, the telemetry hook and the relay itself.
+        routes = [route for route in self._relay_router.routes if isinstance(route, APIRoute)]
+        return FastLane(app, [(prefix + route.path, route.handle) for route in routes])
+
     # ------------------------------------------------------------------ for code in the host (compat)
 
     async def infer(self, request: InferenceRequest, *, local_fallback: bool = True) -> Outcome:
@@ -155,7 +168,7 @@ class DistributedInference:
         enabled, infer = Depends(self.require_enabled), Depends(self.require_infer)
         # Hot routes first: FastAPI tries each included router in order, and a miss costs a scan of its routes.
         # The relay is served as plain ASGI (RawRoute): the dependencies document it, `_guard_infer` enforces them.
-        relay = relay_router(self.services, self._guard_infer, route_class)
+        relay = self._relay_router = relay_router(self.services, self._guard_infer, route_class)
         router.include_router(relay, dependencies=[enabled, infer])
         router.include_router(inference_router(self.services, route_class), dependencies=[enabled, infer])
         # No enabled-check here: with the flag off, PUT /flags is how it comes back on.

@@ -124,7 +124,12 @@ def start_node(
 
 
 def start_gateway(
-    env: Mapping[str, str], *, port: int | None = None, prefix: str = "/api/v1/distributed"
+    env: Mapping[str, str],
+    *,
+    port: int | None = None,
+    prefix: str = "/api/v1/distributed",
+    extra_args: list[str] | None = None,
 ) -> ServerProcess:
     port = port or free_port()
-    return _spawn("gateway", ["gateway", "--log-level", "warning"], port, f"{prefix}/health/live", env)
+    args = ["gateway", "--log-level", "warning", *(extra_args or [])]
+    return _spawn("gateway", args, port, f"{prefix}/health/live", env)

@@ -29,12 +29,14 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
 
 from worker.batching import DynamicBatcher
 from worker.bodies import read_body
 from worker.concurrency import ConcurrencyLimiter, InferenceSlots
 from worker.engine import InferenceEngine, batch_policy
 from worker.errors import ModelNotFound, WorkerError
+from worker.fast_lane import FastLane
 from worker.faults import FaultInjector, FaultSpec, FaultState
 from worker.nodeauth import NodeTokenMiddleware
 from worker.protocol import (
@@ -152,6 +154,41 @@ def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = Non
                 await forwarder.close()
 
     app = FastAPI(title="distinfer node", version=SERVER_VERSION, lifespan=lifespan)
+
+    async def infer_response(model: str, version: str | None, request: Request) -> Response:
+        with telemetry.request(model, request.headers.get("x-request-id")):
+            eng = engine()
+            _check_version(_metadata(eng, model), version)
+            body = await read_body(request, config.max_body_bytes)
+            decoded = decode_request(body, parse_header_length(request.headers.get(HEADER_LENGTH)), config.limits)
+            wanted = [out.name for out in decoded.outputs] if decoded.outputs else None
+            if FORWARD_PARAMETER in decoded.parameters:  # a sharded model's stage that hands on to the next node
+                model_config, outputs = await forwarder.infer(eng, model, decoded)
+            else:
+                model_config, outputs = await eng.infer(model, decoded.inputs, wanted)
+            encoded = encode_response(
+                model_name=model_config.name,
+                model_version=model_config.version,
+                request_id=decoded.id,
+                outputs=outputs,
+                binary=binary_outputs(decoded),
+            )
+        headers = {HEADER_LENGTH: str(encoded.header_length)} if encoded.header_length is not None else None
+        return Response(encoded.body, media_type=encoded.content_type, headers=headers)
+
+    async def infer_lane(scope: Scope, receive: Receive, send: Send) -> None:
+        """`infer` as plain ASGI in the fast lane; errors as the app's WorkerError handler renders them."""
+        request = Request(scope, receive)
+        params = scope["path_params"]
+        try:
+            response = await infer_response(params["model"], params.get("version"), request)
+        except WorkerError as exc:
+            response = _error(exc)
+        await response(scope, receive, send)
+
+    # Added first, so innermost: the node token, faults, the concurrency limit and spans still wrap it.
+    lane = [("/v2/models/{model}/infer", infer_lane), ("/v2/models/{model}/versions/{version}/infer", infer_lane)]
+    app.add_middleware(FastLane, routes=lane)
     telemetry.instrument(app)
     if config.node_token:
         app.add_middleware(NodeTokenMiddleware, token=config.node_token)
@@ -208,25 +245,8 @@ def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = Non
     @app.post("/v2/models/{model}/infer")
     @app.post("/v2/models/{model}/versions/{version}/infer")
     async def infer(model: str, request: Request, version: str | None = None) -> Response:
-        with telemetry.request(model, request.headers.get("x-request-id")):
-            eng = engine()
-            _check_version(_metadata(eng, model), version)
-            body = await read_body(request, config.max_body_bytes)
-            decoded = decode_request(body, parse_header_length(request.headers.get(HEADER_LENGTH)), config.limits)
-            wanted = [out.name for out in decoded.outputs] if decoded.outputs else None
-            if FORWARD_PARAMETER in decoded.parameters:  # a sharded model's stage that hands on to the next node
-                model_config, outputs = await forwarder.infer(eng, model, decoded)
-            else:
-                model_config, outputs = await eng.infer(model, decoded.inputs, wanted)
-            encoded = encode_response(
-                model_name=model_config.name,
-                model_version=model_config.version,
-                request_id=decoded.id,
-                outputs=outputs,
-                binary=binary_outputs(decoded),
-            )
-        headers = {HEADER_LENGTH: str(encoded.header_length)} if encoded.header_length is not None else None
-        return Response(encoded.body, media_type=encoded.content_type, headers=headers)
+        """JSON or binary tensors, both ways. Requests are served by `infer_lane` (FastLane); this documents them."""
+        return await infer_response(model, version, request)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -2,9 +2,12 @@
 
 The same digits request (JSON and binary tensor extension) goes to one node directly, through
 `bench.passthrough` (the floor for one Python hop), through nginx when installed (what any proxy
-hop costs) and through the gateway's v2 relay. Targets are interleaved round by round, each
-round in a rotated order, and each figure is the median over rounds, so slow drift of the
-machine hits every target alike. All servers are separate processes; this process is the client.
+hop costs) and through the gateway's v2 relay, both as `distinfer gateway` serves it (its fast
+lane, ahead of FastAPI's stack) and as `plugin`: the same gateway with `--no-fast-lane`, the
+relay behind FastAPI's middleware and router as in a host app that only calls include_router.
+Targets are interleaved round by round, each round in a rotated order, and each figure is the
+median over rounds, so slow drift of the machine hits every target alike. All servers are
+separate processes; this process is the client.
 """
 
 from __future__ import annotations
@@ -98,6 +101,10 @@ def _start(stack: ExitStack, nginx: str | None) -> dict[str, ServerProcess]:
     }
     servers["gateway"] = start_gateway(gateway_env)
     stack.callback(servers["gateway"].stop)
+    # The same gateway without its fast lane: the relay behind FastAPI's middleware and router,
+    # as in a host app that only calls include_router.
+    servers["plugin"] = start_gateway(gateway_env, extra_args=["--no-fast-lane"])
+    stack.callback(servers["plugin"].stop)
     for server in servers.values():
         server.wait_ready(timeout_s=60.0)
     return servers
@@ -215,6 +222,7 @@ def run_overhead(params: OverheadParams, console: Console) -> dict[str, Any]:
         console.print("[bold]starting[/bold] node, pass-through" + (", nginx" if nginx else "") + ", gateway")
         servers = _start(stack, nginx)
         paths = {"direct": NODE_PATH, "passthrough": NODE_PATH, "nginx": NODE_PATH, "gateway": RELAY_PATH}
+        paths["plugin"] = RELAY_PATH
         every = [Target(name, servers[name].url + paths[name]) for name in paths if name in servers]
         targets, preflight, errors = _preflight(every, bodies)
         setup_s = time.monotonic() - started
