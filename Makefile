@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup system-packages demo test lint models clean bench bench-quick bench-balance bench-shard bench-scaleout minilm bench-minilm bench-peer bench-peer-gateway
+.PHONY: setup system-packages demo test lint models clean bench bench-quick bench-balance bench-shard bench-scaleout bench-batching minilm bench-minilm bench-peer bench-peer-gateway
 
 setup: $(STAMP) system-packages
 
@@ -64,6 +64,11 @@ bench-shard: setup
 # 1, 2, 4 nodes serving one request at a time (20 ms model time): efficiency vs ideal, target 0.9 (QUICK=1: ~20 s).
 bench-scaleout: setup
 	$(BIN)/distinfer bench scaleout $(if $(QUICK),--quick)
+
+# Dynamic batching on vs off, one node each, digits and MiniLM (when exported: `make minilm`) at c=1 and c=64;
+# target 3x for digits at c=64 (QUICK=1: ~25 s).
+bench-batching: setup
+	$(BIN)/distinfer bench batching $(if $(QUICK),--quick)
 
 # all-MiniLM-L6-v2 exported to ONNX from the offline PyPI package (~90 MB, not committed).
 MINILM := build/models/minilm/model.onnx

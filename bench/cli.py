@@ -55,6 +55,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         "--ray-max-ongoing", type=int, default=64, help="Serve max_ongoing_requests per replica (0: Serve's default, 5)"
     )
     from bench.batch_cli import add_batch_parser  # light too (issue 5: batch and coalescing)
+    from bench.batching_cli import add_batching_parser  # light too (issue 8: dynamic batching on/off)
     from bench.chaos.cli import add_chaos_parser  # light: imports nothing heavy at module level
     from bench.discovery_cli import add_discovery_parser  # light too (issue 4: discovery)
     from bench.scaleout_cli import add_scaleout_parser  # light too (issue 8: scale-out)
@@ -65,6 +66,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     add_shard_bench_parser(scenarios)
     add_discovery_parser(scenarios)
     add_scaleout_parser(scenarios)
+    add_batching_parser(scenarios)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from bench.summary import Run, aggregate
 from gateway_plugin.processes import ServerProcess, start_gateway, start_node
 from worker.protocol import HEADER_LENGTH, Tensor, encode_request
 
-__all__ = ["MINILM_REPOSITORY", "MiniLMParams", "run_minilm"]
+__all__ = ["MINILM_REPOSITORY", "NODE_PATH", "MiniLMParams", "missing_export", "request_body", "run_minilm"]
 
 MINILM_REPOSITORY = Path("build/models")
 NODE_PATH = "/v2/models/minilm/infer"
@@ -47,7 +47,15 @@ class MiniLMParams:
         return cls(base.rounds, base.duration_s, base.warmup_s, base.concurrency, repository or base.repository)
 
 
-def _body(repository: Path) -> tuple[bytes, dict[str, str]]:
+def missing_export(repository: Path) -> str | None:
+    """Why MiniLM cannot be served from `repository`, or None when its export is there."""
+    if (repository / "minilm" / "model.onnx").exists() and (repository / "minilm_samples.json").exists():
+        return None
+    return f"no MiniLM export under {repository}: run `make minilm` first"
+
+
+def request_body(repository: Path) -> tuple[bytes, dict[str, str]]:
+    """One sentence (32 tokens) from the export's samples, as a binary v2 request: body and headers."""
     samples = json.loads((repository / "minilm_samples.json").read_text(encoding="utf-8"))
     ids = np.asarray(samples["input_ids"][:1], dtype=np.int64)
     mask = np.asarray(samples["attention_mask"][:1], dtype=np.int64)
@@ -75,9 +83,9 @@ def _start(stack: ExitStack, repository: Path) -> dict[str, str]:
 
 
 def run_minilm(params: MiniLMParams, console: Console) -> dict[str, Any]:
-    if not (params.repository / "minilm" / "model.onnx").exists():
-        raise SystemExit(f"no MiniLM export under {params.repository}: run `make minilm` first")
-    body, headers = _body(params.repository)
+    if (reason := missing_export(params.repository)) is not None:
+        raise SystemExit(reason)
+    body, headers = request_body(params.repository)
     runs: list[Run] = []
     with ExitStack() as stack:
         urls = _start(stack, params.repository)
