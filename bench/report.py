@@ -40,7 +40,8 @@ def _num(value: Any, digits: int = 3, suffix: str = "") -> str:
 def render_overhead(document: dict[str, Any], console: Console) -> None:
     """One row per encoding, concurrency and target; then the ratios and whether the targets are met."""
     table = Table(title="overhead: medians over rounds", title_justify="left")
-    for column in ("enc", "c", "target", "p50 ms", "p99 ms", "+p50 ms", "req/s", "x direct", "err/to", "client cpu"):
+    columns = ("enc", "c", "target", "p50 ms", "p99 ms", "+p50 ms", "req/s", "x direct", "err/to", "client cpu")
+    for column in (*columns, "srv cpu ms/req"):
         table.add_column(column, justify="left" if column in ("enc", "target") else "right", no_wrap=True)
     for encoding, by_concurrency in document["results"].items():
         for concurrency, by_target in by_concurrency.items():
@@ -61,6 +62,7 @@ def render_overhead(document: dict[str, Any], console: Console) -> None:
                     _num(
                         figures["client_cpu_share"] * 100 if figures["client_cpu_share"] is not None else None, 0, "%"
                     ),
+                    _num(figures.get("server_cpu_ms_per_request"), 3),
                 )
             table.add_section()
     console.print(table)
@@ -70,6 +72,7 @@ def render_overhead(document: dict[str, Any], console: Console) -> None:
     for column in ("enc", "overhead ratio (c=min)", f"<= {verdict['overhead_ratio_max']}", "throughput ratio (c=max)"):
         summary.add_column(column, no_wrap=True)
     summary.add_column(f">= {verdict['throughput_ratio_min']}", no_wrap=True)
+    summary.add_column(f"cpu ms/req, all features (<= {verdict['cpu_ms_per_request_max']})", no_wrap=True)
     summary.add_column("plugin: overhead / throughput ratios", no_wrap=True)  # no fast lane
     for encoding, figures in document["ratios"].items():
         judged = verdict[encoding]
@@ -83,10 +86,14 @@ def render_overhead(document: dict[str, Any], console: Console) -> None:
             "met" if judged["overhead"]["met"] else "[red]not met[/red]",
             _num(figures["gateway_throughput_over_passthrough"], 2),
             "met" if judged["throughput"]["met"] else "[red]not met[/red]",
+            f"{_num(judged['cpu_all_features']['ms_per_request'], 3)} "
+            + ("met" if judged["cpu_all_features"]["met"] else "[red]not met[/red]"),
             f"{_num(plugin_over, 2)} / {_num(plugin_rps, 2)}",
         )
     console.print(summary)
     console.print(f"nginx: {document['nginx']}   wall {document['wall_s']} s (setup {document['setup_s']} s)")
+    if "tracing_sink" in document:
+        console.print(f"spans exported by target `full` (auth + tracing): {document['tracing_sink']}")
     for line in document["errors"]:
         console.print(f"[red]error:[/red] {line}")
     for line in document["warnings"]:

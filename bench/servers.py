@@ -1,4 +1,4 @@
-"""Reference proxies the bench starts next to the node: the aiohttp pass-through and nginx.
+"""Servers the bench starts next to the node: the aiohttp pass-through, nginx, an OTLP span sink.
 
 Both are separate processes wrapped in `ServerProcess` (SIGTERM to stop), like the node and the
 gateway, so the bench process holds only the client. nginx is used when its binary is on this
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from gateway_plugin.processes import ServerProcess, free_port
 
-__all__ = ["find_nginx", "nginx_config", "nginx_version", "start_nginx", "start_passthrough"]
+__all__ = ["find_nginx", "nginx_config", "nginx_version", "start_nginx", "start_otlp_sink", "start_passthrough"]
 
 _NGINX_FALLBACKS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 
@@ -36,6 +36,13 @@ def start_passthrough(
     port = port or free_port()
     command = [sys.executable, "-m", "bench.passthrough", "--upstream", upstream]
     return _spawn("passthrough", [*command, "--host", "127.0.0.1", "--port", str(port)], port, health_path)
+
+
+def start_otlp_sink(*, port: int | None = None) -> ServerProcess:
+    """`python -m bench.otlp_sink`: where a gateway with tracing on exports its spans (GET /stats counts them)."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "bench.otlp_sink", "--host", "127.0.0.1", "--port", str(port)]
+    return _spawn("otlp-sink", command, port, "/stats")
 
 
 def find_nginx() -> str | None:

@@ -15,12 +15,21 @@ from typing import Any
 
 from bench.loadgen import LoadResult
 
-__all__ = ["OVERHEAD_RATIO_MAX", "THROUGHPUT_RATIO_MIN", "Run", "aggregate", "judge", "ratios"]
+__all__ = [
+    "CPU_MS_PER_REQUEST_MAX",
+    "OVERHEAD_RATIO_MAX",
+    "THROUGHPUT_RATIO_MIN",
+    "Run",
+    "aggregate",
+    "judge",
+    "ratios",
+]
 
 OVERHEAD_RATIO_MAX = 1.5  # gateway p50 overhead at c=1 over the aiohttp pass-through's
 THROUGHPUT_RATIO_MIN = 0.9  # gateway throughput at c=64 over the aiohttp pass-through's
+CPU_MS_PER_REQUEST_MAX = 1.0  # gateway CPU per request at c=64 with auth, metrics and tracing on
 
-_MEDIANS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "client_cpu_share")
+_MEDIANS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "client_cpu_share", "server_cpu_ms_per_request")
 _SUMS = ("requests", "ok", "errors", "timeouts")
 
 
@@ -33,10 +42,11 @@ class Run:
     concurrency: int
     round: int
     result: LoadResult
+    server_cpu_ms: float | None = None  # CPU the target's server process spent per request (None: not read)
 
     def as_dict(self) -> dict[str, Any]:
         head = {"target": self.target, "encoding": self.encoding, "concurrency": self.concurrency, "round": self.round}
-        return {**head, **self.result.as_dict()}
+        return {**head, **self.result.as_dict(), "server_cpu_ms_per_request": self.server_cpu_ms}
 
 
 def _median(values: Iterable[float | int | None]) -> float | None:
@@ -48,7 +58,7 @@ def aggregate(runs: Sequence[Run]) -> dict[str, dict[str, dict[str, dict[str, An
     """{encoding: {concurrency: {target: medians over rounds, sums of counts}}}, in run order."""
     groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for run in runs:
-        groups.setdefault((run.encoding, run.concurrency, run.target), []).append(run.result.as_dict())
+        groups.setdefault((run.encoding, run.concurrency, run.target), []).append(run.as_dict())
     out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
     for (encoding, concurrency, target), results in groups.items():
         figures: dict[str, Any] = {key: _median(r[key] for r in results) for key in _MEDIANS}
@@ -101,6 +111,9 @@ def ratios(
             "gateway_throughput_over_passthrough": _ratio(rps.get("gateway"), rps.get("passthrough")),
             "gateway_throughput_over_nginx": _ratio(rps.get("gateway"), rps.get("nginx")),
             "plugin_throughput_over_passthrough": _ratio(rps.get("plugin"), rps.get("passthrough")),
+            # Gateway CPU per request at the throughput concurrency: as measured, and with auth + tracing on.
+            "gateway_cpu_ms_per_request": _get(table, throughput_at, "gateway", "server_cpu_ms_per_request"),
+            "full_cpu_ms_per_request": _get(table, throughput_at, "full", "server_cpu_ms_per_request"),
         }
     return out
 
@@ -111,7 +124,11 @@ def _minus(top: float | None, bottom: float | None) -> float | None:
 
 def judge(by_encoding: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The issue's two targets per encoding; a ratio that could not be computed counts as not met."""
-    verdict: dict[str, Any] = {"overhead_ratio_max": OVERHEAD_RATIO_MAX, "throughput_ratio_min": THROUGHPUT_RATIO_MIN}
+    verdict: dict[str, Any] = {
+        "overhead_ratio_max": OVERHEAD_RATIO_MAX,
+        "throughput_ratio_min": THROUGHPUT_RATIO_MIN,
+        "cpu_ms_per_request_max": CPU_MS_PER_REQUEST_MAX,
+    }
     met_all = bool(by_encoding)
     for encoding, figures in by_encoding.items():
         overhead = figures["gateway_overhead_over_passthrough"]
@@ -123,10 +140,13 @@ def judge(by_encoding: dict[str, dict[str, Any]]) -> dict[str, Any]:
         else:
             overhead_met = overhead is not None and overhead <= OVERHEAD_RATIO_MAX
         throughput_met = throughput is not None and throughput >= THROUGHPUT_RATIO_MIN
+        cpu = figures.get("full_cpu_ms_per_request")
+        cpu_met = cpu is not None and cpu <= CPU_MS_PER_REQUEST_MAX
         verdict[encoding] = {
             "overhead": {"ratio": overhead, "met": overhead_met},
             "throughput": {"ratio": throughput, "met": throughput_met},
+            "cpu_all_features": {"ms_per_request": cpu, "met": cpu_met},
         }
-        met_all = met_all and overhead_met and throughput_met
+        met_all = met_all and overhead_met and throughput_met and cpu_met
     verdict["all_met"] = met_all
     return verdict

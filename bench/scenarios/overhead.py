@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import platform
+import secrets
 import tempfile
 import time
 from contextlib import ExitStack
@@ -32,8 +33,9 @@ from rich.console import Console
 
 from bench.loadgen import LoadSpec, run_load
 from bench.params import RunParams
-from bench.servers import find_nginx, nginx_version, start_nginx, start_passthrough
+from bench.servers import find_nginx, nginx_version, start_nginx, start_otlp_sink, start_passthrough
 from bench.summary import Run, aggregate, judge, ratios
+from gateway_plugin.auth import mint_token
 from gateway_plugin.processes import ServerProcess, start_gateway, start_node
 from worker.bundled import bundled_models
 from worker.protocol import HEADER_LENGTH, Limits, Tensor, decode_response, encode_request
@@ -41,6 +43,7 @@ from worker.protocol import HEADER_LENGTH, Limits, Tensor, decode_response, enco
 __all__ = ["NODE_PATH", "RELAY_PATH", "Body", "OverheadParams", "Target", "request_bodies", "run_overhead"]
 
 MODEL = "digits"
+_SINK = "otlp-sink"
 NODE_PATH = f"/v2/models/{MODEL}/infer"
 RELAY_PATH = f"/api/v1/distributed/v2/models/{MODEL}/infer"
 _CPU_SHARE_WARNING = 0.9
@@ -62,6 +65,8 @@ class Body:
 class Target:
     name: str
     url: str
+    pid: int | None = None  # the server process, whose CPU time per request is read around each run
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request on top of the body's (a token)
 
 
 def _image() -> np.ndarray[Any, Any]:
@@ -82,8 +87,8 @@ def request_bodies() -> dict[str, Body]:
     return bodies
 
 
-def _start(stack: ExitStack, nginx: str | None) -> dict[str, ServerProcess]:
-    """Node first (the others point at it), then the proxies and the gateway, all started before waiting."""
+def _start(stack: ExitStack, nginx: str | None, secret: str) -> dict[str, ServerProcess]:
+    """Node first (the others point at it), then the proxies and the gateways, all started before waiting."""
     node = start_node(bundled_models(), "bench-node", threads=1)
     stack.callback(node.stop)
     servers = {"direct": node}
@@ -105,6 +110,14 @@ def _start(stack: ExitStack, nginx: str | None) -> dict[str, ServerProcess]:
     # as in a host app that only calls include_router.
     servers["plugin"] = start_gateway(gateway_env, extra_args=["--no-fast-lane"])
     stack.callback(servers["plugin"].stop)
+    # Every feature on: JWT auth (HS256, verified per request), Prometheus metrics (always on) and
+    # tracing with an SDK provider exporting every span over OTLP/HTTP to a local sink.
+    servers[_SINK] = start_otlp_sink()
+    stack.callback(servers[_SINK].stop)
+    full_env = {k: v for k, v in gateway_env.items() if k != "DISTINFER_AUTH_DISABLED"}
+    full_env |= {"DISTINFER_JWT_SECRET": secret, "OTEL_EXPORTER_OTLP_ENDPOINT": servers[_SINK].url}
+    servers["full"] = start_gateway(full_env | {"OTEL_SERVICE_NAME": "distinfer-bench-gateway"})
+    stack.callback(servers["full"].stop)
     for server in servers.values():
         server.wait_ready(timeout_s=60.0)
     return servers
@@ -123,10 +136,11 @@ def _preflight(
             ok = True
             for body in bodies.values():
                 deadline = time.monotonic() + wait_s
-                response = client.post(target.url, content=body.data, headers=body.headers)
+                headers = {**body.headers, **dict(target.headers)}
+                response = client.post(target.url, content=body.data, headers=headers)
                 while response.status_code >= 500 and time.monotonic() < deadline:  # the gateway may still probe
                     time.sleep(0.2)
-                    response = client.post(target.url, content=body.data, headers=body.headers)
+                    response = client.post(target.url, content=body.data, headers=headers)
                 entry: dict[str, Any] = {"status": response.status_code, "bytes": len(response.content)}
                 entry["content_type"] = response.headers.get("content-type")
                 if response.headers.get("x-inference-mode"):
@@ -160,14 +174,16 @@ async def _measure(
                     spec = LoadSpec(
                         url=target.url,
                         body=body.data,
-                        headers=body.headers,
+                        headers={**body.headers, **dict(target.headers)},
                         concurrency=concurrency,
                         duration_s=params.duration_s,
                         warmup_s=params.warmup_s,
                         timeout_s=params.timeout_s,
                     )
+                    cpu_before = _process_cpu_s(target.pid)
                     result = await run_load(spec)
-                    runs.append(Run(target.name, body.encoding, concurrency, round_ + 1, result))
+                    cpu_ms = _per_request_ms(cpu_before, _process_cpu_s(target.pid), result.requests)
+                    runs.append(Run(target.name, body.encoding, concurrency, round_ + 1, result, cpu_ms))
                     console.print(
                         f"[dim]c={concurrency:<3} {body.encoding:<6} {round_ + 1}/{params.rounds} {target.name:<11} "
                         f"p50 {result.p50_ms:7.3f} p99 {result.p99_ms:7.3f} ms {result.throughput:7.1f}/s "
@@ -175,6 +191,30 @@ async def _measure(
                         highlight=False,
                     )
     return runs
+
+
+def _sink_stats(url: str) -> dict[str, Any]:
+    try:
+        return dict(httpx.get(f"{url}/stats", timeout=5).json())
+    except (httpx.HTTPError, ValueError) as exc:
+        return {"error": repr(exc)}
+
+
+def _process_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc), None when it cannot be read."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _per_request_ms(before: float | None, after: float | None, requests: int) -> float | None:
+    if before is None or after is None or requests <= 0:
+        return None
+    return round((after - before) * 1000 / requests, 4)
 
 
 def _machine() -> dict[str, Any]:
@@ -220,13 +260,20 @@ def run_overhead(params: OverheadParams, console: Console) -> dict[str, Any]:
     bodies = request_bodies()
     with ExitStack() as stack:
         console.print("[bold]starting[/bold] node, pass-through" + (", nginx" if nginx else "") + ", gateway")
-        servers = _start(stack, nginx)
+        secret = secrets.token_hex(32)
+        servers = _start(stack, nginx, secret)
         paths = {"direct": NODE_PATH, "passthrough": NODE_PATH, "nginx": NODE_PATH, "gateway": RELAY_PATH}
-        paths["plugin"] = RELAY_PATH
-        every = [Target(name, servers[name].url + paths[name]) for name in paths if name in servers]
+        paths |= {"plugin": RELAY_PATH, "full": RELAY_PATH}
+        token = (("Authorization", f"Bearer {mint_token(secret, ttl_s=3600)}"),)
+        every = [
+            Target(name, servers[name].url + paths[name], servers[name].process.pid, token if name == "full" else ())
+            for name in paths
+            if name in servers
+        ]
         targets, preflight, errors = _preflight(every, bodies)
         setup_s = time.monotonic() - started
         runs = asyncio.run(_measure(targets, bodies, params, console)) if len(targets) > 1 else []
+        spans = _sink_stats(servers[_SINK].url)
     measured = aggregate(runs)
     by_encoding = ratios(measured, latency_at=min(params.concurrency), throughput_at=max(params.concurrency))
     return {
@@ -238,6 +285,7 @@ def run_overhead(params: OverheadParams, console: Console) -> dict[str, Any]:
         "parameters": {**asdict(params), "model": MODEL, "body_bytes": {k: len(b.data) for k, b in bodies.items()}},
         "targets_measured": {target.name: target.url for target in targets},
         "nginx": nginx_version(nginx) if nginx else "not installed",
+        "tracing_sink": spans,  # what target `full` exported (the last batch may still be buffered)
         "preflight": preflight,
         "errors": errors,
         "results": measured,

@@ -51,9 +51,15 @@ def test_figures_are_medians_and_overheads_subtract_direct() -> None:
     assert (gateway["requests"], gateway["rounds"]) == (300, 3)
 
 
+def full_runs(cpu_ms: list[float]) -> list[Run]:
+    """Target `full` (auth + tracing) at c=64, one round per CPU figure."""
+    return [Run("full", "json", 64, round_, result(40.0, 800.0), ms) for round_, ms in enumerate(cpu_ms)]
+
+
 def test_ratios_and_targets() -> None:
     measured = aggregate(
         runs({"direct": (1.0, 1000.0), "passthrough": (1.2, 900.0)}, [(1.3, 850.0), (1.3, 850.0), (1.3, 850.0)])
+        + full_runs([0.6, 2.0, 0.7])
     )
     by_encoding = ratios(measured, latency_at=1, throughput_at=64)
     figures = by_encoding["json"]
@@ -66,7 +72,19 @@ def test_ratios_and_targets() -> None:
     verdict = judge(by_encoding)
     assert verdict["json"]["overhead"]["met"] is True  # 1.5 is within 1.5x
     assert verdict["json"]["throughput"]["met"] is True
+    assert figures["full_cpu_ms_per_request"] == pytest.approx(0.7)  # the median; 2.0 was one bad round
+    assert verdict["json"]["cpu_all_features"] == {"ms_per_request": pytest.approx(0.7), "met": True}
     assert verdict["all_met"] is True
+
+
+@pytest.mark.parametrize(("cpu_ms", "met"), [([1.2, 1.1, 1.3], False), ([], False), ([1.0], True)])
+def test_cpu_target_needs_the_full_gateway_within_one_ms(cpu_ms: list[float], met: bool) -> None:
+    measured = aggregate(
+        runs({"direct": (1.0, 1000.0), "passthrough": (1.2, 900.0)}, [(1.3, 850.0)] * 3) + full_runs(cpu_ms)
+    )
+    verdict = judge(ratios(measured, latency_at=1, throughput_at=64))
+    assert verdict["json"]["cpu_all_features"]["met"] is met
+    assert verdict["all_met"] is met  # the other two targets are met here
 
 
 def test_missing_gateway_fails_the_targets() -> None:
