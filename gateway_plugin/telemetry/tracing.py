@@ -5,23 +5,27 @@ host's global SDK provider when the host set one up (e.g. `opentelemetry-instrum
 built from the standard `OTEL_*` variables (`worker.tracing`), which exports over OTLP only when
 an endpoint is set and is a no-op otherwise.
 
-Server spans come from OpenTelemetry's own ASGI instrumentation, wrapped around each plugin
-route (the host app is never patched); under a host that already traces requests they become
-child spans. With the no-op provider nothing is created, but an incoming `traceparent` is still
-attached, so it reaches the nodes unchanged.
+Each plugin route's requests get a server span (the host app is never patched); under a host
+that already traces requests they become child spans. With the no-op provider nothing is
+created, but an incoming `traceparent` is still attached, so it reaches the nodes unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, Span, TracerProvider
+from opentelemetry.trace import (
+    NoOpTracerProvider,
+    ProxyTracerProvider,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    TracerProvider,
+)
 from opentelemetry.trace.propagation import set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.tracing import tracer_provider_from_env
 
@@ -50,42 +54,51 @@ class GatewayTracing:
         self.enabled = not isinstance(provider, NoOpTracerProvider)
         self.tracer = provider.get_tracer("distinfer.gateway")
         self._propagator = TraceContextTextMapPropagator()
-        self._servers: dict[int, ASGIApp] = {}  # one instrumented app per route; routes are few and live long
 
     async def serve(
         self, route: object, template: str, scope: Scope, receive: Receive, send: Send, app: ASGIApp
     ) -> None:
         """Run one request of `route` under a server span (or just the caller's trace context)."""
-        if self.enabled:
-            server = self._servers.get(id(route))
-            if server is None:
-                server = self._servers[id(route)] = self._instrumented(template, app)
-            await server(scope, receive, send)
+        has_parent = any(key == _TRACEPARENT for key, _ in scope.get("headers", ()))
+        if not self.enabled:
+            if not has_parent:
+                await app(scope, receive, send)
+                return
+            token = otel_context.attach(self._propagator.extract(_headers(scope)))
+            try:
+                await app(scope, receive, send)
+            finally:
+                otel_context.detach(token)
             return
-        if not any(key == _TRACEPARENT for key, _ in scope.get("headers", ())):
-            await app(scope, receive, send)
-            return
-        token = otel_context.attach(self._propagator.extract(_headers(scope)))
-        try:
-            await app(scope, receive, send)
-        finally:
-            otel_context.detach(token)
+        await self._server_span(template, scope, receive, send, app, has_parent)
 
-    def _instrumented(self, template: str, app: ASGIApp) -> ASGIApp:
-        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-        from opentelemetry.metrics import NoOpMeterProvider
+    async def _server_span(
+        self, template: str, scope: Scope, receive: Receive, send: Send, app: ASGIApp, has_parent: bool
+    ) -> None:
+        """The request's server span, with the HTTP semantic conventions' core attributes.
 
-        def details(scope: Scope) -> tuple[str, dict[str, Any]]:
-            return f"{scope.get('method', 'HTTP')} {template}", {"http.route": template}
+        Written here rather than taken from OpenTelemetry's ASGI middleware: that one decodes every
+        header and builds a dozen attributes per request, which cost ~0.2 ms of CPU per request here
+        (measured with `distinfer bench overhead`, target `full`).
+        """
+        method = scope.get("method", "HTTP")
+        parent = self._propagator.extract(_headers(scope)) if has_parent else None
+        status = 0
 
-        middleware: Callable[[Scope, Receive, Send], Awaitable[None]] = OpenTelemetryMiddleware(
-            app,
-            default_span_details=details,
-            tracer_provider=self.provider,
-            meter_provider=NoOpMeterProvider(),  # metrics are Prometheus's job here
-            exclude_spans=["receive", "send"],
-        )
-        return middleware
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        attributes = {"http.request.method": method, "http.route": template, "url.path": scope.get("path", "")}
+        with self.tracer.start_as_current_span(
+            f"{method} {template}", context=parent, kind=SpanKind.SERVER, attributes=attributes
+        ) as span:
+            await app(scope, receive, send_status)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
 
     def headers(self, span: Span, request_id: str | None) -> dict[str, str]:
         """What an attempt sends to its node: `traceparent` (and `tracestate`) of `span`, and the request id."""

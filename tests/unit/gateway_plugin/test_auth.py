@@ -238,3 +238,45 @@ async def test_subject_is_verified_or_none() -> None:
     assert await auth.subject(f"Bearer {mint_token('a-different-secret-long-enough-0123456789', sub='eve')}") is None
     assert await auth.subject("Basic abc") is None
     assert await auth.subject(None) is None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_verified_token_is_checked_once_until_exp_or_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    auth = Authenticator(AuthSettings(jwt_secret=SecretStr(SECRET), leeway_s=5), wall_clock=clock)
+    decoded: list[str] = []
+    real_decode = jwt.decode
+
+    def counting_decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(token)
+        return real_decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    long_lived = mint_token(SECRET, ttl_s=3600, sub="alice")
+    short = mint_token(SECRET, ttl_s=20, sub="bob")
+    for _ in range(3):
+        assert (await auth.verify(long_lived)).sub == "alice"
+        assert (await auth.verify(short)).sub == "bob"
+    assert decoded == [long_lived, short]  # each checked once
+    clock.now += 30  # past bob's exp: checked again (PyJWT's own clock still says valid)
+    assert (await auth.verify(short)).sub == "bob"
+    assert (await auth.verify(long_lived)).sub == "alice"
+    assert decoded == [long_lived, short, short]
+    clock.now += 31  # past the cache's minute: even a valid token is checked again
+    await auth.verify(long_lived)
+    assert decoded == [long_lived, short, short, long_lived]
+
+
+async def test_refused_tokens_are_never_remembered() -> None:
+    auth = hs()
+    forged = mint_token("another-secret-that-is-long-enough-987654321", sub="mallory")
+    for _ in range(2):
+        await rejected(auth, forged, "bad signature")
+    assert (await auth.verify(mint_token(SECRET, sub="alice"))).sub == "alice"

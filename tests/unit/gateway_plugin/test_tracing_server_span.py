@@ -1,0 +1,72 @@
+"""The gateway's server span per plugin request: name, kind, parent, status and HTTP attributes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from starlette.types import Receive, Scope, Send
+
+from gateway_plugin.telemetry.tracing import GatewayTracing
+
+ROUTE = "/api/v1/distributed/inference"
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def answering(status: int) -> Any:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+async def _ignore(message: Any) -> None:
+    return None
+
+
+async def _nothing() -> dict[str, Any]:
+    return {"type": "http.disconnect"}
+
+
+@pytest.mark.parametrize(("status", "error"), [(200, False), (404, False), (503, True)])
+async def test_one_server_span_per_request(status: int, error: bool) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = GatewayTracing(provider)
+    headers = [(b"traceparent", f"00-{CALLER_TRACE}-00f067aa0ba902b7-01".encode())]
+    scope = {"type": "http", "method": "POST", "path": ROUTE, "headers": headers}
+    await tracing.serve(object(), ROUTE, scope, _nothing, _ignore, answering(status))
+    (span,) = exporter.get_finished_spans()
+    assert span.name == f"POST {ROUTE}"
+    assert span.kind is SpanKind.SERVER
+    assert format(span.context.trace_id, "032x") == CALLER_TRACE
+    assert span.parent is not None
+    assert format(span.parent.span_id, "016x") == "00f067aa0ba902b7"
+    assert span.attributes is not None
+    assert span.attributes["http.route"] == ROUTE
+    assert span.attributes["http.request.method"] == "POST"
+    assert span.attributes["http.response.status_code"] == status
+    assert (span.status.status_code is StatusCode.ERROR) is error
+
+
+async def test_an_exception_is_recorded_on_the_span() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    async def failing(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await GatewayTracing(provider).serve(
+            object(), ROUTE, {"type": "http", "method": "GET"}, _nothing, _ignore, failing
+        )
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert [event.name for event in span.events] == ["exception"]
