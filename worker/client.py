@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from pydantic import TypeAdapter, ValidationError
@@ -35,6 +35,7 @@ from worker.stream_client import open_generate_stream
 __all__ = ["ForwardedAnswer", "NodeClient", "RawMessage"]
 
 _INDEX = TypeAdapter(list[RepositoryEntry])
+_T = TypeVar("_T")
 _RAW_LIMIT = 1024 * 1024
 
 
@@ -188,17 +189,9 @@ class NodeClient:
         encoded = encode_request(
             inputs, request_id=request_id, parameters=dict(parameters or {}), outputs=outputs, binary=binary
         )
-        send = {"Content-Type": encoded.content_type, **(headers or {})}
-        if encoded.header_length is not None:
-            send[HEADER_LENGTH] = str(encoded.header_length)
-        url = f"{base_url}/v2/models/{model}/infer"
-        reply = await self._call("POST", url, timeout_s=timeout_s, data=encoded.body, headers=send)
-        try:
-            length = parse_header_length(reply.headers.get(HEADER_LENGTH))
-            return decode_response(reply.body, length, self._limits)
-        except WorkerError as exc:
-            # A node that answers 200 with garbage is a sick node, not a bad request.
-            raise NodeServerError(f"{url}: undecodable response: {exc}", node_url=base_url) from exc
+        message = RawMessage(encoded.body, encoded.content_type, encoded.header_length)
+        reply = await self._post_infer(base_url, model, message, timeout_s=timeout_s, headers=headers)
+        return _read_answer(reply, base_url, lambda body, length: decode_response(body, length, self._limits))
 
     async def forward(
         self,
@@ -215,18 +208,20 @@ class NodeClient:
         and nothing is decoded or encoded here. The answer's framing is checked (a valid header whose
         binary parts fill the body), so a node answering 200 with garbage is still a sick node.
         """
-        send = {"Content-Type": body.content_type, **(headers or {})}
-        if body.header_length is not None:
-            send[HEADER_LENGTH] = str(body.header_length)
-        url = f"{base_url}/v2/models/{model}/infer"
-        reply = await self._call("POST", url, timeout_s=timeout_s, data=body.data, headers=send)
-        try:
-            length = parse_header_length(reply.headers.get(HEADER_LENGTH))
-            header = check_response_frame(reply.body, length)
-        except WorkerError as exc:
-            raise NodeServerError(f"{url}: undecodable response: {exc}", node_url=base_url) from exc
+        reply = await self._post_infer(base_url, model, body, timeout_s=timeout_s, headers=headers)
+        header = _read_answer(reply, base_url, check_response_frame)
+        length = parse_header_length(reply.headers.get(HEADER_LENGTH))  # valid: _read_answer parsed it
         message = RawMessage(reply.body, reply.headers.get("Content-Type", "application/json"), length)
         return ForwardedAnswer(header.model_name, header.model_version, message)
+
+    async def _post_infer(
+        self, base_url: str, model: str, message: RawMessage, *, timeout_s: float, headers: Mapping[str, str] | None
+    ) -> _Reply:
+        send = {"Content-Type": message.content_type, **(headers or {})}
+        if message.header_length is not None:
+            send[HEADER_LENGTH] = str(message.header_length)
+        url = f"{base_url}/v2/models/{model}/infer"
+        return await self._call("POST", url, timeout_s=timeout_s, data=message.data, headers=send)
 
     def decode(self, answer: RawMessage) -> DecodedResponse:
         """A forwarded answer's tensors (for the rare reader, such as result validation)."""
@@ -252,6 +247,15 @@ class NodeClient:
             connect_timeout_s=connect_timeout_s,
             idle_timeout_s=idle_timeout_s,
         )
+
+
+def _read_answer(reply: _Reply, base_url: str, read: Callable[[bytes, int | None], _T]) -> _T:
+    """`read(body, header length)` of a 200 answer; what it cannot read is the node's fault."""
+    try:
+        return read(reply.body, parse_header_length(reply.headers.get(HEADER_LENGTH)))
+    except WorkerError as exc:
+        # A node that answers 200 with garbage is a sick node, not a bad request.
+        raise NodeServerError(f"{base_url}: undecodable inference answer: {exc}", node_url=base_url) from exc
 
 
 def _json(body: bytes, url: str) -> Any:
