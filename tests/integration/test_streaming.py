@@ -140,20 +140,28 @@ async def test_the_stream_deadline_ends_it_with_an_error_event(two_nodes: list[S
 async def test_retry_before_the_first_token_and_an_error_event_when_the_node_dies_mid_stream(
     start_nodes: StartNodes,
 ) -> None:
-    first, second = start_nodes("stream-1", "stream-2", extra_args=["--models", "charlm"])
-    # Probes far apart: the gateway still believes a killed node is online, as right after a crash.
+    # stream-1 dies (SIGKILL, worker.faults) the moment its first stream request arrives, before any
+    # token: the gateway must have sent it that request, so no health probe can have seen the death
+    # first. (Killing it from here raced the prober's first round after startup: when that round
+    # reached the dead node first, it was never tried, nothing was retried, and all 4 had attempts 1.)
+    (first,) = start_nodes("stream-1", extra_args=["--models", "charlm", "--fault-crash-after", "0"])
+    (second,) = start_nodes("stream-2", extra_args=["--models", "charlm"])
     settings = dict(balancer=BalancerSettings(probe_interval_s=60), limits=LimitSettings(max_new_tokens=65_536))
     async with gateway([first.url, second.url], **settings) as client:
-        first.kill()
         results = []
-        for _ in range(4):
+        for _ in range(4):  # round robin: stream-1 gets the first or the second of these
             _, events = await read_events(
-                client, "GET", "/inference/stream/charlm", params={"prompt": PROMPT, "max_tokens": 5}
+                client,
+                "GET",
+                "/inference/stream/charlm",
+                params={"prompt": PROMPT, "max_tokens": 5, "strategy": "round_robin"},
             )
             assert [kind for kind, _ in events] == ["token"] * 5 + ["result", "done"]
             results.append(events[-2][1])
+        assert not first.alive  # it did get a stream request, and died on it
         assert {r["node_id"] for r in results} == {"stream-2"}
-        assert max(r["attempts"] for r in results) == 2  # the dead node was tried first at least once
+        # Exactly one request met stream-1 (which then went offline) and was retried on stream-2.
+        assert sorted(r["attempts"] for r in results) == [1, 1, 1, 2]
 
         kinds: list[str] = []
         last: Any = None
