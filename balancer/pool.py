@@ -48,18 +48,15 @@ class PoolConfig:
     panic_threshold: float = 0.0  # percent of a model's nodes that must be admitted, else panic
     max_in_flight: int = 0  # per node from this gateway; at the limit a node is `busy`; 0: no limit
     latency_decay_s: float = 1.0  # peak EWMA blending; idle decay is 10x this
-
-
-_LOAD_WEIGHT = 0.02  # the typical in-flight count is averaged over about the last 50 picks of a node
+    latency_samples: int = 16  # under traffic a latency peak fades after about this many faster answers
 
 
 class _NodeState:
-    __slots__ = ("advertised", "breaker", "ewma", "in_flight", "load", "window")
+    __slots__ = ("advertised", "breaker", "ewma", "in_flight", "window")
 
     def __init__(self, config: PoolConfig, clock: Clock, on_change: Callable[[], None]) -> None:
         self.in_flight = 0
-        self.load: float | None = None  # average in flight (this one included) when requests were sent
-        self.ewma = PeakEwma(clock, decay_s=config.latency_decay_s)
+        self.ewma = PeakEwma(clock, decay_s=config.latency_decay_s, samples=config.latency_samples)
         self.window = LatencyWindow()
         self.breaker = CircuitBreaker(config.ejection, clock, on_change=on_change)
         self.advertised: Mapping[str, str] = _EMPTY
@@ -73,13 +70,14 @@ class Lease:
     _pool: NodePool
     trial: bool = False  # a half-open breaker's trial request
     panic: bool = False  # picked in panic mode
+    sent_in_flight: int = 1  # the node's requests in flight when this one was sent, itself included
     _released: bool = field(default=False)
     _reported: bool = field(default=False)
 
     def report(self, latency_s: float, error: NodeCallError | None = None) -> None:
         if not self._reported:
             self._reported = True
-            self._pool._report(self.node.key, latency_s, error, trial=self.trial)
+            self._pool._report(self.node.key, latency_s, error, trial=self.trial, load=self.sent_in_flight)
 
     def done(self) -> None:
         if not self._released:
@@ -173,25 +171,37 @@ class NodePool:
         return 0 if state is None else state.in_flight
 
     def latency_cost(self, key: str) -> float:
-        """Peak EWMA latency x how much more than usual is in flight now.
+        """What a request sent now should take: the peak EWMA plus the queue beyond the usual one.
 
         Finagle multiplies the raw EWMA by (in flight + 1). The EWMA already contains the queueing
         of the load it was measured under, so on nodes whose latency grows with load (few model
         threads, busy cores) that counts the queue twice: a fast node with two requests in flight
         then looks as expensive as an idle node ten times slower (tests/unit/balancer/
         test_latency_sim.py: 0.9 % of the traffic on that node at concurrency 8 instead of 0.02 %).
-        So the multiplier is (in flight + 1) over the node's usual (in flight + 1), and never below
-        1: never a discount, or a slow node, which holds many requests at once because each takes
-        long (Little's law), would look cheap exactly because it is slow (`bench balance` saw that:
-        round robin's runs taught the gateway that the slow node "usually" had 6 in flight).
+        So only the requests beyond the load the answers were observed at (`PeakEwma.load`, blended
+        with the same weights as the latencies) count, each for the node's typical time per request
+        at that load (`PeakEwma.mean` over the load): cost = peak + (in flight + 1 - load) x mean /
+        load, never below the peak. Never a discount, or a slow node, which holds many requests at
+        once because each takes long (Little's law), would look cheap exactly because it is slow.
+
+        Three things this replaced were measured in `bench balance` to send the 10x-slower node
+        its traffic there (0.9-6 % of it, where 1 % already sets the p99). The load was a running
+        average of the in-flight count at picks, kept apart from the latencies: it moved only when
+        the node was picked, so a shunned node kept what an earlier regime taught it (round
+        robin's "usually 7 in flight") and took bursts of up to 5 requests at once with no
+        in-flight penalty. The whole peak was multiplied by the in-flight ratio: right after a
+        pause of the gateway, when every fast node had just peaked and the requests held back by
+        the pause all went out at once, a fast node with twice its usual queue cost twice
+        its pause-inflated peak, more than the slow node. And peaks faded by time only
+        (`PeakEwma` says more).
         """
         state = self._states.get(key)
         if state is None:
             return 0.0
-        ewma = state.ewma.value()
-        if ewma is None:  # never observed: try it while idle, not a flood of it (Finagle's penalty)
+        peak, mean, load = state.ewma.value(), state.ewma.mean(), state.ewma.load()
+        if peak is None or mean is None or load is None:  # never observed: try it while idle, not a flood of it
             return 0.0 if state.in_flight == 0 else 1e6 * state.in_flight
-        return ewma * max(1.0, (state.in_flight + 1) / (state.load or 1.0))
+        return peak + max(0.0, state.in_flight + 1 - load) * mean / load
 
     def labels(self, node: Node) -> Mapping[str, str]:
         state = self._states.get(node.key)
@@ -305,12 +315,10 @@ class NodePool:
             return None
         state = self._state(chosen.key)
         state.in_flight += 1
-        load = state.load
-        state.load = state.in_flight if load is None else load + (state.in_flight - load) * _LOAD_WEIGHT
         if state.in_flight == self.config.max_in_flight:
             self._invalidate(chosen.key)  # it just became busy
         trial = state.breaker.acquire() if not panic else False
-        return Lease(chosen, self, trial=trial, panic=panic)
+        return Lease(chosen, self, trial=trial, panic=panic, sent_in_flight=state.in_flight)
 
     def _least_bad(self, nodes: tuple[Node, ...]) -> tuple[Node, ...]:
         """In panic: not quarantined before quarantined, then the fewest trips, then the soonest back.
@@ -340,20 +348,20 @@ class NodePool:
 
     # ------------------------------------------------------------------ feedback
 
-    def _report(self, key: str, latency_s: float, error: NodeCallError | None, *, trial: bool) -> None:
+    def _report(self, key: str, latency_s: float, error: NodeCallError | None, *, trial: bool, load: int = 1) -> None:
         state = self._states.get(key)
         if state is None:
             return
         if error is None:
             state.breaker.record_success(trial=trial)
-            state.ewma.observe(latency_s)
+            state.ewma.observe(latency_s, load)
             state.window.observe(latency_s)
         elif not error.retryable:  # a 4xx: the node judged the request, so the node itself is fine
             state.breaker.record_success(trial=trial)
         else:
             state.breaker.record_failure(trial=trial)
             # A failure is no evidence of speed: a node failing fast must not look attractive.
-            state.ewma.observe(max(latency_s, 2 * (state.ewma.value() or latency_s)))
+            state.ewma.observe(max(latency_s, 2 * (state.ewma.value() or latency_s)), load)
             if isinstance(error, NodeUnreachable):
                 self.report_unreachable(key, error.message)
 

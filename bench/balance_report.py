@@ -19,7 +19,7 @@ def render_balance(document: dict[str, Any], console: Console) -> None:
     healthy = document.get("healthy", {})
     table = Table(
         title=f"balance: one node ({slow_node.get('node')}) adds {slow_node.get('added_latency_ms')} ms; "
-        "medians over rounds",
+        f"medians over {document.get('parameters', {}).get('rounds', '?')} interleaved rounds",
         title_justify="left",
     )
     for column in ("cluster", "strategy", "p50 ms", "p99 ms", "req/s", "slow share", "failed", "p99 / healthy"):
@@ -52,7 +52,9 @@ def render_balance(document: dict[str, Any], console: Console) -> None:
             figure = goal.get("ratio", goal.get("value"))
             bound = f"<= {goal['max']}" if "max" in goal else f">= {goal['min']}"
             verdict = "met" if goal["met"] else "[red]not met[/red]"
-            console.print(f"  {name}: {figure} ({bound}) {verdict}")
+            rounds = goal.get("by_round")
+            per_round = f", by round {', '.join(_num(r, 2) for r in rounds)}" if rounds else ""
+            console.print(f"  {name}: {figure} ({bound}{per_round}) {verdict}")
     console.print(f"wall {document.get('wall_s')} s (setup {document.get('setup_s')} s)")
     for line in document.get("errors", []):
         console.print(f"[red]error:[/red] {line}")

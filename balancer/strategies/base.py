@@ -30,7 +30,7 @@ class Signals(Protocol):
     def in_flight(self, key: str) -> int: ...
 
     def latency_cost(self, key: str) -> float:
-        """Peak EWMA latency (s) x (in flight + 1) over its usual in flight; 0 for a node never observed and idle."""
+        """Peak EWMA latency (s), plus a typical request's time per extra request in flight; 0 if never seen, idle."""
         ...
 
     def labels(self, node: Node) -> Mapping[str, str]:

@@ -156,6 +156,47 @@ def test_peak_ewma_blends_fast_and_idles_slowly(clock: FakeClock) -> None:
         PeakEwma(clock, decay_s=1, idle_decay_s=0)
 
 
+def test_peak_ewma_with_samples_fades_a_peak_after_that_many_faster_answers(clock: FakeClock) -> None:
+    # A 50 ms pause of the gateway lands on a node answering every 5 ms in 10 ms. Time alone keeps
+    # most of it for a second (200 answers); with samples=16 it is gone after a few dozen answers.
+    timed, counted = PeakEwma(clock, decay_s=1.0), PeakEwma(clock, decay_s=1.0, samples=16)
+    for ewma in (timed, counted):
+        ewma.observe(0.050)
+    for _ in range(32):
+        clock.advance(0.005)
+        for ewma in (timed, counted):
+            ewma.observe(0.010)
+    assert timed.value() == pytest.approx(0.010 + 0.040 * 2.718281828**-0.16, rel=0.01)
+    assert counted.value() == pytest.approx(0.010 + 0.040 * (15 / 16) ** 32, rel=0.01)
+    assert counted.value() < 0.016
+    spaced = PeakEwma(clock, decay_s=1.0, samples=16)  # few answers: time decides, as before
+    spaced.observe(0.050)
+    clock.advance(1.0)
+    spaced.observe(0.010)
+    assert spaced.value() == pytest.approx(0.010 + 0.040 / 2.718281828, rel=0.01)
+    with pytest.raises(ValueError, match="samples"):
+        PeakEwma(clock, samples=0)
+
+
+def test_peak_ewma_mean_and_load_are_weighted_as_the_latencies(clock: FakeClock) -> None:
+    ewma = PeakEwma(clock, decay_s=1.0, samples=4)
+    assert ewma.load() is None
+    ewma.observe(0.100, load=7)  # taught under round robin: 7 in flight
+    assert ewma.load() == 7
+    clock.advance(30)  # shunned for a long time, then one request sent alone
+    ewma.observe(0.100, load=1)
+    assert ewma.load() == pytest.approx(1.0, abs=0.01)  # the old load is as stale as the old latency
+    for load in (2, 2, 2, 2):
+        ewma.observe(0.010, load=load)  # same instant: each answer still counts for 1/4
+    assert ewma.load() == pytest.approx(2 - (3 / 4) ** 4, rel=0.01)
+    before = ewma.mean()
+    assert before is not None
+    ewma.observe(0.500, load=1)  # a peak takes the latency at once, but not the load: one request
+    assert ewma.value() == 0.500  # sent alone must not make the node's usual queue look like none
+    assert ewma.mean() == pytest.approx(before + (0.500 - before) / 4)  # nor the mean: blended
+    assert ewma.load() == pytest.approx(2 - (3 / 4) ** 4 - (1 - (3 / 4) ** 4) / 4, rel=0.01)
+
+
 def test_latency_window_p95() -> None:
     window = LatencyWindow(size=100, min_samples=10)
     for index in range(9):

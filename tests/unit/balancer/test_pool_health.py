@@ -240,3 +240,51 @@ def test_a_slow_node_holding_many_requests_is_not_discounted(clock: FakeClock) -
             lease.report(0.100)  # type: ignore[union-attr]
             lease.done()  # type: ignore[union-attr]
     assert pool.latency_cost(slow) == pytest.approx(0.100, rel=0.01)
+
+
+def test_a_shunned_slow_node_relearns_its_load_from_its_next_answer(clock: FakeClock) -> None:
+    # Round robin kept 6 requests at a time on a slow node. Under `latency` it then gets a request
+    # now and then, sent alone; from the first such answer on, a second request at the same time
+    # must cost double, not ride on the 6 that round robin taught (`bench balance` saw bursts of up
+    # to 5 requests at once on the slow node that way: most of its traffic under `latency`).
+    _, pool, (slow, b, c) = setup(clock)
+    for _ in range(100):
+        leases = [pool.pick("digits", exclude=frozenset({b, c})) for _ in range(6)]
+        for lease in leases:
+            lease.report(0.100)  # type: ignore[union-attr]
+            lease.done()  # type: ignore[union-attr]
+    clock.advance(5.0)
+    probe = pool.pick("digits", exclude=frozenset({b, c}))
+    assert probe is not None
+    clock.advance(0.100)
+    probe.report(0.100)
+    probe.done()
+    held = pool.pick("digits", exclude=frozenset({b, c}))
+    assert held is not None
+    assert pool.latency_cost(slow) == pytest.approx(0.200, rel=0.03)  # 100 ms x (1 + 1) / 1
+    held.done()
+
+
+def test_a_peak_is_not_multiplied_by_the_queue(clock: FakeClock) -> None:
+    # A fast node usually answers in 10 ms with 2 in flight. A pause of the gateway makes one answer
+    # take 60 ms (the peak EWMA takes it at once), and the requests the pause held back then go out
+    # together: 3 in flight, twice the usual queue. Scaling the whole peak by that made the node
+    # cost 120 ms, more than a node 10x slower; the two extra requests cost a typical 5 ms each.
+    _, pool, (fast, b, c) = setup(clock)
+    others = frozenset({b, c})
+    for _ in range(200):
+        leases = [pool.pick("digits", exclude=others) for _ in range(3)]
+        for lease in leases:
+            lease.report(0.010)  # type: ignore[union-attr]
+            lease.done()  # type: ignore[union-attr]
+    paused = pool.pick("digits", exclude=others)
+    assert paused is not None
+    paused.report(0.060)
+    paused.done()
+    assert pool.latency_cost(fast) == pytest.approx(0.060)  # idle: the peak, as before
+    held = [pool.pick("digits", exclude=others) for _ in range(3)]
+    load, mean = 2 - (2 - 1) / 16, 0.010 + 0.050 / 16  # the pause's answer was sent alone, blended in at 1/16
+    assert pool.latency_cost(fast) == pytest.approx(0.060 + (4 - load) * mean / load, rel=0.02)
+    assert pool.latency_cost(fast) < 0.080
+    for lease in held:
+        lease.done()  # type: ignore[union-attr]
