@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from gateway_plugin.auth_cli import add_node_security, add_token_parser
 from worker.bundled import bundled_models
 from worker.faults import add_fault_arguments
+from worker.gc_freeze import FreezeAfterStartup
 from worker.hardware import parse_label
 from worker.sharding.cli import add_node_arguments, add_shard_parser, node_labels, node_options
 
@@ -30,9 +32,9 @@ __all__ = ["BUNDLED_MODELS", "main"]
 BUNDLED_MODELS = bundled_models()
 
 
-def _serve(app: object, host: str, port: int, graceful_timeout: int, log_level: str, **tls: Any) -> None:
+def _serve(app: ASGIApp, host: str, port: int, graceful_timeout: int, log_level: str, **tls: Any) -> None:
     uvicorn.run(
-        app,  # type: ignore[arg-type]
+        FreezeAfterStartup(app),  # startup's long-lived objects out of every full GC (worker.gc_freeze)
         host=host,
         port=port,
         log_level=log_level,
