@@ -7,14 +7,20 @@ be tested alone and deterministically.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+import random
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import pytest
 from aiohttp import web
 
+from balancer.outlier import EjectionPolicy
+from balancer.pool import NodePool, PoolConfig
+from balancer.strategies import default_strategies
+from balancer.trust import TrustLedger, TrustPolicy
 from discovery.node import ModelInfo, Node, NodeSpec, NodeStatus
+from discovery.registry import NodeRegistry
 from worker.config import TensorSpec
 
 INFO = ModelInfo(
@@ -119,3 +125,33 @@ async def served() -> AsyncIterator[tuple[V2Node, str]]:
     await site.start()
     yield node, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
     await runner.cleanup()
+
+
+def static_pool(
+    count: int,
+    *,
+    ejection: EjectionPolicy,
+    clock: Callable[[], float] | None = None,
+    models: Mapping[str, ModelInfo] | None = None,
+    **config: object,
+) -> tuple[NodeRegistry, NodePool, list[str]]:
+    """A round-robin pool over `count` static nodes, all online with `models` (digits by default).
+
+    With a `clock`, the pool and its trust ledger run on it; the keys are `http://n{i}:8000`.
+    """
+    registry = NodeRegistry()
+    timing: dict[str, object] = {} if clock is None else {"clock": clock, "trust": TrustLedger(TrustPolicy(), clock)}
+    pool = NodePool(
+        registry,
+        default_strategies(),
+        default_strategy="round_robin",
+        rng=random.Random(0),
+        config=PoolConfig(ejection=ejection, **config),  # type: ignore[arg-type]
+        **timing,  # type: ignore[arg-type]
+    )
+    keys = [f"http://n{index}:8000" for index in range(count)]
+    registry.reset("static", [NodeSpec(key, node_id=f"n{index}") for index, key in enumerate(keys)])
+    served = MappingProxyType(dict(models or {"digits": INFO}))
+    for key in keys:
+        registry.update(key, status=NodeStatus.ONLINE, models=served)
+    return registry, pool, keys

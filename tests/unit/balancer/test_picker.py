@@ -18,12 +18,11 @@ import pytest
 from balancer.breaker import BreakerState, CircuitBreaker
 from balancer.outlier import EjectionPolicy
 from balancer.picker import EMPTY_PICKER, in_panic
-from balancer.pool import Lease, NodePool, PoolConfig
-from balancer.strategies import default_strategies
+from balancer.pool import Lease, NodePool
 from balancer.trust import TrustLedger, TrustPolicy
 from discovery.node import NodeSpec, NodeStatus
 from discovery.registry import NodeRegistry
-from tests.unit.balancer.conftest import INFO, FakeClock
+from tests.unit.balancer.conftest import INFO, FakeClock, static_pool
 from worker.errors import NodeServerError
 
 EJECTION = EjectionPolicy(consecutive_failures=2, base_ejection_s=2, max_ejection_s=16)
@@ -50,21 +49,7 @@ def key(index: int) -> str:
 def setup(
     clock: FakeClock, count: int = 3, *, ejection: EjectionPolicy = EJECTION, **config: object
 ) -> tuple[NodeRegistry, NodePool, list[str]]:
-    registry = NodeRegistry()
-    pool = NodePool(
-        registry,
-        default_strategies(),
-        default_strategy="round_robin",
-        rng=random.Random(0),
-        config=PoolConfig(ejection=ejection, **config),  # type: ignore[arg-type]
-        trust=TrustLedger(TrustPolicy(), clock),
-        clock=clock,
-    )
-    keys = [key(index) for index in range(count)]
-    registry.reset("static", [NodeSpec(k, node_id=f"n{index}") for index, k in enumerate(keys)])
-    for k in keys:
-        registry.update(k, status=NodeStatus.ONLINE, models=DIGITS)
-    return registry, pool, keys
+    return static_pool(count, ejection=ejection, clock=clock, **config)
 
 
 def only(pool: NodePool, target: str) -> frozenset[str]:

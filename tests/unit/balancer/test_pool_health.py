@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from types import MappingProxyType
 
@@ -10,12 +9,11 @@ import pytest
 
 from balancer.breaker import BreakerState
 from balancer.outlier import EjectionPolicy
-from balancer.pool import NodePool, PoolConfig
-from balancer.strategies import default_strategies
-from balancer.trust import TrustLedger, TrustPolicy
+from balancer.pool import NodePool
+from balancer.trust import TrustPolicy
 from discovery.node import NodeSpec, NodeStatus
 from discovery.registry import NodeRegistry
-from tests.unit.balancer.conftest import INFO, FakeClock
+from tests.unit.balancer.conftest import FakeClock, static_pool
 from worker.errors import NodeRejected, NodeServerError, NodeUnreachable
 
 EJECTION = EjectionPolicy(consecutive_failures=3, base_ejection_s=2, max_ejection_s=16)
@@ -23,21 +21,7 @@ BOOM = NodeServerError("500 boom", node_url="http://x", status=500)
 
 
 def setup(clock: FakeClock, count: int = 3, **config: object) -> tuple[NodeRegistry, NodePool, list[str]]:
-    registry = NodeRegistry()
-    pool = NodePool(
-        registry,
-        default_strategies(),
-        default_strategy="round_robin",
-        rng=random.Random(0),
-        config=PoolConfig(ejection=EJECTION, **config),  # type: ignore[arg-type]
-        trust=TrustLedger(TrustPolicy(), clock),
-        clock=clock,
-    )
-    keys = [f"http://n{index}:8000" for index in range(count)]
-    registry.reset("static", [NodeSpec(key, node_id=f"n{index}") for index, key in enumerate(keys)])
-    for key in keys:
-        registry.update(key, status=NodeStatus.ONLINE, models=MappingProxyType({"digits": INFO}))
-    return registry, pool, keys
+    return static_pool(count, ejection=EJECTION, clock=clock, **config)
 
 
 def fail(pool: NodePool, key: str, times: int, error: Exception = BOOM) -> None:
@@ -230,15 +214,20 @@ def test_latency_cost_does_not_count_a_node_s_usual_queue_twice(clock: FakeClock
         lease.done()  # type: ignore[union-attr]
 
 
+def _hold_six_at_a_time(pool: NodePool, others: frozenset[str]) -> None:
+    """What round robin does to a slow node: 6 requests of 100 ms on it at a time, 100 times."""
+    for _ in range(100):
+        leases = [pool.pick("digits", exclude=others) for _ in range(6)]
+        for lease in leases:
+            lease.report(0.100)  # type: ignore[union-attr]
+            lease.done()  # type: ignore[union-attr]
+
+
 def test_a_slow_node_holding_many_requests_is_not_discounted(clock: FakeClock) -> None:
     # Round robin kept 6 requests at a time on a slow node (each takes 100 ms): its "usual" load is
     # high because it is slow. Idle now, it must still cost its full latency, not a sixth of it.
     _, pool, (slow, b, c) = setup(clock)
-    for _ in range(100):
-        leases = [pool.pick("digits", exclude=frozenset({b, c})) for _ in range(6)]
-        for lease in leases:
-            lease.report(0.100)  # type: ignore[union-attr]
-            lease.done()  # type: ignore[union-attr]
+    _hold_six_at_a_time(pool, others=frozenset({b, c}))
     assert pool.latency_cost(slow) == pytest.approx(0.100, rel=0.01)
 
 
@@ -248,11 +237,7 @@ def test_a_shunned_slow_node_relearns_its_load_from_its_next_answer(clock: FakeC
     # must cost double, not ride on the 6 that round robin taught (`bench balance` saw bursts of up
     # to 5 requests at once on the slow node that way: most of its traffic under `latency`).
     _, pool, (slow, b, c) = setup(clock)
-    for _ in range(100):
-        leases = [pool.pick("digits", exclude=frozenset({b, c})) for _ in range(6)]
-        for lease in leases:
-            lease.report(0.100)  # type: ignore[union-attr]
-            lease.done()  # type: ignore[union-attr]
+    _hold_six_at_a_time(pool, others=frozenset({b, c}))
     clock.advance(5.0)
     probe = pool.pick("digits", exclude=frozenset({b, c}))
     assert probe is not None

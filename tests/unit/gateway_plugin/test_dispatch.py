@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import pytest
 
-from balancer import BreakerState, EjectionPolicy, HedgePolicy, NodePool, PoolConfig, RetryBudget, RetryPolicy
-from balancer.strategies import default_strategies
-from discovery.node import ModelInfo, NodeSpec, NodeStatus
-from discovery.registry import NodeRegistry
+from balancer import BreakerState, EjectionPolicy, HedgePolicy, NodePool, RetryBudget, RetryPolicy
+from discovery.node import ModelInfo
 from gateway_plugin.dispatch import Dispatcher, InferenceCall
 from gateway_plugin.errors import BadRequest, DeadlineExceeded, NoCapacity
+from tests.unit.balancer.conftest import static_pool
 from worker.config import TensorSpec
 from worker.errors import NodeRejected, NodeServerError, NodeTimeout, NodeUnreachable
 from worker.protocol import DecodedResponse, Tensor
@@ -58,18 +55,8 @@ class FakeClient:
 
 
 def cluster(count: int, **pool_config: Any) -> tuple[NodePool, list[str]]:
-    registry = NodeRegistry()
-    pool = NodePool(
-        registry,
-        default_strategies(),
-        default_strategy="round_robin",
-        rng=random.Random(0),
-        config=PoolConfig(ejection=EjectionPolicy(consecutive_failures=2, base_ejection_s=60), **pool_config),
-    )
-    urls = [f"http://n{index}:1" for index in range(count)]
-    registry.reset("static", [NodeSpec(url, node_id=f"n{index}") for index, url in enumerate(urls)])
-    for url in urls:
-        registry.update(url, status=NodeStatus.ONLINE, models=MappingProxyType({"m": INFO}))
+    ejection = EjectionPolicy(consecutive_failures=2, base_ejection_s=60)
+    _, pool, urls = static_pool(count, ejection=ejection, models={"m": INFO}, **pool_config)
     return pool, urls
 
 

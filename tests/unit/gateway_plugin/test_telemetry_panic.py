@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import random
-from types import MappingProxyType
-
 from prometheus_client import CollectorRegistry
 
-from balancer import EjectionPolicy, NodePool, PoolConfig, default_strategies
-from discovery.node import ModelInfo, NodeSpec, NodeStatus
+from balancer import EjectionPolicy
+from discovery.node import ModelInfo
 from discovery.registry import NodeRegistry
 from gateway_plugin.telemetry import NodeReaders, Telemetry
 from gateway_plugin.telemetry.cluster import ClusterWatch
 from gateway_plugin.telemetry.metrics import OTHER, GatewayMetrics
 from gateway_plugin.telemetry.stats import StatsWindow
+from tests.unit.balancer.conftest import static_pool
 from worker.config import TensorSpec
 from worker.errors import NodeServerError
 
@@ -39,19 +37,8 @@ def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | Non
 
 def test_panic_gauge_and_counter_follow_the_pool() -> None:
     clock = FakeClock()
-    registry = NodeRegistry()
-    pool = NodePool(
-        registry,
-        default_strategies(),
-        default_strategy="round_robin",
-        rng=random.Random(0),
-        config=PoolConfig(ejection=EjectionPolicy(consecutive_failures=1, base_ejection_s=5, max_ejection_s=10)),
-        clock=clock,
-    )
-    urls = ["http://n0:1", "http://n1:1"]
-    registry.reset("static", [NodeSpec(url, node_id=f"n{i}") for i, url in enumerate(urls)])
-    for url in urls:
-        registry.update(url, status=NodeStatus.ONLINE, models=MappingProxyType({"digits": INFO}))
+    ejection = EjectionPolicy(consecutive_failures=1, base_ejection_s=5, max_ejection_s=10)
+    registry, pool, urls = static_pool(2, ejection=ejection, clock=clock, models={"digits": INFO})
     telemetry = Telemetry(registry, api_prefix="/api", registry=CollectorRegistry())
     telemetry.cluster.readers = NodeReaders(panic=pool.panic_states)
     pool.add_panic_listener(telemetry.cluster.panic_pick)
