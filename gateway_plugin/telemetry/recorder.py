@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -127,11 +127,14 @@ class GatewayTelemetry:
         call = _Call(model, self.model_label(model), request_id, strategy)
         token = _CALL.set(call)
         outcome = "cancelled"
-        span = self._tracer.start_span(
-            "dispatch", attributes={"distinfer.model": model, "distinfer.strategy": strategy}
+        # Without a provider that records, no span at all: a no-op span still costs its context switches.
+        span = (
+            self._tracer.start_span("dispatch", attributes={"distinfer.model": model, "distinfer.strategy": strategy})
+            if self.tracing.enabled
+            else None
         )
         try:
-            with trace.use_span(span, end_on_exit=True):
+            with trace.use_span(span, end_on_exit=True) if span is not None else nullcontext():
                 try:
                     yield call
                 except DistinferError as exc:
@@ -141,7 +144,8 @@ class GatewayTelemetry:
                     outcome = "error"
                     raise
                 outcome = "ok"
-                span.set_attributes({"distinfer.node.id": call.node or "local", "distinfer.mode": call.mode})
+                if span is not None:
+                    span.set_attributes({"distinfer.node.id": call.node or "local", "distinfer.mode": call.mode})
         finally:
             _CALL.reset(token)
             self._finish_call(call, outcome, self._clock() - start)
@@ -191,20 +195,22 @@ class GatewayTelemetry:
         start = self._clock()
         if record is not None and record.upstream_start is None:
             record.upstream_start = start
-        span = self._tracer.start_span(
-            "node attempt",
-            kind=SpanKind.CLIENT,
-            attributes={
-                "distinfer.node.id": node_id,
-                "distinfer.attempt": number,
-                "distinfer.hedge": hedge,
-                "distinfer.model": model,
-            },
+        attributes: dict[str, str | int | bool] = {
+            "distinfer.node.id": node_id,
+            "distinfer.attempt": number,
+            "distinfer.hedge": hedge,
+            "distinfer.model": model,
+        }
+        span = (
+            self._tracer.start_span("node attempt", kind=SpanKind.CLIENT, attributes=attributes)
+            if self.tracing.enabled
+            else None
         )
         outcome = "cancelled"
         if call is not None:
             call.in_flight += 1
         try:
+            # No span of ours: the caller's trace context (an incoming traceparent) still goes on to the node.
             yield _Attempt(self.tracing.headers(span, call.request_id if call is not None else None))
             outcome = "ok"
         except NodeCallError as exc:
@@ -219,10 +225,11 @@ class GatewayTelemetry:
                 call.in_flight -= 1
             if outcome == "ok" and record is not None:
                 record.upstream_end = end
-            span.set_attribute("distinfer.outcome", outcome)
-            if outcome != "ok":
-                span.set_status(Status(StatusCode.ERROR, outcome))
-            span.end()
+            if span is not None:
+                span.set_attribute("distinfer.outcome", outcome)
+                if outcome != "ok":
+                    span.set_status(Status(StatusCode.ERROR, outcome))
+                span.end()
             m.child(m.attempts, node, outcome).inc()
             m.child(m.attempt_seconds, node).observe(end - start)
             # A node that refuses a bad request is healthy: only its own failures count against it.

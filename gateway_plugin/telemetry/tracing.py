@@ -100,10 +100,13 @@ class GatewayTracing:
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
 
-    def headers(self, span: Span, request_id: str | None) -> dict[str, str]:
-        """What an attempt sends to its node: `traceparent` (and `tracestate`) of `span`, and the request id."""
+    def headers(self, span: Span | None, request_id: str | None) -> dict[str, str]:
+        """What an attempt sends to its node: `traceparent` (and `tracestate`) of `span`, and the request id.
+
+        With no span (tracing off), the current context's: the caller's, when a `traceparent` came in.
+        """
         carrier: dict[str, str] = {"X-Request-ID": request_id} if request_id else {}
-        self._propagator.inject(carrier, context=set_span_in_context(span))
+        self._propagator.inject(carrier, context=set_span_in_context(span) if span is not None else None)
         return carrier
 
     def flush(self) -> None:

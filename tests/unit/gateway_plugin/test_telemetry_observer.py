@@ -9,9 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NoOpTracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
 
 from balancer import NodePool, RetryPolicy
@@ -201,3 +204,27 @@ def test_a_task_queue_wait_is_a_histogram_sample_and_a_span_of_that_length() -> 
     assert span.end_time is not None
     assert span.start_time is not None
     assert abs((span.end_time - span.start_time) / 1e9 - 0.25) < 0.01
+
+
+async def test_with_tracing_off_the_callers_traceparent_still_reaches_the_node() -> None:
+    """No provider records: no span is made, yet the caller's trace context goes on unchanged."""
+    registry = NodeRegistry()
+    pool = NodePool(registry, default_strategies(), default_strategy="round_robin", rng=random.Random(0))
+    registry.reset("static", [NodeSpec("http://n0:1", node_id="n0")])
+    registry.update("http://n0:1", status=NodeStatus.ONLINE, models=MappingProxyType({"m": INFO}))
+    telemetry = Telemetry(
+        registry, api_prefix="/api", registry=CollectorRegistry(), tracer_provider=NoOpTracerProvider()
+    )
+    assert not telemetry.tracing.enabled
+    client = RecordingClient()
+    dispatcher = Dispatcher(pool, client, retry=RetryPolicy(max_attempts=1), observer=telemetry.observer)  # type: ignore[arg-type]
+    incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    token = otel_context.attach(TraceContextTextMapPropagator().extract({"traceparent": incoming}))
+    try:
+        await dispatcher.infer(_call())
+    finally:
+        otel_context.detach(token)
+    await dispatcher.infer(_call())  # and without one, none is made up
+    assert client.headers[0] == {"X-Request-ID": "req-1", "traceparent": incoming}
+    assert client.headers[1] == {"X-Request-ID": "req-1"}
+    assert _value(telemetry, "distinfer_gateway_attempts_total", node="n0", outcome="ok") == 2
