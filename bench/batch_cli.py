@@ -27,7 +27,7 @@ def add_batch_parser(scenarios: argparse._SubParsersAction[argparse.ArgumentPars
 
 def _run(args: argparse.Namespace) -> int:
     """Exit 1 if a configuration could not be measured."""
-    from bench.report import save, wide_console
+    from bench.report import publish, wide_console
     from bench.scenarios.batch import BatchParams, render_batch, run_batch_bench
 
     console = wide_console()
@@ -39,6 +39,4 @@ def _run(args: argparse.Namespace) -> int:
         max_concurrency=args.max_concurrency,
     )
     document = run_batch_bench(params, console)
-    render_batch(document, console)
-    save(document, args.out, "batch", console)
-    return 1 if document["errors"] else 0
+    return publish(document, render_batch, args.out, "batch", console)

@@ -37,7 +37,7 @@ def add_batching_parser(scenarios: argparse._SubParsersAction[argparse.ArgumentP
 
 def _run(args: argparse.Namespace) -> int:
     """Exit 1 if something could not be measured; the target's verdict is in the table and the JSON."""
-    from bench.report import save, wide_console
+    from bench.report import publish, wide_console
     from bench.scenarios.batching import BatchingParams, render_batching, run_batching
 
     console = wide_console()
@@ -49,6 +49,4 @@ def _run(args: argparse.Namespace) -> int:
         rounds=args.rounds,
     )
     document = run_batching(params, console)
-    render_batching(document, console)
-    save(document, args.out, "batching", console)
-    return 1 if document["errors"] else 0
+    return publish(document, render_batching, args.out, "batching", console)

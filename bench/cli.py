@@ -71,7 +71,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen scenario, print its table, write its JSON; exit 1 if a target could not be measured."""
-    from bench.report import render_overhead, save, wide_console
+    from bench.report import publish, render_overhead, wide_console
     from bench.scenarios.overhead import OverheadParams, run_overhead
 
     console = wide_console()
@@ -79,15 +79,13 @@ def run(args: argparse.Namespace) -> int:
         quick=args.quick, duration_s=args.duration, concurrency=args.concurrency, rounds=args.rounds
     )
     document = run_overhead(params, console)
-    render_overhead(document, console)
-    save(document, args.out, "overhead", console)
-    return 1 if document["errors"] else 0
+    return publish(document, render_overhead, args.out, "overhead", console)
 
 
 def _run_balance(args: argparse.Namespace) -> int:
     """Exit 1 if the run could not be measured; whether the goals were met is in the table and the JSON."""
     from bench.balance_report import render_balance
-    from bench.report import save, wide_console
+    from bench.report import publish, wide_console
     from bench.scenarios.balance import BalanceParams, run_balance
 
     console = wide_console()
@@ -95,27 +93,23 @@ def _run_balance(args: argparse.Namespace) -> int:
         quick=args.quick, nodes=args.nodes, concurrency=args.concurrency, duration_s=args.duration
     )
     document = run_balance(params, console)
-    render_balance(document, console)
-    save(document, args.out, "balance", console)
-    return 1 if document["errors"] else 0
+    return publish(document, render_balance, args.out, "balance", console)
 
 
 def _run_minilm(args: argparse.Namespace) -> int:
-    from bench.report import save, wide_console
+    from bench.report import publish, wide_console
     from bench.scenarios.minilm import MiniLMParams, render_minilm, run_minilm
 
     console = wide_console()
     document = run_minilm(MiniLMParams.make(quick=args.quick, repository=args.repository), console)
-    render_minilm(document, console)
-    save(document, args.out, "minilm", console)
-    return 1 if document["errors"] else 0
+    return publish(document, render_minilm, args.out, "minilm", console)
 
 
 def _run_peer(args: argparse.Namespace) -> int:
     """`peer` and `peer-gateway`: exit 1 if something could not be measured (the targets' verdicts are in the JSON)."""
     from bench.peers.measure import PeerParams
     from bench.peers.report import render_peers
-    from bench.report import save, wide_console
+    from bench.report import publish, wide_console
 
     console = wide_console()
     params = PeerParams.make(
@@ -133,6 +127,4 @@ def _run_peer(args: argparse.Namespace) -> int:
         document = run_peer_gateway(
             params, console, config=config, venvs_root=args.venvs, setup_timeout_s=args.setup_timeout
         )
-    render_peers(document, console)
-    save(document, args.out, args.scenario, console)
-    return 1 if document["errors"] else 0
+    return publish(document, render_peers, args.out, args.scenario, console)

@@ -23,12 +23,10 @@ def add_discovery_parser(scenarios: argparse._SubParsersAction[argparse.Argument
 
 def _run(args: argparse.Namespace) -> int:
     """Exit 1 if something could not be measured; whether the targets were met is in the table and JSON."""
-    from bench.report import save, wide_console
+    from bench.report import publish, wide_console
     from bench.scenarios.discovery import DiscoveryParams, render_discovery, run_discovery
 
     console = wide_console()
     params = DiscoveryParams.make(quick=args.quick, trials=args.trials, consul_url=args.consul_url)
     document = run_discovery(params, console)
-    render_discovery(document, console)
-    save(document, args.out, "discovery", console)
-    return 1 if document["errors"] else 0
+    return publish(document, render_discovery, args.out, "discovery", console)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,19 @@ RESULTS_DIR = Path("bench-results")
 def wide_console() -> Console:
     """A console wide enough for the tables: a pipe reads as 80 columns."""
     return Console(width=max(Console().width, 120))
+
+
+def publish(
+    document: dict[str, Any],
+    render: Callable[[dict[str, Any], Console], None],
+    out: Path | None,
+    scenario: str,
+    console: Console,
+) -> int:
+    """Print the scenario's table, write its JSON; the exit status: 1 when something could not be measured."""
+    render(document, console)
+    save(document, out, scenario, console)
+    return 1 if document["errors"] else 0
 
 
 def save(document: dict[str, Any], out: Path | None, scenario: str, console: Console) -> Path:

@@ -44,7 +44,7 @@ def add_scaleout_parser(scenarios: argparse._SubParsersAction[argparse.ArgumentP
 
 def _run(args: argparse.Namespace) -> int:
     """Exit 1 if something could not be measured; whether the target was met is in the table and the JSON."""
-    from bench.report import save, wide_console
+    from bench.report import publish, wide_console
     from bench.scenarios.scaleout import ScaleoutParams, render_scaleout, run_scaleout
 
     console = wide_console()
@@ -58,6 +58,4 @@ def _run(args: argparse.Namespace) -> int:
         strategy=args.strategy,
     )
     document = run_scaleout(params, console)
-    render_scaleout(document, console)
-    save(document, args.out, "scaleout", console)
-    return 1 if document["errors"] else 0
+    return publish(document, render_scaleout, args.out, "scaleout", console)

@@ -23,11 +23,9 @@ def add_shard_bench_parser(scenarios: argparse._SubParsersAction[argparse.Argume
 
 def _run(args: argparse.Namespace) -> int:
     """Exit 1 if something could not be measured; whether the target was met is in the table and the JSON."""
-    from bench.report import save, wide_console
+    from bench.report import publish, wide_console
     from bench.scenarios.shard import ShardBenchParams, render_shard, run_shard
 
     console = wide_console()
     document = run_shard(ShardBenchParams.make(quick=args.quick, duration_s=args.duration, rounds=args.rounds), console)
-    render_shard(document, console)
-    save(document, args.out, "shard", console)
-    return 1 if document["errors"] else 0
+    return publish(document, render_shard, args.out, "shard", console)

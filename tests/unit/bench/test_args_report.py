@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from bench.args import concurrency, duration, int_list
-from bench.report import save
+from bench.report import publish, save
 
 
 def test_int_list_accepts_a_comma_list_in_range_and_refuses_the_rest() -> None:
@@ -41,3 +42,14 @@ def test_save_writes_where_asked_or_to_a_timestamped_file(tmp_path: Path, monkey
     assert default.name.startswith("shard-")
     assert default.suffix == ".json"
     assert f"results: {default}" in console.export_text()
+
+
+@pytest.mark.parametrize(("errors", "status"), [([], 0), (["node did not start"], 1)])
+def test_publish_renders_saves_and_gives_the_exit_status(tmp_path: Path, errors: list[str], status: int) -> None:
+    rendered: list[dict[str, object]] = []
+    document = {"scenario": "x", "errors": errors}
+    out = tmp_path / "x.json"
+    code = publish(document, lambda doc, _: rendered.append(doc), out, "x", Console(file=io.StringIO()))
+    assert code == status
+    assert rendered == [document]
+    assert json.loads(out.read_text()) == document
