@@ -8,6 +8,7 @@ leave it out (a batch of one is assumed), or be flat with exactly the elements o
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from discovery.node import ModelInfo
 from gateway_plugin.errors import BadRequest, PayloadTooLarge
 from worker.protocol import Limits, Tensor, tensor_from_json
+from worker.protocol.checked import TensorMeta
 from worker.protocol.models import WireTensor
 
 __all__ = ["check_batch_size", "is_tensor_list", "to_tensors"]
@@ -56,7 +58,7 @@ def _plain_value(value: Any, info: ModelInfo, limits: Limits) -> Tensor:
     return tensor_from_json(WireTensor(name=spec.name, shape=shape, datatype=spec.datatype, data=data), limits)
 
 
-def check_batch_size(info: ModelInfo, tensors: list[Tensor], limit: int) -> None:
+def check_batch_size(info: ModelInfo, tensors: Sequence[TensorMeta], limit: int) -> None:
     """PayloadTooLarge when an input's batch dimension (a dynamic first dim) has more than `limit` rows."""
     batched = {spec.name for spec in info.inputs if spec.shape[:1] == (-1,)}
     for tensor in tensors:

@@ -24,7 +24,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import aiohttp
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.routing import APIRoute
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
@@ -126,10 +126,10 @@ class DistributedInference:
         if not self.flags.enabled:
             raise NotFound("distributed inference is disabled (ENABLE_DISTRIBUTED_INFERENCE)")
 
-    async def _guard_infer(self, request: Request) -> None:
+    async def _guard_infer(self, authorization: str | None) -> None:
         """`require_enabled` and `require_infer` for a route served outside FastAPI's dependencies."""
         await self.require_enabled()
-        await self.auth.authorize(request.headers.get("authorization"), INFER)
+        await self.auth.authorize(authorization, INFER)
 
     def fast_lane(self, app: ASGIApp) -> ASGIApp:
         """`app` with the v2 relay served ahead of its middleware and router (`worker.fast_lane`).

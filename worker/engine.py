@@ -14,15 +14,16 @@ from worker.batching import BatchPolicy, DynamicBatcher, RunObserver
 from worker.config import ModelConfig, TensorSpec
 from worker.errors import InferenceFailed, InvalidInput
 from worker.protocol import Tensor, dtype_of
+from worker.protocol.checked import TensorMeta
 from worker.repository import ModelRepository
 
-__all__ = ["InferenceEngine", "batch_policy", "check_inputs"]
+__all__ = ["InferenceEngine", "batch_policy", "check_inputs", "check_signature"]
 
 
-def _check_one(spec: TensorSpec, tensor: Tensor, max_batch_size: int) -> None:
+def _check_one(spec: TensorSpec, tensor: TensorMeta, max_batch_size: int) -> None:
     if tensor.datatype != spec.datatype:
         raise InvalidInput(f"input {spec.name!r}: datatype {tensor.datatype}, model expects {spec.datatype}")
-    shape = tensor.shape
+    shape = list(tensor.shape)
     if len(shape) != len(spec.shape) or any(
         want != -1 and got != want for got, want in zip(shape, spec.shape, strict=True)
     ):
@@ -31,22 +32,27 @@ def _check_one(spec: TensorSpec, tensor: Tensor, max_batch_size: int) -> None:
         raise InvalidInput(f"input {spec.name!r}: batch of {shape[0]} is over max_batch_size {max_batch_size}")
 
 
-def check_inputs(
-    model: str, specs: Sequence[TensorSpec], inputs: Sequence[Tensor], *, max_batch_size: int = 0
-) -> dict[str, np.ndarray[Any, Any]]:
-    """Named arrays for the runtime, after checking names, datatypes and shapes against `specs`."""
+def check_signature(
+    model: str, specs: Sequence[TensorSpec], inputs: Sequence[TensorMeta], *, max_batch_size: int = 0
+) -> None:
+    """InvalidInput unless `inputs` have exactly the names, datatypes and shapes that `specs` ask for."""
     given = {tensor.name: tensor for tensor in inputs}
     expected = {spec.name for spec in specs}
     if unknown := sorted(set(given) - expected):
         raise InvalidInput(f"model {model!r} has no input {unknown[0]!r}; inputs are {sorted(expected)}")
-    feeds: dict[str, np.ndarray[Any, Any]] = {}
     for spec in specs:
         tensor = given.get(spec.name)
         if tensor is None:
             raise InvalidInput(f"model {model!r} needs input {spec.name!r}")
         _check_one(spec, tensor, max_batch_size)
-        feeds[spec.name] = tensor.data
-    return feeds
+
+
+def check_inputs(
+    model: str, specs: Sequence[TensorSpec], inputs: Sequence[Tensor], *, max_batch_size: int = 0
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Named arrays for the runtime, after `check_signature`."""
+    check_signature(model, specs, inputs, max_batch_size=max_batch_size)
+    return {tensor.name: tensor.data for tensor in inputs}
 
 
 class InferenceEngine:

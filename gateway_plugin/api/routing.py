@@ -7,8 +7,8 @@ travels with `include_router`, so errors are rendered the same wherever the host
 from __future__ import annotations
 
 import logging
+import random
 import re
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar
 
@@ -24,7 +24,16 @@ from gateway_plugin.errors import BadRequest, DistinferError, Unprocessable, fro
 from worker.bodies import read_body
 from worker.errors import WorkerError
 
-__all__ = ["ProblemRoute", "RawRoute", "RouteHook", "problem_for", "problem_route", "raw_route", "request_id_of"]
+__all__ = [
+    "ProblemRoute",
+    "RawRoute",
+    "RouteHook",
+    "problem_for",
+    "problem_route",
+    "raw_route",
+    "request_id_of",
+    "scope_request_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +52,15 @@ def request_id_of(request: Request) -> str:
     existing = request.scope.get(_SCOPE_KEY)
     if isinstance(existing, str):
         return existing
-    given = request.headers.get("x-request-id", "")
-    request_id = given if _SAFE_ID.match(given) else uuid.uuid4().hex
-    request.scope[_SCOPE_KEY] = request_id
+    return scope_request_id(request.scope, request.headers.get("x-request-id"))
+
+
+def scope_request_id(scope: Scope, given: str | None) -> str:
+    """`request_id_of` for plain ASGI: `given` is the request's X-Request-ID value, if it sent one."""
+    # 128 random bits in hex, like `uuid4().hex`, without its system call and UUID object per
+    # request (measured: 7 % of the relay's CPU). An id, not a secret: no need for the OS's entropy.
+    request_id = given if given and _SAFE_ID.match(given) else f"{random.getrandbits(128):032x}"
+    scope[_SCOPE_KEY] = request_id
     return request_id
 
 

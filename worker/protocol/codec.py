@@ -10,7 +10,6 @@ little-endian length followed by the bytes. Nothing here unpickles or evaluates 
 from __future__ import annotations
 
 import json
-import math
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -82,7 +81,7 @@ class Tensor:
 class DecodedRequest:
     id: str | None
     parameters: Parameters
-    inputs: list[Tensor]
+    inputs: Sequence[Tensor]
     outputs: list[RequestedOutput] | None
 
 
@@ -118,12 +117,14 @@ def dumps(obj: Any) -> bytes:
 def _element_count(shape: Sequence[int], limits: Limits, name: str) -> int:
     if len(shape) > MAX_DIMS:
         raise InvalidInput(f"tensor {name!r}: {len(shape)} dimensions is over the limit of {MAX_DIMS}")
-    if any(not isinstance(dim, int) or dim < 0 for dim in shape):
-        raise InvalidInput(f"tensor {name!r}: shape {list(shape)} must hold non-negative integers")
-    # Checked per dimension too: [0, 10**30] holds no elements but is still no shape numpy can make.
-    if any(dim > limits.max_tensor_elements for dim in shape):
-        raise PayloadTooLarge(f"tensor {name!r}: a dimension of shape {list(shape)} is over the element limit")
-    count = math.prod(shape)
+    count = 1
+    for dim in shape:  # a plain loop: this runs for every tensor of every request
+        if not isinstance(dim, int) or dim < 0:
+            raise InvalidInput(f"tensor {name!r}: shape {list(shape)} must hold non-negative integers")
+        # Checked per dimension too: [0, 10**30] holds no elements but is still no shape numpy can make.
+        if dim > limits.max_tensor_elements:
+            raise PayloadTooLarge(f"tensor {name!r}: a dimension of shape {list(shape)} is over the element limit")
+        count *= dim
     if count > limits.max_tensor_elements:
         raise PayloadTooLarge(f"tensor {name!r}: {count} elements is over the limit of {limits.max_tensor_elements}")
     return count

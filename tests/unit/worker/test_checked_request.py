@@ -1,0 +1,121 @@
+"""`check_request`: the relay's header-only checks agree with `decode_request`, and decode lazily."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.unit.worker.test_codec import FAST, FUZZ, assert_same_tensor, request_body, tensor_lists
+from worker.errors import InvalidInput, PayloadTooLarge, WorkerError
+from worker.protocol import Limits, Tensor, decode_request, encode_request
+from worker.protocol.checked import check_request
+
+SMALL = Limits(max_tensor_elements=64, max_string_bytes=16)
+BINARY_4 = {"binary_data_size": 4}
+
+
+def _outcome(action: Any) -> type[BaseException] | None:
+    try:
+        action()
+    except WorkerError as exc:
+        return type(exc)
+    return None
+
+
+@FAST
+@given(inputs=tensor_lists(text_only=True), binary=st.booleans())
+def test_valid_requests_pass_and_decode_lazily_to_the_same_tensors(inputs: list[Tensor], binary: bool) -> None:
+    encoded = encode_request(inputs, request_id="r", binary=binary)
+    decoded, lazy = check_request(encoded.body, encoded.header_length, Limits())
+    assert decoded.id == "r"
+    assert [meta.name for meta in lazy.meta] == [tensor.name for tensor in inputs]
+    assert [list(meta.shape) for meta in lazy.meta] == [tensor.shape for tensor in inputs]
+    assert len(decoded.inputs) == len(inputs)
+    for expected, actual in zip(inputs, decoded.inputs, strict=True):
+        assert_same_tensor(expected, actual, bitwise=binary)
+
+
+def _mutations(body: bytes, length: int | None) -> st.SearchStrategy[tuple[bytes, int | None]]:
+    """A valid body cut short, padded, with one byte changed, or with a wrong header length."""
+    size = len(body)
+    cut = st.integers(min_value=0, max_value=max(size - 1, 0)).map(lambda n: (body[:n], length))
+    padded = st.binary(min_size=1, max_size=8).map(lambda extra: (body + extra, length))
+    flipped = st.tuples(st.integers(min_value=0, max_value=max(size - 1, 0)), st.integers(0, 255)).map(
+        lambda at: (body[: at[0]] + bytes([at[1]]) + body[at[0] + 1 :], length)
+    )
+    other_length = st.none() | st.integers(min_value=0, max_value=size + 4)
+    return cut | padded | flipped | other_length.map(lambda n: (body, n))
+
+
+@FUZZ
+@given(inputs=tensor_lists(), binary=st.booleans(), data=st.data())
+def test_check_then_decode_fails_exactly_when_decode_request_fails(
+    inputs: list[Tensor], binary: bool, data: st.DataObject
+) -> None:
+    """Whatever the body: never stricter than decoding, and reading the inputs raises what decoding does."""
+    encoded = encode_request(inputs, binary=binary)
+    body, length = data.draw(_mutations(encoded.body, encoded.header_length))
+    decoding = _outcome(lambda: decode_request(body, length, SMALL))
+    checking = _outcome(lambda: check_request(body, length, SMALL))
+    if checking is not None:
+        assert decoding is checking  # the same class of error, found without decoding
+        return
+    _, lazy = check_request(body, length, SMALL)
+    assert _outcome(lambda: list(lazy)) is decoding
+
+
+@pytest.mark.parametrize(
+    ("entry", "blob", "error"),
+    [
+        ({"name": "x", "shape": [2], "datatype": "FP99", "data": [1, 2]}, b"", InvalidInput),
+        ({"name": "x", "shape": [65], "datatype": "FP32", "data": [0] * 65}, b"", PayloadTooLarge),
+        ({"name": "x", "shape": [2], "datatype": "FP32", "data": 5}, b"", InvalidInput),
+        ({"name": "x", "shape": [2], "datatype": "FP32", "parameters": BINARY_4}, b"\0" * 4, InvalidInput),
+        ({"name": "x", "shape": [1], "datatype": "FP32", "parameters": BINARY_4}, b"\0" * 2, InvalidInput),
+    ],
+    ids=["datatype", "element-limit", "data-not-a-list", "size-vs-shape", "truncated"],
+)
+def test_header_faults_are_found_without_decoding(entry: dict[str, Any], blob: bytes, error: type[Exception]) -> None:
+    body, length = request_body(entry, blob=blob)
+    with pytest.raises(error):
+        check_request(body, length, SMALL)
+
+
+def test_duplicate_names_are_refused() -> None:
+    entry = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}
+    body, length = request_body(entry, entry)
+    with pytest.raises(InvalidInput, match="unique"):
+        check_request(body, length, SMALL)
+
+
+def test_wrong_json_data_passes_the_check_and_fails_when_read() -> None:
+    """The data of a JSON tensor is checked by whoever decodes it (the node, or local fallback here)."""
+    body = json.dumps({"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1.0, 2.0]}]}).encode()
+    _, lazy = check_request(body, None, SMALL)
+    assert len(lazy) == 1
+    with pytest.raises(InvalidInput, match="needs 3 elements"):
+        _ = lazy[0]
+
+
+def test_inputs_are_decoded_once_and_only_when_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    import worker.protocol.checked as checked
+
+    calls: list[int] = []
+    real = checked._decode_tensors
+
+    def counting(*args: Any) -> list[Tensor]:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(checked, "_decode_tensors", counting)
+    encoded = encode_request([Tensor.of("x", np.arange(4, dtype=np.float32))], binary=True)
+    decoded, lazy = check_request(encoded.body, encoded.header_length, SMALL)
+    assert calls == []
+    assert lazy[0].data.tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert [t.name for t in decoded.inputs] == ["x"]
+    assert calls == [1]
