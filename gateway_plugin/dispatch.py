@@ -111,16 +111,17 @@ class Dispatcher:
         self._observer = observer  # telemetry: metrics, spans, stats, request logs
 
     async def infer(self, call: InferenceCall) -> Outcome:
-        with self._observer.dispatch(call.model, call.request_id, self._pool.check_strategy(call.strategy)) as seen:
-            outcome = await self._infer(call)
+        strategy = self._pool.check_strategy(call.strategy)
+        with self._observer.dispatch(call.model, call.request_id, strategy) as seen:
+            outcome = await self._infer(call, strategy)
             seen.finished(outcome.node_id, outcome.mode, outcome.attempts)
         return outcome
 
-    async def _infer(self, call: InferenceCall) -> Outcome:
+    async def _infer(self, call: InferenceCall, strategy: str) -> Outcome:
         start = self._clock()
         run = _Run(
             call,
-            self._pool.check_strategy(call.strategy),
+            strategy,
             start + call.timeout_s,
             call.affinity_key or session_key(call.parameters),
         )
@@ -205,12 +206,18 @@ class Dispatcher:
             raise
         finally:
             lease.done()  # a cancelled hedge reports nothing: neither success nor failure
-        lease.report(self._clock() - began)
+        elapsed = self._clock() - began
+        if lease.trial:  # a half-open breaker's trial: its verdict must land before anything else is picked
+            lease.report(elapsed)
+        else:  # a success informs later picks only: no need to delay the answer for it
+            self._observer.later(lambda: lease.report(elapsed))
         return _Answer(node, response, lease.panic)
 
     async def _attempt_hedged(self, run: _Run, lease: Lease) -> tuple[_Answer, bool]:
-        delay = self._hedge.delay_s(self._pool.p95_s(lease.node.key))
         primary = self._attempt(run, lease)
+        if not self._hedge.enabled:  # the p95 lookup sorts a latency window: only when hedging is on
+            return await primary, False
+        delay = self._hedge.delay_s(self._pool.p95_s(lease.node.key))
         if delay is None or self._clock() + delay >= run.deadline:
             return await primary, False
 

@@ -83,9 +83,20 @@ class RouteTelemetry:
             await self._tracing.serve(route, template, scope, receive, send_timed, traced)
         finally:
             RECORD.reset(token)
-            in_flight.dec()
             end = sent if sent is not None else self._clock()
+            self._run_after(record)
+            in_flight.dec()
             self._finish(record, scope, status, end, sent is not None, logged)
+
+    @staticmethod
+    def _run_after(record: RequestRecord) -> None:
+        """The request's deferred bookkeeping (`recorder.after_response`), now that the answer is out."""
+        pending, record.after = record.after or [], None
+        for work in pending:
+            try:
+                work()
+            except Exception:  # bookkeeping must not fail the request nor skip the rest
+                log.exception("request bookkeeping failed")
 
     def _finish(self, record: RequestRecord, scope: Scope, status: int, end: float, sent: bool, logged: bool) -> None:
         m = self._metrics

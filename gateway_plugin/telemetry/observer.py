@@ -12,7 +12,7 @@ interface, so dispatch stays about dispatching and a test can pass its own obser
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
@@ -43,6 +43,10 @@ class DispatchObserver(Protocol):
         """Around one call to one node; an exception leaving it is that attempt's failure."""
         ...
 
+    def later(self, work: Callable[[], None]) -> None:
+        """Run `work` once the current request's response is sent (at once when there is none)."""
+        ...
+
 
 class _Quiet:
     headers: Mapping[str, str] = {}
@@ -61,6 +65,9 @@ class NullObserver:
     @contextmanager
     def attempt(self, model: str, node_id: str, number: int, *, hedge: bool = False) -> Iterator[AttemptScope]:
         yield _QUIET
+
+    def later(self, work: Callable[[], None]) -> None:
+        work()
 
 
 _QUIET = _Quiet()

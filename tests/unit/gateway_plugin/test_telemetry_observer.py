@@ -228,3 +228,82 @@ async def test_with_tracing_off_the_callers_traceparent_still_reaches_the_node()
     assert client.headers[0] == {"X-Request-ID": "req-1", "traceparent": incoming}
     assert client.headers[1] == {"X-Request-ID": "req-1"}
     assert _value(telemetry, "distinfer_gateway_attempts_total", node="n0", outcome="ok") == 2
+
+
+async def test_bookkeeping_waits_until_the_response_is_sent_and_then_runs() -> None:
+    """Metrics and stats of a request's calls are counted after its last byte, off the caller's path."""
+    telemetry, dispatcher, *_ = _setup()
+    seen_at_send: list[tuple[float, float, int]] = []
+
+    def counted() -> tuple[float, float, int]:
+        nodes = ("n0", "n1")
+        ok = {"model": "m", "outcome": "ok", "mode": "distributed"}
+        calls = sum(_value(telemetry, "distinfer_gateway_requests_total", node=node, **ok) for node in nodes)
+        attempts = sum(_value(telemetry, "distinfer_gateway_attempts_total", node=node, outcome="ok") for node in nodes)
+        return calls, attempts, len(telemetry.stats.recent())
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await dispatcher.infer(_call())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.body":
+            seen_at_send.append(counted())
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    route = type("Route", (), {"path_format": "/api/inference"})()
+    scope = {"type": "http", "method": "POST", "path": "/api/inference", "headers": []}
+    await telemetry.route_hook(route, scope, receive, send, app)
+    assert seen_at_send == [(0.0, 0.0, 0)]
+    assert counted() == (1.0, 1.0, 1)
+
+
+async def test_failing_bookkeeping_is_logged_and_the_rest_still_runs(caplog: pytest.LogCaptureFixture) -> None:
+    from gateway_plugin.telemetry.recorder import after_response
+
+    telemetry, *_ = _setup()
+    ran: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("bookkeeping bug")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        after_response(broken)
+        after_response(lambda: ran.append("second"))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def ignore(message: Any) -> None:
+        return None
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    route = type("Route", (), {"path_format": "/api/x"})()
+    await telemetry.route_hook(route, {"type": "http", "method": "GET", "headers": []}, receive, ignore, app)
+    assert ran == ["second"]
+    assert "request bookkeeping failed" in caplog.text
+    after_response(lambda: ran.append("outside a request: at once"))
+    assert ran[-1] == "outside a request: at once"
+
+
+async def test_a_success_reaches_the_balancer_after_the_response_and_at_once_outside_a_request() -> None:
+    _, dispatcher, client, urls, _ = _setup(nodes=1)
+    pool = dispatcher._pool
+    record = RequestRecord(start=0.0, route="/api/inference")
+    token = RECORD.set(record)
+    try:
+        await dispatcher.infer(_call())
+    finally:
+        RECORD.reset(token)
+    assert pool.latency_ewma_s(urls[0]) is None  # not yet: the answer goes out first
+    for work in record.after or []:
+        work()
+    learned = pool.latency_ewma_s(urls[0])
+    assert learned is not None
+    client.error.clear()
+    await dispatcher.infer(_call())  # no request around it (a task worker): reported at once
+    assert pool.latency_ewma_s(urls[0]) != learned
