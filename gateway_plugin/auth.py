@@ -64,6 +64,10 @@ class Principal:
         return scope in self.scopes
 
 
+# Everyone, when auth is disabled: one immutable principal, not a new one per request.
+_ANONYMOUS = Principal(sub=None, scopes=frozenset({INFER, ADMIN}), anonymous=True)
+
+
 def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
     """Scopes from `scope` ("a b c") or `scp` (["a", "b"] or "a b"); `admin` implies `infer`."""
     found: set[str] = set()
@@ -261,7 +265,7 @@ class Authenticator:
 
     async def _principal(self, token: str | None) -> Principal:
         if self.disabled:
-            return Principal(sub=None, scopes=frozenset({INFER, ADMIN}), anonymous=True)
+            return _ANONYMOUS
         if token is None:
             raise Unauthorized("a bearer token is required", headers={"WWW-Authenticate": _REALM})
         if not self.configured:

@@ -103,7 +103,8 @@ class NodeClient:
                 declared = response.content_length
                 if declared is not None and declared > self._max_response_bytes:
                     raise NodeServerError(f"{url}: response of {declared} bytes is over the limit", node_url=url)
-                body = await self._read_all(response, url)
+                # A declared length is already checked, and aiohttp stops at it: one read, no chunk loop.
+                body = await response.read() if declared is not None else await self._read_all(response, url)
                 reply = _Reply(response.status, response.headers, body)
         except TimeoutError as exc:
             raise NodeTimeout(f"{url}: no answer within {timeout_s:.3g}s", node_url=url) from exc

@@ -106,7 +106,10 @@ class GatewayTracing:
         With no span (tracing off), the current context's: the caller's, when a `traceparent` came in.
         """
         carrier: dict[str, str] = {"X-Request-ID": request_id} if request_id else {}
-        self._propagator.inject(carrier, context=set_span_in_context(span) if span is not None else None)
+        if span is not None:
+            self._propagator.inject(carrier, context=set_span_in_context(span))
+        elif otel_context.get_current():  # an empty context (no caller's trace) has nothing to pass on
+            self._propagator.inject(carrier)
         return carrier
 
     def flush(self) -> None:

@@ -11,6 +11,7 @@ import socket
 
 import aiohttp
 import numpy as np
+import pytest
 from aiohttp import web
 
 from worker.client import NodeClient
@@ -23,7 +24,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_a_large_answer_sent_in_pieces_is_read_whole() -> None:
+@pytest.mark.parametrize("declared", [False, True], ids=["chunked", "content-length"])
+async def test_a_large_answer_sent_in_pieces_is_read_whole(declared: bool) -> None:
     data = np.arange(512 * 512, dtype=np.float32).reshape(512, 512)
     encoded = encode_response(
         model_name="m", model_version="1", request_id=None, outputs=[Tensor.of("y", data)], binary=True
@@ -32,6 +34,8 @@ async def test_a_large_answer_sent_in_pieces_is_read_whole() -> None:
     async def answer(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={HEADER_LENGTH: str(encoded.header_length)})
         response.content_type = "application/octet-stream"
+        if declared:  # read in one call; without a length, chunk by chunk under the cap
+            response.content_length = len(encoded.body)
         await response.prepare(request)
         for start in range(0, len(encoded.body), 65536):  # the way a busy node's bytes arrive
             await response.write(encoded.body[start : start + 65536])
