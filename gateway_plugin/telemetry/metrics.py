@@ -22,6 +22,7 @@ series without limit by inventing model names.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from gateway_plugin.telemetry.buffered import MetricBuffer
 from worker.telemetry import LATENCY_BUCKETS, Exposition
 
 __all__ = ["OTHER", "GatewayMetrics", "LabelBudget", "LiveNode", "OVERHEAD_BUCKETS"]
@@ -127,6 +129,11 @@ class GatewayMetrics:
     ) -> None:
         self.registry = registry
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        # Hot-path children count into plain numbers, flushed when the registry collects; registered
+        # first so that it runs before the metrics it feeds. Multiprocess files need every update.
+        self._buffer = None if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else MetricBuffer()
+        if self._buffer is not None:
+            registry.register(self._buffer)
         self.node_label = LabelBudget(node_limit)
         self.model_label = LabelBudget(model_limit)
         r = registry
@@ -229,5 +236,8 @@ class GatewayMetrics:
         key = (self._names[id(metric)], labels)
         found = self._children.get(key)
         if found is None:
-            found = self._children[key] = metric.labels(*labels)
+            found = metric.labels(*labels)
+            if self._buffer is not None:
+                found = self._buffer.wrap(metric, found)
+            self._children[key] = found
         return found
