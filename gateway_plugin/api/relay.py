@@ -8,6 +8,7 @@ that v2 clients show the message.
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -151,7 +152,7 @@ async def _relay(
             request_id=request_id,
             timeout_s=dispatch.default_timeout_ms / 1000,
             outputs=[out.name for out in decoded.outputs] if decoded.outputs else None,
-            parameters={k: v for k, v in decoded.parameters.items() if k not in _ENCODING_PARAMETERS},
+            parameters=_node_parameters(decoded.parameters),
             raw=RawMessage(body, headers.get("content-type") or "application/json", header_length),
         )
     )
@@ -169,6 +170,13 @@ async def _relay(
     if answer.header_length is not None:
         sent[HEADER_LENGTH] = str(answer.header_length)
     return answer, sent
+
+
+def _node_parameters(parameters: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The request's parameters without those about the client's own encoding."""
+    if _ENCODING_PARAMETERS.isdisjoint(parameters):
+        return parameters
+    return {k: v for k, v in parameters.items() if k not in _ENCODING_PARAMETERS}
 
 
 def _with_v2_error(error: DistinferError) -> DistinferError:

@@ -183,12 +183,11 @@ class GatewayTelemetry:
     ) -> None:
         m = self.metrics
         node = m.node_label(node_id)
-        label = self.model_label(model)
         m.child(m.decisions, call.strategy if call is not None else UNKNOWN, node).inc()
         if hedge:
-            m.child(m.hedges, label).inc()
+            m.child(m.hedges, self.model_label(model)).inc()
         elif number > 1:
-            m.child(m.retries, label).inc()
+            m.child(m.retries, self.model_label(model)).inc()
         m.child(m.attempts, node, outcome).inc()
         m.child(m.attempt_seconds, node).observe(seconds)
         # A node that refuses a bad request is healthy: only its own failures count against it.

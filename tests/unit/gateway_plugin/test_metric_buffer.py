@@ -82,6 +82,16 @@ def test_buffered_children_scrape_exactly_as_direct_ones(ops: list[tuple[str, st
 async def test_a_scrape_from_another_thread_flushes_on_the_loop_and_loses_nothing() -> None:
     registry = CollectorRegistry()
     metrics = GatewayMetrics(registry)
+    buffer = metrics._buffer
+    assert buffer is not None
+    flushed_on: set[int] = set()
+    flush_here = buffer._flush_here
+
+    def spy() -> None:
+        flushed_on.add(threading.get_ident())
+        flush_here()
+
+    buffer._flush_here = spy  # type: ignore[method-assign]
     counted = 0
     stop = False
 
@@ -101,13 +111,12 @@ async def test_a_scrape_from_another_thread_flushes_on_the_loop_and_loses_nothin
 
     updater = asyncio.create_task(update())
     await asyncio.sleep(0)
-    scraper = threading.Thread(target=scrape)
-    scraper.start()
-    while scraper.is_alive():
-        await asyncio.sleep(0.001)
+    await asyncio.to_thread(scrape)  # the loop keeps updating meanwhile
     stop = True
     await updater
-    assert seen == sorted(seen) and seen[-1] > 0  # every scrape saw the updates made before it
+    assert seen == sorted(seen)  # every scrape saw the updates made before it
+    assert seen[-1] > 0
+    assert flushed_on == {threading.get_ident()}  # the updating loop's thread, never the scraper's
     assert registry.get_sample_value("distinfer_gateway_retries_total", {"model": "m"}) == counted
 
 
@@ -120,5 +129,5 @@ def test_multiprocess_mode_updates_the_real_children(monkeypatch: pytest.MonkeyP
 
 def test_counters_refuse_negative_amounts_as_prometheus_does() -> None:
     metrics = GatewayMetrics(CollectorRegistry())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="non-negative"):
         metrics.child(metrics.retries, "m").inc(-1)
