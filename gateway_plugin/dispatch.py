@@ -139,7 +139,10 @@ class Dispatcher:
             if lease is None:
                 break
             try:
-                answer, hedged = await self._attempt_hedged(run, lease)
+                if self._hedge.enabled:
+                    answer, hedged = await self._attempt_hedged(run, lease)
+                else:
+                    answer, hedged = await self._attempt(run, lease), False
             except NodeCallError as exc:
                 last_error = exc
                 log.warning("attempt %d of %s failed: %s", run.attempts, call.request_id, exc.message)
@@ -215,9 +218,7 @@ class Dispatcher:
 
     async def _attempt_hedged(self, run: _Run, lease: Lease) -> tuple[_Answer, bool]:
         primary = self._attempt(run, lease)
-        if not self._hedge.enabled:  # the p95 lookup sorts a latency window: only when hedging is on
-            return await primary, False
-        delay = self._hedge.delay_s(self._pool.p95_s(lease.node.key))
+        delay = self._hedge.delay_s(self._pool.p95_s(lease.node.key))  # sorts a latency window: hedging only
         if delay is None or self._clock() + delay >= run.deadline:
             return await primary, False
 
