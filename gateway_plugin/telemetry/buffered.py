@@ -30,41 +30,38 @@ __all__ = ["MetricBuffer"]
 _FLUSH_WAIT_S = 2.0
 
 
-class _BufferedCounter:
+class _BufferedSum:
+    """Increments summed up to the next flush (a counter's or a gauge's)."""
+
     __slots__ = ("_child", "_pending")
 
     def __init__(self, child: Any) -> None:
         self._child = child
         self._pending = 0.0
+
+    def flush(self) -> None:
+        if self._pending:
+            amount, self._pending = self._pending, 0.0
+            self._child.inc(amount)
+
+
+class _BufferedCounter(_BufferedSum):
+    __slots__ = ()
 
     def inc(self, amount: float = 1.0) -> None:
         if amount < 0:
             raise ValueError("counters can only be incremented by non-negative amounts")
         self._pending += amount
 
-    def flush(self) -> None:
-        if self._pending:
-            amount, self._pending = self._pending, 0.0
-            self._child.inc(amount)
 
-
-class _BufferedGauge:
-    __slots__ = ("_child", "_pending")
-
-    def __init__(self, child: Any) -> None:
-        self._child = child
-        self._pending = 0.0
+class _BufferedGauge(_BufferedSum):
+    __slots__ = ()
 
     def inc(self, amount: float = 1.0) -> None:
         self._pending += amount
 
     def dec(self, amount: float = 1.0) -> None:
         self._pending -= amount
-
-    def flush(self) -> None:
-        if self._pending:
-            amount, self._pending = self._pending, 0.0
-            self._child.inc(amount)
 
 
 class _BufferedHistogram:
@@ -95,13 +92,13 @@ class MetricBuffer(Collector):
     """Hands out buffering children and flushes them when its registry collects (register it first)."""
 
     def __init__(self) -> None:
-        self._children: list[_BufferedCounter | _BufferedGauge | _BufferedHistogram] = []
+        self._children: list[_BufferedSum | _BufferedHistogram] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
 
     def wrap(self, metric: MetricWrapperBase, child: Any) -> Any:
         """A buffering stand-in for `metric`'s labelled `child` (the child itself for other metric types)."""
-        buffered: _BufferedCounter | _BufferedGauge | _BufferedHistogram
+        buffered: _BufferedSum | _BufferedHistogram
         if isinstance(metric, Counter):
             buffered = _BufferedCounter(child)
         elif isinstance(metric, Gauge):

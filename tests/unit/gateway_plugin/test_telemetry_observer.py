@@ -86,6 +86,17 @@ def _call(model: str = "m") -> InferenceCall:
     return InferenceCall(model=model, inputs=INPUT, request_id="req-1", timeout_s=2.0)
 
 
+async def _infer_in_request(dispatcher: Dispatcher) -> RequestRecord:
+    """One call made as a plugin request would make it (under its record); the record after it."""
+    record = RequestRecord(start=0.0, route="/api/inference")
+    token = RECORD.set(record)
+    try:
+        await dispatcher.infer(_call())
+    finally:
+        RECORD.reset(token)
+    return record
+
+
 async def test_a_retried_call_counts_attempts_retries_and_nests_spans() -> None:
     telemetry, dispatcher, client, urls, exporter = _setup()
     client.fail_first = NodeServerError("boom", node_url="first", status=500)
@@ -160,12 +171,7 @@ async def test_overlapping_attempts_of_one_call_are_hedges() -> None:
 
 async def test_the_request_record_learns_upstream_timing_and_routing() -> None:
     _, dispatcher, client, urls, _ = _setup()
-    record = RequestRecord(start=0.0, route="/api/inference")
-    token = RECORD.set(record)
-    try:
-        await dispatcher.infer(_call())
-    finally:
-        RECORD.reset(token)
+    record = await _infer_in_request(dispatcher)
     assert record.upstream_start is not None
     assert record.upstream_end is not None
     assert record.upstream_end >= record.upstream_start
@@ -293,12 +299,7 @@ async def test_failing_bookkeeping_is_logged_and_the_rest_still_runs(caplog: pyt
 async def test_a_success_reaches_the_balancer_after_the_response_and_at_once_outside_a_request() -> None:
     _, dispatcher, client, urls, _ = _setup(nodes=1)
     pool = dispatcher._pool
-    record = RequestRecord(start=0.0, route="/api/inference")
-    token = RECORD.set(record)
-    try:
-        await dispatcher.infer(_call())
-    finally:
-        RECORD.reset(token)
+    record = await _infer_in_request(dispatcher)
     assert pool.latency_ewma_s(urls[0]) is None  # not yet: the answer goes out first
     for work in record.after or []:
         work()
