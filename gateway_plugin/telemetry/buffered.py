@@ -15,6 +15,7 @@ exporter) has the flush run on that loop and waits for it, so no update is lost 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -107,12 +108,10 @@ class MetricBuffer(Collector):
             buffered = _BufferedHistogram(child, list(metric._upper_bounds))
         else:
             return child
-        if self._thread is None:
-            self._thread = threading.get_ident()
-            try:
+        if self._loop is None:  # the loop that updates: the first one a child is made on
+            with contextlib.suppress(RuntimeError):  # none running here (yet)
                 self._loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self._loop = None
+                self._thread = threading.get_ident()
         self._children.append(buffered)
         return buffered
 

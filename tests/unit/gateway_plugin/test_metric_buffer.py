@@ -92,6 +92,7 @@ async def test_a_scrape_from_another_thread_flushes_on_the_loop_and_loses_nothin
         flush_here()
 
     buffer._flush_here = spy  # type: ignore[method-assign]
+    await asyncio.to_thread(metrics.child, metrics.hedges, "m")  # a first child made where no loop runs
     counted = 0
     stop = False
 
