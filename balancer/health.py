@@ -110,11 +110,17 @@ class HealthProber:
             self._wake.set()  # probe a new node now rather than at the next tick
 
     async def run(self) -> None:
+        """A round every `interval_s`, and one at once when a node is added.
+
+        The first round waits its interval when a round already ran (the lifespan probes once
+        before serving): two rounds back to back gave nothing but a race with the first requests.
+        """
         while True:
+            if self._rounds:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
             self._wake.clear()
             await self.probe_all()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
 
     async def probe_all(self) -> None:
         refresh = self._rounds % self._refresh_every == 0

@@ -87,6 +87,7 @@ class V2Node:
         self.models = {"digits"}
         self.ready = True
         self.index_calls = 0
+        self.health_calls = 0
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -100,6 +101,7 @@ class V2Node:
         return web.json_response({"name": "fake", "version": "1", "extensions": [], "node_id": "v2-fake"})
 
     async def health(self, _: web.Request) -> web.Response:
+        self.health_calls += 1
         return web.Response(status=200 if self.ready else 503)
 
     async def index(self, _: web.Request) -> web.Response:

@@ -6,12 +6,15 @@ the rest of the batch got 503 (found by the batch bench and the chaos suite).
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 
 from balancer.health import HealthProber
 from discovery.node import NodeSpec, NodeStatus
 from discovery.registry import NodeRegistry
 from gateway_plugin.processes import free_port
+from tests.integration.polling import until
 from tests.unit.balancer.conftest import V2Node
 from worker.client import NodeClient
 
@@ -44,3 +47,37 @@ async def test_three_missed_probes_take_the_node_offline(served: tuple[V2Node, s
 async def test_a_refused_connection_takes_the_node_offline_at_once() -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     assert await _status_after_rounds(dead, None, rounds=1, healthy_first=False) is NodeStatus.OFFLINE
+
+
+async def test_after_the_startup_round_the_prober_waits_an_interval_unless_a_node_arrives(
+    served: tuple[V2Node, str],
+) -> None:
+    node, url = served
+    registry = NodeRegistry()
+    registry.reset("static", [NodeSpec(url)])
+    async with aiohttp.ClientSession() as session:
+        prober = HealthProber(registry, NodeClient(session, probe_timeout_s=1), interval_s=30)
+        await prober.probe_all()  # what the lifespan does before serving
+        after_startup = node.health_calls
+        task = asyncio.create_task(prober.run())
+        try:
+            await asyncio.sleep(0.3)
+            assert node.health_calls == after_startup  # no second round back to back
+            registry.reset("static", [NodeSpec(url), NodeSpec(f"http://127.0.0.1:{free_port()}")])
+            await until(lambda: node.health_calls == after_startup + 1, timeout_s=5)  # a new node: a round at once
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_prober_that_never_ran_probes_at_once(served: tuple[V2Node, str]) -> None:
+    node, url = served
+    registry = NodeRegistry()
+    registry.reset("static", [NodeSpec(url)])
+    async with aiohttp.ClientSession() as session:
+        task = asyncio.create_task(HealthProber(registry, NodeClient(session, probe_timeout_s=1), interval_s=30).run())
+        try:
+            await until(lambda: node.health_calls == 1, timeout_s=5)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
