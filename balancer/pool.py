@@ -52,10 +52,12 @@ class PoolConfig:
 
 
 class _NodeState:
-    __slots__ = ("advertised", "breaker", "ewma", "in_flight", "window")
+    __slots__ = ("advertised", "breaker", "ewma", "in_flight", "limit", "window")
 
     def __init__(self, config: PoolConfig, clock: Clock, on_change: Callable[[], None]) -> None:
         self.in_flight = 0
+        # Requests in flight at which the node is `busy`: the operator's limit, else what it advertises.
+        self.limit = config.max_in_flight
         self.ewma = PeakEwma(clock, decay_s=config.latency_decay_s, samples=config.latency_samples)
         self.window = LatencyWindow()
         self.breaker = CircuitBreaker(config.ejection, clock, on_change=on_change)
@@ -211,8 +213,18 @@ class NodePool:
         return {**advertised, **node.spec.labels}  # what discovery says wins over what the node says
 
     def learn_labels(self, key: str, labels: Mapping[str, str]) -> None:
-        """What a node advertises about itself (device, memory, capacity, --label); from the prober."""
-        self._state(key).advertised = MappingProxyType(dict(labels))
+        """What a node advertises about itself (device, memory, capacity, --label); from the prober.
+
+        A node started with `--max-concurrency N` advertises `max_concurrency`; unless the operator
+        set `DISTINFER_NODE_MAX_IN_FLIGHT`, the node counts as busy at N requests in flight, so load
+        goes to nodes with a free slot before it queues at a full one.
+        """
+        state = self._state(key)
+        state.advertised = MappingProxyType(dict(labels))
+        limit = self.config.max_in_flight or _advertised_limit(labels)
+        if limit != state.limit:
+            state.limit = limit
+            self._invalidate(key)
 
     def latency_ewma_s(self, key: str) -> float | None:
         state = self._states.get(key)
@@ -273,9 +285,8 @@ class NodePool:
         if in_panic(len(admitted), len(nodes), self.config.panic_threshold):
             return Picker(nodes, frozenset(n.key for n in nodes), keys, (), True, self._least_bad(nodes), expires)
         ready = admitted
-        limit = self.config.max_in_flight
-        if limit:
-            free = [node for node in admitted if self.in_flight(node.key) < limit]
+        if any(self._state(node.key).limit for node in admitted):
+            free = [node for node in admitted if not self._busy(node.key)]
             ready = free or admitted  # all busy: spill over rather than refuse
         return Picker(nodes, frozenset(n.key for n in nodes), keys, tuple(ready), False, (), expires)
 
@@ -315,7 +326,7 @@ class NodePool:
             return None
         state = self._state(chosen.key)
         state.in_flight += 1
-        if state.in_flight == self.config.max_in_flight:
+        if state.in_flight == state.limit:
             self._invalidate(chosen.key)  # it just became busy
         trial = state.breaker.acquire() if not panic else False
         return Lease(chosen, self, trial=trial, panic=panic, sent_in_flight=state.in_flight)
@@ -370,12 +381,16 @@ class NodePool:
         if state is None:
             return
         state.in_flight = max(state.in_flight - 1, 0)
-        if state.in_flight == self.config.max_in_flight - 1:
+        if state.in_flight == state.limit - 1:
             self._invalidate(key)  # no longer busy
         if trial:
             state.breaker.release_trial()
         if not state.in_flight and self._registry.get(key) is None:
             del self._states[key]  # removed while in flight: forget it now
+
+    def _busy(self, key: str) -> bool:
+        state = self._states.get(key)
+        return state is not None and 0 < state.limit <= state.in_flight
 
     def report_unreachable(self, key: str, reason: str) -> None:
         """Passive health: a node that refuses connections is taken out until a probe brings it back."""
@@ -387,6 +402,12 @@ class NodePool:
             return node.status
         if not self._admits(node.key):
             return NodeStatus.ERROR
-        if self.config.max_in_flight and self.in_flight(node.key) >= self.config.max_in_flight:
+        if self._busy(node.key):
             return NodeStatus.BUSY
         return NodeStatus.ONLINE
+
+
+def _advertised_limit(labels: Mapping[str, str]) -> int:
+    """The node's `max_concurrency` label as a positive count; 0 (no limit) when absent or not one."""
+    value = labels.get("max_concurrency", "")
+    return int(value) if value.isdigit() else 0

@@ -101,7 +101,7 @@ class BalancerSettings(_Section):
     eject_base_s: float = Field(default=5.0, gt=0)
     eject_max_s: float = Field(default=120.0, gt=0)
     panic_threshold_percent: float = Field(default=0.0, ge=0, le=100)
-    node_max_in_flight: int = Field(default=0, ge=0)  # at the limit a node is `busy`; 0: no limit
+    node_max_in_flight: int = Field(default=0, ge=0)  # at the limit a node is `busy`; 0: its advertised max_concurrency
     latency_decay_s: float = Field(default=1.0, gt=0)  # peak EWMA blending; idle decay is 10x
     latency_band: float = Field(default=0.1, ge=0, lt=1)
     model_requirements: str = ""  # capability: "model:label=value,label>=n;model2:..."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
@@ -72,3 +73,21 @@ async def test_routing_follows_a_node_that_stops_and_starts_serving_models(repos
         first.stop()
         if second is not None:
             second.stop()
+
+
+async def test_a_node_with_max_concurrency_is_busy_while_its_slot_is_taken(start_nodes: StartNodes) -> None:
+    """The node advertises `--max-concurrency`; with no DISTINFER_NODE_MAX_IN_FLIGHT the gateway follows it."""
+    slow = ["--models", "digits", "--max-concurrency", "1", "--fault-latency-ms", "600"]
+    (node,) = start_nodes("one-slot", extra_args=slow)
+    async with mounted(gateway_settings(DiscoverySettings(nodes=[node.url]))) as (client, distributed):
+        learned = distributed.pool.labels
+        await until(lambda: learned(distributed.registry.nodes()[0]).get("max_concurrency") == "1", timeout_s=10)
+        assert await node_ids(client) == {"one-slot": "online"}
+        pending = asyncio.create_task(client.post(f"{PREFIX}/inference", json=BODY))
+        await until(lambda: _status_is(client, "busy"), timeout_s=5)
+        assert (await pending).status_code == 200
+        assert await node_ids(client) == {"one-slot": "online"}
+
+
+async def _status_is(client: object, status: str) -> bool:
+    return await node_ids(client) == {"one-slot": status}  # type: ignore[arg-type]

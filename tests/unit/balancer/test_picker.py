@@ -244,6 +244,35 @@ def test_busy_and_free_again_change_the_next_pick(clock: FakeClock) -> None:
     assert pool.in_flight(a) == pool.in_flight(b) == 0
 
 
+def test_a_node_advertising_max_concurrency_is_busy_at_that_many_in_flight(clock: FakeClock) -> None:
+    """`distinfer node --max-concurrency 1` says so in its labels; without an operator limit the pool obeys it."""
+    _, pool, (a, b) = setup(clock, 2)
+    pool.learn_labels(a, {"max_concurrency": "1", "capacity": "1"})
+    held = pool.pick("digits", exclude=frozenset({b}))
+    assert held is not None
+    assert [n.key for n in pool.picker("digits").ready] == [b]  # a is full: the next picks go to b
+    for _ in range(3):
+        lease = pool.pick("digits", strategy="round_robin")
+        assert lease is not None
+        assert lease.node.key == b
+        lease.done()
+    held.done()
+    assert {n.key for n in pool.picker("digits").ready} == {a, b}
+    pool.learn_labels(a, {"max_concurrency": "junk"})  # not a count: no limit
+    leases = [pool.pick("digits", exclude=frozenset({b})) for _ in range(3)]
+    assert all(lease is not None for lease in leases)
+    assert {n.key for n in pool.picker("digits").ready} == {a, b}
+
+
+def test_the_operator_limit_wins_over_the_advertised_one(clock: FakeClock) -> None:
+    _, pool, (a, b) = setup(clock, 2, max_in_flight=2)
+    pool.learn_labels(a, {"max_concurrency": "1"})
+    pool.pick("digits", exclude=frozenset({b}))
+    assert {n.key for n in pool.picker("digits").ready} == {a, b}  # 1 of the operator's 2
+    pool.pick("digits", exclude=frozenset({b}))
+    assert [n.key for n in pool.picker("digits").ready] == [b]
+
+
 def test_panic_follows_the_snapshot_and_tells_listeners(clock: FakeClock) -> None:
     _, pool, (a, b, c) = setup(clock, panic_threshold=50.0)
     heard: list[str] = []
