@@ -410,4 +410,4 @@ class NodePool:
 def _advertised_limit(labels: Mapping[str, str]) -> int:
     """The node's `max_concurrency` label as a positive count; 0 (no limit) when absent or not one."""
     value = labels.get("max_concurrency", "")
-    return int(value) if value.isdigit() else 0
+    return int(value) if value.isascii() and value.isdigit() else 0  # not '²': int() refuses it

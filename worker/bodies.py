@@ -18,7 +18,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 async def receive_body(receive: Receive, max_bytes: int, declared: str | None) -> bytes:
     """`read_body` for plain ASGI: `declared` is the request's Content-Length value, if it sent one."""
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):  # not '²': int() refuses it
             raise InvalidInput("Content-Length must be a non-negative integer")
         if int(declared) > max_bytes:
             raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {max_bytes}")

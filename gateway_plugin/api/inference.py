@@ -13,6 +13,7 @@ from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.errors import Unprocessable
 from gateway_plugin.inputs import check_batch_size, to_tensors
 from gateway_plugin.services import Services, ServicesDependency
+from gateway_plugin.telemetry.recorder import defer_bookkeeping
 from worker.engine import check_inputs
 from worker.protocol import dumps
 from worker.protocol.codec import json_tensor
@@ -82,6 +83,7 @@ def inference_router(services: ServicesDependency, route_class: type[ProblemRout
         responses={400: {}, 404: {}, 413: {}, 422: {}, 429: {}, 503: {}, 504: {}},
     )
     async def infer(body: InferenceRequest, request: Request, svc: Annotated[Services, Depends(services)]) -> Response:
+        defer_bookkeeping()  # one call per request: its metrics may wait for the answer
         request_id = body.request_id or request_id_of(request)
         session = request.headers.get(SESSION_HEADER)
         with admitted(svc.admission):  # 429 + Retry-After beyond DISTINFER_MAX_INFLIGHT

@@ -20,6 +20,7 @@ from gateway_plugin.dispatch import InferenceCall
 from gateway_plugin.errors import DistinferError, UnknownModel, from_worker, problem
 from gateway_plugin.inputs import check_batch_size
 from gateway_plugin.services import Services, ServicesDependency
+from gateway_plugin.telemetry.recorder import defer_bookkeeping
 from worker.bodies import receive_body
 from worker.client import RawMessage
 from worker.engine import check_signature
@@ -62,6 +63,7 @@ class RelayEndpoint:
         self._limit = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        defer_bookkeeping()  # one call per request: its metrics may wait for the answer
         headers = _headers(scope)
         request_id = scope_request_id(scope, headers.get("x-request-id"))
         try:

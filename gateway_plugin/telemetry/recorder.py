@@ -27,7 +27,7 @@ from gateway_plugin.telemetry.tracing import GatewayTracing
 from worker.errors import NodeCallError, NodeRejected, NodeServerError, NodeTimeout, NodeUnreachable
 from worker.tracing import retro_span
 
-__all__ = ["RECORD", "GatewayTelemetry", "RequestRecord", "after_response", "error_outcome"]
+__all__ = ["RECORD", "GatewayTelemetry", "RequestRecord", "after_response", "defer_bookkeeping", "error_outcome"]
 
 UNKNOWN = "unknown"
 
@@ -48,19 +48,32 @@ class RequestRecord:
     calls: int = 0
     upstream_start: float | None = None
     upstream_end: float | None = None
-    # Bookkeeping that waits for the response to be sent (None once it has been): see `after_response`.
-    after: list[Callable[[], None]] | None = field(default_factory=list)
+    # Bookkeeping that waits for the response to be sent, for routes that opted in (`defer_bookkeeping`);
+    # None: done at once (the default, and once the response is out).
+    after: list[Callable[[], None]] | None = None
 
 
 RECORD: ContextVar[RequestRecord | None] = ContextVar("distinfer_request_record", default=None)
 
 
-def after_response(work: Callable[[], None]) -> None:
-    """Run `work` once the current plugin request's response is sent; at once outside one.
+def defer_bookkeeping() -> None:
+    """The current request makes one dispatch call: its bookkeeping may wait for the answer to go out.
 
-    Metrics and stats need not delay the answer: the route hook runs this work after the last
-    byte is handed to the server, off the caller's critical path (what a one-client benchmark
-    measures) while costing the same CPU.
+    For single-call routes only (the v2 relay, `/inference`). A batch, parallel or pipeline request
+    makes many calls over a long time, and the balancer must learn each one's success as it
+    happens (a breaker that saw only the failures would trip on a healthy node).
+    """
+    record = RECORD.get()
+    if record is not None and record.after is None and not record.calls:
+        record.after = []
+
+
+def after_response(work: Callable[[], None]) -> None:
+    """Run `work` once the current request's response is sent if it deferred its bookkeeping; else at once.
+
+    Metrics, stats and a success's latency report need not delay a single call's answer: the route
+    hook runs this work after the last byte is handed to the server, off the caller's critical path
+    (what a one-client benchmark measures) while costing the same CPU.
     """
     record = RECORD.get()
     if record is not None and record.after is not None:

@@ -1,10 +1,11 @@
-"""A v2 request checked from its header alone, its tensors decoded only if someone reads them.
+"""A v2 request checked as `decode_request` checks it, its binary tensors decoded only if read.
 
 A relay passes the client's body to a node unread, so building numpy arrays for every request
-is wasted work on its hottest path. `check_request` makes every check that needs no array (the
-header, unique names, datatypes, shapes against the element limit, the binary framing) and
-returns the request with `inputs` that decode on first read (for local fallback, the cache key,
-a node without the binary extension), raising what `decode_request` would.
+is wasted work on its hottest path. `check_request` refuses exactly what `decode_request`
+refuses. Fixed-size binary tensors are checked from the header alone (datatype, shape against the
+element limit, byte sizes, framing) and built lazily, on first read (local fallback, the cache key,
+a node without the binary extension). JSON data and BYTES tensors can only be checked by decoding
+them, so a request holding any is decoded at once, as before.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ class LazyTensors(Sequence[Tensor]):
         self._decode: Callable[[], list[Tensor]] | None = decode
         self._tensors: list[Tensor] = []
 
+    @classmethod
+    def decoded(cls, meta: Sequence[WireTensor], tensors: list[Tensor]) -> LazyTensors:
+        """Tensors already built."""
+        done = cls(meta, list)
+        done._tensors, done._decode = tensors, None
+        return done
+
     def _read(self) -> list[Tensor]:
         if self._decode is not None:
             self._tensors = self._decode()
@@ -72,7 +80,7 @@ class LazyTensors(Sequence[Tensor]):
 
 
 def check_request(body: bytes, header_length: int | None, limits: Limits) -> tuple[DecodedRequest, LazyTensors]:
-    """`decode_request`'s checks that need no arrays; the request, with its inputs decoded lazily."""
+    """`decode_request`, with fixed-size binary tensors checked from the header and decoded lazily."""
     head, blob = _split(body, header_length)
     try:
         header = InferenceRequestHeader.model_validate_json(head)
@@ -81,25 +89,29 @@ def check_request(body: bytes, header_length: int | None, limits: Limits) -> tup
     wires = header.inputs
     if len({wire.name for wire in wires}) != len(wires):
         raise InvalidInput("input names must be unique")
+    if any(_binary_size(wire) is None or wire.datatype == "BYTES" for wire in wires):
+        inputs = LazyTensors.decoded(wires, _decode_tensors(wires, blob, limits))
+    else:
+        _check_fixed_size(wires, blob, limits)
+        inputs = LazyTensors(wires, lambda: _decode_tensors(wires, blob, limits))
+    return DecodedRequest(header.id, header.parameters or {}, inputs, header.outputs), inputs
+
+
+def _check_fixed_size(wires: Sequence[WireTensor], blob: memoryview, limits: Limits) -> None:
+    """What decoding fixed-size binary tensors checks, without building them."""
     offset = 0
-    for wire in wires:
+    for wire in wires:  # in `_decode_tensors`' order, so that the same fault wins
+        size = _binary_size(wire) or 0
+        if offset + size > len(blob):
+            raise InvalidInput(f"tensor {wire.name!r}: binary data truncated ({len(blob) - offset} of {size} bytes)")
         if wire.datatype not in DATATYPES:
             raise InvalidInput(f"tensor {wire.name!r}: unknown datatype {wire.datatype!r}")
         count = _element_count(wire.shape, limits, wire.name)
-        size = _binary_size(wire)
-        if size is None:
-            if not isinstance(wire.data, list):
-                raise InvalidInput(f"tensor {wire.name!r}: `data` must be a list")
-            continue
-        if wire.datatype != "BYTES" and size != count * element_size(wire.datatype):
+        expected = count * element_size(wire.datatype)
+        if size != expected:
             raise InvalidInput(
-                f"tensor {wire.name!r}: shape {wire.shape} of {wire.datatype} needs "
-                f"{count * element_size(wire.datatype)} bytes, got {size}"
+                f"tensor {wire.name!r}: shape {wire.shape} of {wire.datatype} needs {expected} bytes, got {size}"
             )
-        if offset + size > len(blob):
-            raise InvalidInput(f"tensor {wire.name!r}: binary data truncated ({len(blob) - offset} of {size} bytes)")
         offset += size
     if offset != len(blob):
         raise InvalidInput(f"{len(blob) - offset} bytes of binary data follow the last tensor")
-    inputs = LazyTensors(wires, lambda: _decode_tensors(wires, blob, limits))
-    return DecodedRequest(header.id, header.parameters or {}, inputs, header.outputs), inputs

@@ -331,7 +331,7 @@ def parse_header_length(raw: str | None) -> int | None:
     """The `Inference-Header-Content-Length` header's value; InvalidInput when it is not a count."""
     if raw is None:
         return None
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):  # str.isdigit() also takes '²', which int() refuses
         raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer")
     return int(raw)
 

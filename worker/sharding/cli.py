@@ -101,7 +101,7 @@ def _dims(pairs: list[str] | None) -> dict[str, int]:
     dims: dict[str, int] = {}
     for pair in pairs or []:
         name, _, value = pair.partition("=")
-        if not value.isdigit() or not name:
+        if not (value.isascii() and value.isdigit()) or not name:
             raise ShardingError(f"--dim {pair!r}: NAME=SIZE, e.g. sequence=128")
         dims[name] = int(value)
     return dims

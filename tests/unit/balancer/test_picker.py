@@ -258,7 +258,8 @@ def test_a_node_advertising_max_concurrency_is_busy_at_that_many_in_flight(clock
         lease.done()
     held.done()
     assert {n.key for n in pool.picker("digits").ready} == {a, b}
-    pool.learn_labels(a, {"max_concurrency": "junk"})  # not a count: no limit
+    pool.learn_labels(a, {"max_concurrency": "²"})  # not a count (str.isdigit() says it is): no limit, no crash
+    pool.learn_labels(a, {"max_concurrency": "junk"})
     leases = [pool.pick("digits", exclude=frozenset({b})) for _ in range(3)]
     assert all(lease is not None for lease in leases)
     assert {n.key for n in pool.picker("digits").ready} == {a, b}

@@ -25,7 +25,7 @@ from gateway_plugin.dispatch import Dispatcher, InferenceCall
 from gateway_plugin.errors import BadRequest, NoCapacity, UnknownModel
 from gateway_plugin.telemetry import Telemetry
 from gateway_plugin.telemetry.metrics import OTHER, LabelBudget
-from gateway_plugin.telemetry.recorder import RECORD, RequestRecord
+from gateway_plugin.telemetry.recorder import RECORD, RequestRecord, after_response, defer_bookkeeping
 from worker.config import TensorSpec
 from worker.errors import NodeRejected, NodeServerError
 from worker.protocol import DecodedResponse, Tensor
@@ -86,12 +86,18 @@ def _call(model: str = "m") -> InferenceCall:
     return InferenceCall(model=model, inputs=INPUT, request_id="req-1", timeout_s=2.0)
 
 
-async def _infer_in_request(dispatcher: Dispatcher) -> RequestRecord:
-    """One call made as a plugin request would make it (under its record); the record after it."""
+async def _infer_in_request(dispatcher: Dispatcher, *, calls: int = 1, deferred: bool = False) -> RequestRecord:
+    """Calls made as a plugin request would make them (under its record); the record after them.
+
+    `deferred`: the route opted in to bookkeeping after its answer, as the single-call routes do.
+    """
     record = RequestRecord(start=0.0, route="/api/inference")
     token = RECORD.set(record)
     try:
-        await dispatcher.infer(_call())
+        if deferred:
+            defer_bookkeeping()
+        for _ in range(calls):
+            await dispatcher.infer(_call())
     finally:
         RECORD.reset(token)
     return record
@@ -249,6 +255,7 @@ async def test_bookkeeping_waits_until_the_response_is_sent_and_then_runs() -> N
         return calls, attempts, len(telemetry.stats.recent())
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
+        defer_bookkeeping()  # as the relay and /inference do
         await dispatcher.infer(_call())
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
@@ -268,8 +275,6 @@ async def test_bookkeeping_waits_until_the_response_is_sent_and_then_runs() -> N
 
 
 async def test_failing_bookkeeping_is_logged_and_the_rest_still_runs(caplog: pytest.LogCaptureFixture) -> None:
-    from gateway_plugin.telemetry.recorder import after_response
-
     telemetry, *_ = _setup()
     ran: list[str] = []
 
@@ -277,6 +282,7 @@ async def test_failing_bookkeeping_is_logged_and_the_rest_still_runs(caplog: pyt
         raise RuntimeError("bookkeeping bug")
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
+        defer_bookkeeping()
         after_response(broken)
         after_response(lambda: ran.append("second"))
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -299,7 +305,7 @@ async def test_failing_bookkeeping_is_logged_and_the_rest_still_runs(caplog: pyt
 async def test_a_success_reaches_the_balancer_after_the_response_and_at_once_outside_a_request() -> None:
     _, dispatcher, client, urls, _ = _setup(nodes=1)
     pool = dispatcher._pool
-    record = await _infer_in_request(dispatcher)
+    record = await _infer_in_request(dispatcher, deferred=True)
     assert pool.latency_ewma_s(urls[0]) is None  # not yet: the answer goes out first
     for work in record.after or []:
         work()
@@ -308,3 +314,25 @@ async def test_a_success_reaches_the_balancer_after_the_response_and_at_once_out
     client.error.clear()
     await dispatcher.infer(_call())  # no request around it (a task worker): reported at once
     assert pool.latency_ewma_s(urls[0]) != learned
+
+
+async def test_a_request_that_did_not_opt_in_reports_each_success_at_once() -> None:
+    """A batch makes many calls over a long time: the balancer must learn each success as it happens."""
+    _, dispatcher, _, urls, _ = _setup(nodes=1)
+    record = await _infer_in_request(dispatcher, calls=3)
+    assert record.after is None
+    window = dispatcher._pool.latency_ewma_s(urls[0])
+    assert window is not None  # learned during the request, not after it
+
+
+async def test_opting_in_after_a_call_was_made_changes_nothing() -> None:
+    _, dispatcher, *_ = _setup(nodes=1)
+    record = RequestRecord(start=0.0, route="/api/batch")
+    token = RECORD.set(record)
+    try:
+        await dispatcher.infer(_call())
+        defer_bookkeeping()  # too late: a call already counted at once
+        await dispatcher.infer(_call())
+    finally:
+        RECORD.reset(token)
+    assert record.after is None

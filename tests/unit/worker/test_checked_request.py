@@ -54,19 +54,20 @@ def _mutations(body: bytes, length: int | None) -> st.SearchStrategy[tuple[bytes
 
 @FUZZ
 @given(inputs=tensor_lists(), binary=st.booleans(), data=st.data())
-def test_check_then_decode_fails_exactly_when_decode_request_fails(
+def test_check_request_refuses_exactly_what_decode_request_refuses(
     inputs: list[Tensor], binary: bool, data: st.DataObject
 ) -> None:
-    """Whatever the body: never stricter than decoding, and reading the inputs raises what decoding does."""
+    """Whatever the body: the same verdict (and class of error), and inputs that read without fail."""
     encoded = encode_request(inputs, binary=binary)
     body, length = data.draw(_mutations(encoded.body, encoded.header_length))
     decoding = _outcome(lambda: decode_request(body, length, SMALL))
     checking = _outcome(lambda: check_request(body, length, SMALL))
-    if checking is not None:
-        assert decoding is checking  # the same class of error, found without decoding
-        return
-    _, lazy = check_request(body, length, SMALL)
-    assert _outcome(lambda: list(lazy)) is decoding
+    assert checking is decoding
+    if checking is None:
+        _, lazy = check_request(body, length, SMALL)
+        expected = decode_request(body, length, SMALL).inputs
+        for want, got in zip(expected, list(lazy), strict=True):
+            assert_same_tensor(want, got, bitwise=True)
 
 
 @pytest.mark.parametrize(
@@ -93,13 +94,20 @@ def test_duplicate_names_are_refused() -> None:
         check_request(body, length, SMALL)
 
 
-def test_wrong_json_data_passes_the_check_and_fails_when_read() -> None:
-    """The data of a JSON tensor is checked by whoever decodes it (the node, or local fallback here)."""
-    body = json.dumps({"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1.0, 2.0]}]}).encode()
-    _, lazy = check_request(body, None, SMALL)
-    assert len(lazy) == 1
-    with pytest.raises(InvalidInput, match="needs 3 elements"):
-        _ = lazy[0]
+@pytest.mark.parametrize(
+    ("entry", "error"),
+    [
+        ({"name": "x", "shape": [3], "datatype": "FP32", "data": [1.0, 2.0]}, InvalidInput),
+        ({"name": "x", "shape": [1], "datatype": "INT8", "data": [300]}, InvalidInput),
+        ({"name": "x", "shape": [1], "datatype": "BYTES", "data": ["x" * 17]}, PayloadTooLarge),
+    ],
+    ids=["count", "range", "string-limit"],
+)
+def test_json_data_is_checked_by_decoding_it_at_once(entry: dict[str, Any], error: type[Exception]) -> None:
+    """JSON data has no cheaper check than decoding: a request with any is decoded by the check itself."""
+    body = json.dumps({"inputs": [entry]}).encode()
+    with pytest.raises(error):
+        check_request(body, None, SMALL)
 
 
 def test_inputs_are_decoded_once_and_only_when_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,7 +122,7 @@ def test_inputs_are_decoded_once_and_only_when_read(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(checked, "_decode_tensors", counting)
     encoded = encode_request([Tensor.of("x", np.arange(4, dtype=np.float32))], binary=True)
-    decoded, lazy = check_request(encoded.body, encoded.header_length, SMALL)
+    decoded, lazy = check_request(encoded.body, encoded.header_length, SMALL)  # fixed-size binary: lazy
     assert calls == []
     assert lazy[0].data.tolist() == [0.0, 1.0, 2.0, 3.0]
     assert [t.name for t in decoded.inputs] == ["x"]

@@ -26,6 +26,7 @@ from worker.protocol import (
     decode_response,
     encode_request,
     encode_response,
+    parse_header_length,
 )
 
 ALL_DATATYPES = sorted(DATATYPES)
@@ -360,6 +361,13 @@ def test_header_length_beyond_the_body_is_invalid(delta: int) -> None:
         decode_request(body, len(body) + delta, Limits())
     with pytest.raises(InvalidInput):
         decode_response(body, len(body) + delta, Limits())
+
+
+@pytest.mark.parametrize("raw", ["²", "١٢", "-1", "1.5", "", " 12", "0x10"])
+def test_a_header_length_that_is_not_ascii_digits_is_invalid_input(raw: str) -> None:
+    """Regression: str.isdigit() accepts '²', which int() then refused with a ValueError (a 500)."""
+    with pytest.raises(InvalidInput):
+        parse_header_length(raw)
 
 
 def test_negative_header_length_is_invalid() -> None:
