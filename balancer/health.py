@@ -102,6 +102,7 @@ class HealthProber:
         self._interval = interval_s
         self._refresh_every = refresh_every
         self._rounds = 0
+        self._completed = 0
         self._wake = asyncio.Event()
         registry.subscribe(self._on_event)
 
@@ -116,16 +117,17 @@ class HealthProber:
         before serving): two rounds back to back gave nothing but a race with the first requests.
         """
         while True:
-            if self._rounds:
+            if self._completed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
-            self._wake.clear()
             await self.probe_all()
 
     async def probe_all(self) -> None:
+        self._wake.clear()  # this round covers every node added so far
         refresh = self._rounds % self._refresh_every == 0
         self._rounds += 1
         await asyncio.gather(*(self.probe(node, refresh=refresh) for node in self._registry.nodes()))
+        self._completed += 1  # a round cut short (the lifespan's has a deadline) is not one to wait after
 
     async def _models_changed(self, node: Node) -> bool:
         """One small call a round (the repository index), so routing follows a node that loads or

@@ -221,7 +221,9 @@ class NodePool:
         """
         state = self._state(key)
         state.advertised = MappingProxyType(dict(labels))
-        limit = self.config.max_in_flight or _advertised_limit(labels)
+        node = self._registry.get(key)
+        merged = self.labels(node) if node is not None else labels  # discovery's labels win, as in labels()
+        limit = self.config.max_in_flight or _advertised_limit(merged)
         if limit != state.limit:
             state.limit = limit
             self._invalidate(key)

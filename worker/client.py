@@ -103,8 +103,10 @@ class NodeClient:
                 declared = response.content_length
                 if declared is not None and declared > self._max_response_bytes:
                     raise NodeServerError(f"{url}: response of {declared} bytes is over the limit", node_url=url)
-                # A declared length is already checked, and aiohttp stops at it: one read, no chunk loop.
-                body = await response.read() if declared is not None else await self._read_all(response, url)
+                # A declared length of an unencoded body is already checked, and aiohttp stops at it: one
+                # read. A compressed body's length says nothing of what it inflates to: read it under the cap.
+                sized = declared is not None and "Content-Encoding" not in response.headers
+                body = await response.read() if sized else await self._read_all(response, url)
                 reply = _Reply(response.status, response.headers, body)
         except TimeoutError as exc:
             raise NodeTimeout(f"{url}: no answer within {timeout_s:.3g}s", node_url=url) from exc

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway_plugin.api.inference import outcome_headers
 from gateway_plugin.api.routing import ProblemRoute, problem_for, raw_route, scope_request_id
@@ -73,6 +73,7 @@ class RelayEndpoint:
             body = await receive_body(receive, limit, headers.get("content-length"))
             params = scope["path_params"]
             answer, sent = await _relay(svc, params["model"], params.get("version"), body, headers, request_id)
+            start = _response_start(answer, sent)  # a node's header we cannot pass on is an error here, not a 500
         except WorkerError as exc:
             response: Response = problem(_with_v2_error(from_worker(exc)), request_id)
         except DistinferError as exc:
@@ -80,7 +81,8 @@ class RelayEndpoint:
         except Exception as exc:
             response = problem_for(exc, request_id)
         else:
-            await _send(send, answer, sent)
+            await send(start)
+            await send({"type": "http.response.body", "body": answer.data})
             return
         await response(scope, receive, send)
 
@@ -94,14 +96,13 @@ def _headers(scope: Scope) -> dict[str, str]:
     return found
 
 
-async def _send(send: Send, answer: RawMessage, headers: Mapping[str, str]) -> None:
+def _response_start(answer: RawMessage, headers: Mapping[str, str]) -> Message:
     raw = [
         (b"content-type", answer.content_type.encode("latin-1")),
         (b"content-length", str(len(answer.data)).encode("latin-1")),
         *((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()),
     ]
-    await send({"type": "http.response.start", "status": 200, "headers": raw})
-    await send({"type": "http.response.body", "body": answer.data})
+    return {"type": "http.response.start", "status": 200, "headers": raw}
 
 
 def relay_router(

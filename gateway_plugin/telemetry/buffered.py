@@ -7,6 +7,9 @@ than the gateway's routing. Counters, gauges and histograms children handed out 
 registry ahead of the metrics, adds them to the real children at the start of every collection
 (`generate_latest`, `get_sample_value`), so a scrape sees every update made before it.
 
+A scrape restricted to some names (`name[]`) collects only the named metrics and so skips the
+buffer: `GatewayMetrics.flush` runs on every event-loop-lag tick (0.25 s) for such readers.
+
 Updates happen on the event loop's thread. A scrape from another thread (a host's threaded
 exporter) has the flush run on that loop and waits for it, so no update is lost to a race. With
 `PROMETHEUS_MULTIPROC_DIR`, values must reach the process's files at once: no buffering then.

@@ -228,6 +228,12 @@ class GatewayMetrics:
         r.register(live)
         self.exposition = Exposition.for_environment(r, [live])
 
+    def flush(self) -> None:
+        """Add buffered updates to the metrics now, for readers that skip the buffer (a scrape
+        restricted with `name[]` collects only the named metrics); `watch_event_loop` calls it."""
+        if self._buffer is not None:
+            self._buffer.flush()
+
     def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
         """`metric.labels(*labels)`, cached: a dict hit per request instead of a validating call under a lock.
 

@@ -265,6 +265,14 @@ def test_a_node_advertising_max_concurrency_is_busy_at_that_many_in_flight(clock
     assert {n.key for n in pool.picker("digits").ready} == {a, b}
 
 
+def test_a_max_concurrency_label_from_discovery_wins_over_the_nodes_own(clock: FakeClock) -> None:
+    registry, pool, (a, b) = setup(clock, 2)
+    registry.reset("static", [NodeSpec(a, node_id="n0", labels={"max_concurrency": "1"}), NodeSpec(b, node_id="n1")])
+    pool.learn_labels(a, {"max_concurrency": "8"})  # the node says 8; the operator's discovery says 1
+    pool.pick("digits", exclude=frozenset({b}))
+    assert [n.key for n in pool.picker("digits").ready] == [b]
+
+
 def test_the_operator_limit_wins_over_the_advertised_one(clock: FakeClock) -> None:
     _, pool, (a, b) = setup(clock, 2, max_in_flight=2)
     pool.learn_labels(a, {"max_concurrency": "1"})

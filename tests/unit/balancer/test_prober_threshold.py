@@ -7,6 +7,7 @@ the rest of the batch got 503 (found by the batch bench and the chaos suite).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import aiohttp
 
@@ -54,9 +55,10 @@ async def test_after_the_startup_round_the_prober_waits_an_interval_unless_a_nod
 ) -> None:
     node, url = served
     registry = NodeRegistry()
-    registry.reset("static", [NodeSpec(url)])
     async with aiohttp.ClientSession() as session:
+        # In the lifespan's order: the prober exists before discovery adds the nodes (each add wakes it).
         prober = HealthProber(registry, NodeClient(session, probe_timeout_s=1), interval_s=30)
+        registry.reset("static", [NodeSpec(url)])
         await prober.probe_all()  # what the lifespan does before serving
         after_startup = node.health_calls
         task = asyncio.create_task(prober.run())
@@ -78,6 +80,23 @@ async def test_a_prober_that_never_ran_probes_at_once(served: tuple[V2Node, str]
         task = asyncio.create_task(HealthProber(registry, NodeClient(session, probe_timeout_s=1), interval_s=30).run())
         try:
             await until(lambda: node.health_calls == 1, timeout_s=5)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_startup_round_cut_short_is_followed_by_a_round_at_once(served: tuple[V2Node, str]) -> None:
+    _, url = served
+    registry = NodeRegistry()
+    async with aiohttp.ClientSession() as session:
+        prober = HealthProber(registry, NodeClient(session, probe_timeout_s=1), interval_s=30)
+        registry.reset("static", [NodeSpec(url)])
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0):  # the lifespan's deadline, hit before any answer
+                await prober.probe_all()
+        task = asyncio.create_task(prober.run())
+        try:
+            await until(lambda: registry.nodes()[0].health is NodeStatus.ONLINE, timeout_s=5)  # not 30 s later
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

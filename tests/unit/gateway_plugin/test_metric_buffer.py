@@ -132,3 +132,21 @@ def test_counters_refuse_negative_amounts_as_prometheus_does() -> None:
     metrics = GatewayMetrics(CollectorRegistry())
     with pytest.raises(ValueError, match="non-negative"):
         metrics.child(metrics.retries, "m").inc(-1)
+
+
+async def test_a_restricted_scrape_sees_updates_once_the_loop_tick_flushes() -> None:
+    """`name[]` scrapes collect only the named metrics, not the buffer; the event-loop tick flushes it."""
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+    metrics.child(metrics.retries, "m").inc()
+    restricted = registry.restricted_registry(["distinfer_gateway_retries_total"])
+
+    def seen() -> float | None:
+        return next(
+            (s.value for f in restricted.collect() for s in f.samples if s.name == "distinfer_gateway_retries_total"),
+            None,
+        )
+
+    assert seen() == 0.0  # not flushed yet
+    metrics.flush()
+    assert seen() == 1.0

@@ -87,3 +87,31 @@ async def test_a_large_request_is_sent_without_aiohttp_warnings() -> None:
     assert len(echo_sizes) == 1
     assert echo_sizes[0] > 1024 * 1024
     assert reply.outputs[0].shape == [2]
+
+
+async def test_a_compressed_answer_is_held_to_the_cap_once_inflated() -> None:
+    """Content-Length of a gzip answer says nothing of its inflated size: it is read under the cap."""
+    import gzip
+
+    from worker.errors import NodeServerError
+
+    inflated = b'{"name": "' + b"x" * 200_000 + b'"}'
+    packed = gzip.compress(inflated)
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=packed, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+
+    app = web.Application()
+    app.router.add_get("/v2", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = NodeClient(session, max_response_bytes=64 * 1024)
+            with pytest.raises(NodeServerError, match="over"):
+                await client.server_metadata(f"http://127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
+    assert len(packed) < 64 * 1024 < len(inflated)
