@@ -15,6 +15,7 @@ from balancer.health import HealthProber
 from discovery.node import NodeSpec, NodeStatus
 from discovery.registry import NodeRegistry
 from gateway_plugin.processes import free_port
+from tests.background import in_background
 from tests.integration.polling import until
 from tests.unit.balancer.conftest import V2Node
 from worker.client import NodeClient
@@ -61,15 +62,11 @@ async def test_after_the_startup_round_the_prober_waits_an_interval_unless_a_nod
         registry.reset("static", [NodeSpec(url)])
         await prober.probe_all()  # what the lifespan does before serving
         after_startup = node.health_calls
-        task = asyncio.create_task(prober.run())
-        try:
+        async with in_background(prober.run()):
             await asyncio.sleep(0.3)
             assert node.health_calls == after_startup  # no second round back to back
             registry.reset("static", [NodeSpec(url), NodeSpec(f"http://127.0.0.1:{free_port()}")])
             await until(lambda: node.health_calls == after_startup + 1, timeout_s=5)  # a new node: a round at once
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_prober_that_never_ran_probes_at_once(served: tuple[V2Node, str]) -> None:
@@ -77,12 +74,9 @@ async def test_a_prober_that_never_ran_probes_at_once(served: tuple[V2Node, str]
     registry = NodeRegistry()
     registry.reset("static", [NodeSpec(url)])
     async with aiohttp.ClientSession() as session:
-        task = asyncio.create_task(HealthProber(registry, NodeClient(session, probe_timeout_s=1), interval_s=30).run())
-        try:
+        prober = HealthProber(registry, NodeClient(session, probe_timeout_s=1), interval_s=30)
+        async with in_background(prober.run()):
             await until(lambda: node.health_calls == 1, timeout_s=5)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_startup_round_cut_short_is_followed_by_a_round_at_once(served: tuple[V2Node, str]) -> None:
@@ -94,9 +88,5 @@ async def test_a_startup_round_cut_short_is_followed_by_a_round_at_once(served: 
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0):  # the lifespan's deadline, hit before any answer
                 await prober.probe_all()
-        task = asyncio.create_task(prober.run())
-        try:
+        async with in_background(prober.run()):
             await until(lambda: registry.nodes()[0].health is NodeStatus.ONLINE, timeout_s=5)  # not 30 s later
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)

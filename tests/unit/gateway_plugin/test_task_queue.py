@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from gateway_plugin.tasks import (
     open_store,
     queue_score,
 )
+from tests.background import in_background
 
 
 class FakeClock:
@@ -114,15 +114,8 @@ async def test_memory_store_expires_finished_tasks_and_stays_bounded() -> None:
     assert await store.get(second.task_id) is None
 
 
-@contextlib.asynccontextmanager
-async def running(service: TaskService) -> AsyncIterator[None]:
-    task = asyncio.create_task(service.run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def running(service: TaskService) -> contextlib.AbstractAsyncContextManager[asyncio.Task[Any]]:
+    return in_background(service.run())
 
 
 async def _until(service: TaskService, task_id: str, status: TaskStatus, caller: Caller) -> TaskRecord:

@@ -7,7 +7,9 @@ whatever is buffered, not the whole body (worker/client.py, `_call`).
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 
 import aiohttp
 import numpy as np
@@ -22,6 +24,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def _serving(app: web.Application) -> AsyncIterator[str]:
+    """`app` on a loopback port for the block; its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 @pytest.mark.parametrize("declared", [False, True], ids=["chunked", "content-length"])
@@ -44,17 +59,8 @@ async def test_a_large_answer_sent_in_pieces_is_read_whole(declared: bool) -> No
 
     app = web.Application()
     app.router.add_post("/v2/models/m/infer", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            reply = await NodeClient(session).infer(
-                f"http://127.0.0.1:{port}", "m", [Tensor.of("x", data[:1])], timeout_s=10
-            )
-    finally:
-        await runner.cleanup()
+    async with _serving(app) as url, aiohttp.ClientSession() as session:
+        reply = await NodeClient(session).infer(url, "m", [Tensor.of("x", data[:1])], timeout_s=10)
     np.testing.assert_array_equal(reply.outputs[0].data, data)
 
 
@@ -103,15 +109,8 @@ async def test_a_compressed_answer_is_held_to_the_cap_once_inflated() -> None:
 
     app = web.Application()
     app.router.add_get("/v2", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            client = NodeClient(session, max_response_bytes=64 * 1024)
-            with pytest.raises(NodeServerError, match="over"):
-                await client.server_metadata(f"http://127.0.0.1:{port}")
-    finally:
-        await runner.cleanup()
+    async with _serving(app) as url, aiohttp.ClientSession() as session:
+        client = NodeClient(session, max_response_bytes=64 * 1024)
+        with pytest.raises(NodeServerError, match="over"):
+            await client.server_metadata(url)
     assert len(packed) < 64 * 1024 < len(inflated)
