@@ -7,8 +7,6 @@ README table made by `bench.chaos.report.markdown`).
 from __future__ import annotations
 
 import asyncio
-import os
-import platform
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -22,6 +20,7 @@ from bench.chaos.bodies import nested_bodies, peak_rss_mb, post_nested, send_ove
 from bench.chaos.cluster import PREFIX, Cluster
 from bench.chaos.scenarios import FAULTY, HEALTHY, SCENARIOS, ChaosParams, Scenario
 from bench.chaos.tasks import TASK_SCENARIOS
+from bench.machine import describe_machine
 
 __all__ = ["ALL_SCENARIOS", "ChaosPlan", "run_chaos"]
 
@@ -101,7 +100,7 @@ async def run_chaos(plan: ChaosPlan, repository: Path, console: Console | None =
     document: dict[str, Any] = {
         "scenario": "chaos",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": describe_machine(),
         "plan": plan.as_dict(),
         "faults": [],
     }

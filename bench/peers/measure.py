@@ -11,11 +11,9 @@ shared machine, a server made of more busy processes wins more of the contended 
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,6 +22,7 @@ import onnxruntime as ort
 from rich.console import Console
 
 from bench.loadgen import LoadSpec, run_load
+from bench.machine import describe_machine
 from bench.params import RunParams
 from bench.peers.procs import ProcStat, busy_cpu_seconds, proc_stats, tree_cpu_seconds
 from bench.scenarios.overhead import Body
@@ -161,21 +160,7 @@ def aggregate_runs(runs: Sequence[PeerRun]) -> dict[str, dict[str, dict[str, dic
 
 
 def machine() -> dict[str, Any]:
-    cpu_model = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
-        cpu_model = names[0] if names else ""
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "aiohttp": aiohttp.__version__,
-        "onnxruntime": ort.__version__,
-        "numpy": np.__version__,
-    }
+    return describe_machine(aiohttp=aiohttp.__version__, onnxruntime=ort.__version__, numpy=np.__version__)
 
 
 def run_notes(runs: Sequence[PeerRun]) -> list[str]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 import time
 from contextlib import ExitStack
@@ -37,6 +36,7 @@ import aiohttp
 import httpx
 from rich.console import Console
 
+from bench.machine import describe_machine, load_average
 from bench.nodeload import NodeLoadResult, run_node_load
 from gateway_plugin.processes import ServerProcess, start_gateway, start_node
 from worker.bundled import bundled_models
@@ -262,7 +262,7 @@ def run_balance(params: BalanceParams, console: Console) -> dict[str, Any]:
         "scenario": "balance",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "parameters": asdict(params),
-        "machine": {"nproc": os.cpu_count(), "loadavg_at_start": [round(v, 2) for v in os.getloadavg()]},
+        "machine": describe_machine(),
         "errors": [],
     }
     try:
@@ -271,7 +271,7 @@ def run_balance(params: BalanceParams, console: Console) -> dict[str, Any]:
         document["errors"].append(f"{type(exc).__name__}: {exc}"[:500])
         return document
     document["goals"] = judge_balance(document)
-    document["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    document["machine"]["loadavg_at_end"] = load_average()
     document["wall_s"] = round(time.monotonic() - started, 2)
     return document
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import statistics
 import time
@@ -28,6 +27,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from bench.machine import describe_machine, load_average
 from gateway_plugin.processes import ServerProcess, start_gateway, start_node
 from worker.bundled import bundled_models
 
@@ -189,7 +189,7 @@ def _wait_nodes_online(client: httpx.Client, count: int) -> None:
 
 def run_batch_bench(params: BatchParams, console: Console) -> dict[str, Any]:
     wall = time.perf_counter()
-    load_before = os.getloadavg()[0]
+    machine = describe_machine()  # its load average: before the run
     errors: list[str] = []
     bodies = {
         mode: batch_body(params.images, coalesce=mode == "coalesce", max_concurrency=params.max_concurrency)
@@ -219,12 +219,7 @@ def run_batch_bench(params: BatchParams, console: Console) -> dict[str, Any]:
         "scenario": "batch",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "params": asdict(params),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after: others' work
-        },
+        "machine": {**machine, "loadavg_at_end": load_average()},  # others' work shows in the load
         "definition": {
             "throughput_ips": "images / wall seconds of one POST /inference/batch (median over rounds)",
             "efficiency": "throughput / (nodes x single-node throughput, same mode)",
@@ -261,10 +256,10 @@ def render_batch(document: dict[str, Any], console: Console) -> None:
             )
         table.add_section()
     console.print(table)
-    load = document["machine"]["load_average_1m"]
+    load = [document["machine"]["loadavg_at_start"][0], document["machine"]["loadavg_at_end"][0]]
     console.print(
         f"coalescing speed-up by node count: {document['coalescing_speedup']}   wall {document['wall_s']} s"
-        f"   load average {load[0]} -> {load[1]} on {document['machine']['cpus']} CPUs"
+        f"   load average {load[0]} -> {load[1]} on {document['machine']['nproc']} CPUs"
     )
     for line in document["errors"]:
         console.print(f"[red]error:[/red] {line}")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import platform
 import statistics
 import time
 from collections.abc import Iterable
@@ -43,6 +42,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.loadgen import LoadSpec, run_load
+from bench.machine import describe_machine, load_average
 from bench.scenarios import minilm
 from bench.scenarios.overhead import request_bodies
 from gateway_plugin.processes import ServerProcess, start_node
@@ -457,16 +457,6 @@ def _warnings(runs: list[dict[str, Any]], usable_cpus: int) -> list[str]:
     return notes
 
 
-def _machine() -> dict[str, Any]:
-    return {
-        "nproc": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
-    }
-
-
 def _calibrate(workload: Workload, runs: list[dict[str, Any]], params: BatchingParams) -> tuple[dict[str, float], str]:
     """The model's CPU per row at batch 1 and at every batch size its batching node made (see summarise)."""
     mine = [run for run in runs if run["model"] == workload.model]
@@ -485,7 +475,7 @@ def run_batching(params: BatchingParams, console: Console) -> dict[str, Any]:
         "scenario": "batching",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "parameters": {**asdict(params), "minilm_repository": str(params.minilm_repository)},
-        "machine": _machine(),
+        "machine": describe_machine(),
         "definition": {
             "nodes": f"two per model, --models <model> --threads {params.threads} --workers {params.workers}, "
             "one --batching on and one --batching off; load directly at each node, binary v2, one row a request",
@@ -543,7 +533,7 @@ def run_batching(params: BatchingParams, console: Console) -> dict[str, Any]:
     document["warnings"] += _warnings(runs, int(document["machine"]["usable_cpus"] or 1))
     document["warnings"] += [f"{model} skipped: {reason}" for model, reason in document["skipped"].items()]
     document["runs"] = runs
-    document["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    document["machine"]["loadavg_at_end"] = load_average()
     document["wall_s"] = round(time.monotonic() - started, 2)
     return document
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -40,6 +39,7 @@ from rich.table import Table
 
 from bench.dnsmasq import Dnsmasq, find_dnsmasq
 from bench.fakes.consul import FakeConsulThread
+from bench.machine import describe_machine, load_average
 from gateway_plugin.processes import ServerProcess, start_gateway, start_node
 from worker.bundled import bundled_models
 from worker.registration import ConsulRegistration, service_definition
@@ -342,7 +342,7 @@ class _Run:
 
 def run_discovery(params: DiscoveryParams, console: Console) -> dict[str, Any]:
     started = time.monotonic()
-    load_before = os.getloadavg()[0]
+    machine = describe_machine()  # its load average: before the run
     with ExitStack() as stack:
         run = _Run(params, console, stack)
         setup_s = time.monotonic() - started
@@ -367,13 +367,8 @@ def run_discovery(params: DiscoveryParams, console: Console) -> dict[str, Any]:
         "consul": "real" if params.consul_url else "fake (bench.fakes.consul)",
         "dnsmasq": run.dnsmasq is not None,
         "gateway_env": run.gateway_env,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            # Everything here is a process on one machine: a busy machine adds scheduling delays.
-            "loadavg_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        },
+        # Everything here is a process on one machine: a busy machine adds scheduling delays.
+        "machine": {**machine, "loadavg_at_end": load_average()},
         "requests": len(run.traffic.samples),
         # Before the first answer the gateway may still be probing the stable node: count from there.
         "failed_requests": run.traffic.failed_since(run.traffic.first_ok),

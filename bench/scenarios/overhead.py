@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import platform
 import secrets
 import tempfile
 import time
@@ -32,6 +31,7 @@ import numpy as np
 from rich.console import Console
 
 from bench.loadgen import LoadSpec, run_load
+from bench.machine import describe_machine
 from bench.params import RunParams
 from bench.servers import find_nginx, nginx_version, start_nginx, start_otlp_sink, start_passthrough
 from bench.summary import Run, aggregate, judge, ratios
@@ -217,25 +217,6 @@ def _per_request_ms(before: float | None, after: float | None, requests: int) ->
     return round((after - before) * 1000 / requests, 4)
 
 
-def _machine() -> dict[str, Any]:
-    cpu_model = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
-        ]
-        cpu_model = names[0] if names else ""
-    return {
-        "nproc": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_model": cpu_model,
-        "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "aiohttp": aiohttp.__version__,
-    }
-
-
 def _warnings(runs: list[Run]) -> list[str]:
     notes: list[str] = []
     busy = [run for run in runs if run.result.client_cpu_share >= _CPU_SHARE_WARNING]
@@ -256,7 +237,7 @@ def run_overhead(params: OverheadParams, console: Console) -> dict[str, Any]:
     started = time.monotonic()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     nginx = find_nginx()
-    machine = _machine()
+    machine = describe_machine(aiohttp=aiohttp.__version__)
     bodies = request_bodies()
     with ExitStack() as stack:
         console.print("[bold]starting[/bold] node, pass-through" + (", nginx" if nginx else "") + ", gateway")

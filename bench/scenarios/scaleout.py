@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import platform
 import statistics
 import time
 from contextlib import ExitStack
@@ -32,6 +30,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from bench.machine import describe_machine, load_average
 from bench.nodeload import run_node_load
 from gateway_plugin.processes import ServerProcess, start_gateway, start_node
 from worker.bundled import bundled_models
@@ -228,12 +227,7 @@ def run_scaleout(params: ScaleoutParams, console: Console) -> dict[str, Any]:
         "scenario": "scaleout",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "parameters": asdict(params),
-        "machine": {
-            "nproc": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
-        },
+        "machine": describe_machine(),
         "definition": {
             "node": f"digits, --fault-latency-ms {params.model_ms:g} (model time), --max-concurrency 1, one thread",
             "gateway": f"one per node count, DISTINFER_NODE_MAX_IN_FLIGHT=1, strategy {params.strategy}",
@@ -265,7 +259,7 @@ def run_scaleout(params: ScaleoutParams, console: Console) -> dict[str, Any]:
     if failed:
         document["warnings"].append(f"{failed} requests failed (not 200); they count as not served")
     document["runs"] = runs
-    document["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    document["machine"]["loadavg_at_end"] = load_average()
     document["wall_s"] = round(time.monotonic() - started, 2)
     return document
 

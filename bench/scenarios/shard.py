@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.loadgen import LoadSpec, run_load
+from bench.machine import describe_machine, load_average
 from bench.shard_model import write_mlp
 from gateway_plugin.processes import ServerProcess, free_port, start_gateway, start_node
 from worker.protocol import HEADER_LENGTH, Limits, Tensor, decode_response, encode_request
@@ -329,7 +330,8 @@ def _summarise(runs: list[dict[str, Any]], hops: list[dict[str, Any]], params: S
 def run_shard(params: ShardBenchParams, console: Console) -> dict[str, Any]:
     started = time.monotonic()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    load_start = [round(v, 2) for v in os.getloadavg()]
+    machine = describe_machine()
+    load_start = machine["loadavg_at_start"]
     x = np.random.default_rng(0).standard_normal((params.batch, SIZES[0])).astype(np.float32)
     with ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="distinfer-shard-bench-")))
@@ -346,13 +348,13 @@ def run_shard(params: ShardBenchParams, console: Console) -> dict[str, Any]:
             hops = asyncio.run(_hops(servers["gateway"], params))
             costs = asyncio.run(_cpu_costs(servers, x, params))
     summary = _summarise(runs, hops, params) if runs else {}
-    load_end = [round(v, 2) for v in os.getloadavg()]
+    load_end = load_average()
     return {
         "scenario": "shard",
         "started_at": started_at,
         "wall_s": round(time.monotonic() - started, 2),
         "setup_s": round(setup_s, 2),
-        "machine": {"nproc": os.cpu_count(), "loadavg_at_start": load_start, "loadavg_at_end": load_end},
+        "machine": {**machine, "loadavg_at_end": load_end},
         "warnings": _warnings(load_start, load_end),
         "parameters": {**asdict(params), "model_sizes": list(SIZES), "rows_per_request": params.batch},
         "plan": plan,
