@@ -6,17 +6,25 @@ refuses. Fixed-size binary tensors are checked from the header alone (datatype, 
 element limit, byte sizes, framing) and built lazily, on first read (local fallback, the cache key,
 a node without the binary extension). JSON data and BYTES tensors can only be checked by decoding
 them, so a request holding any is decoded at once, as before.
+
+A client's binary header repeats for as long as its tensors' names and shapes do (only the bytes
+after it change), so what the header alone decides is remembered per header (`_header_verdict`,
+bounded): a repeated header costs a dictionary lookup instead of a pydantic parse and the checks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol, overload
 
 from pydantic import ValidationError
 
-from worker.errors import InvalidInput
+from worker.errors import InvalidInput, PayloadTooLarge, WorkerError
 from worker.protocol.codec import (
+    _REMEMBERED_HEADER_BYTES,
+    _REMEMBERED_HEADERS,
     DecodedRequest,
     Limits,
     Tensor,
@@ -79,39 +87,97 @@ class LazyTensors(Sequence[Tensor]):
         return self._read()[index]
 
 
+_Fault = tuple[type[WorkerError], str]  # an error's class and message, raised anew for each request
+
+
+@dataclass(frozen=True, slots=True)
+class _HeaderVerdict:
+    """What a request's JSON header alone decides; shared by every request with the same header.
+
+    Nothing here may be mutated: `check_request` copies the containers it hands out.
+    """
+
+    header: InferenceRequestHeader
+    fault: _Fault | None  # a refusal decided before any tensor is read (repeated names, a bad byte count)
+    fixed: bool  # every tensor is fixed-size binary: checked from the header, decoded lazily
+    sizes: tuple[int, ...] = ()  # each tensor's binary byte count (when `fixed`)
+    tensor_faults: tuple[_Fault | None, ...] = ()  # each tensor's own refusal, found from the header (when `fixed`)
+
+
 def check_request(body: bytes, header_length: int | None, limits: Limits) -> tuple[DecodedRequest, LazyTensors]:
     """`decode_request`, with fixed-size binary tensors checked from the header and decoded lazily."""
     head, blob = _split(body, header_length)
+    if header_length is not None and len(head) <= _REMEMBERED_HEADER_BYTES:
+        verdict = _remembered_verdict(head, limits)
+    else:
+        verdict = _header_verdict(head, limits)
+    if verdict.fault is not None:
+        raise _refusal(verdict.fault)
+    header = verdict.header
+    wires = list(header.inputs)
+    if verdict.fixed:
+        _check_framing(verdict, blob)
+        inputs = LazyTensors(wires, lambda: _decode_tensors(wires, blob, limits))
+    else:
+        inputs = LazyTensors.decoded(wires, _decode_tensors(wires, blob, limits))
+    parameters = dict(header.parameters) if header.parameters else {}
+    outputs = list(header.outputs) if header.outputs is not None else None
+    return DecodedRequest(header.id, parameters, inputs, outputs), inputs
+
+
+def _header_verdict(head: bytes, limits: Limits) -> _HeaderVerdict:
+    """Parse and check `head`; a malformed header raises (and is not remembered)."""
     try:
         header = InferenceRequestHeader.model_validate_json(head)
     except ValidationError as exc:
         raise InvalidInput(f"malformed inference request: {_first_error(exc)}") from exc
     wires = header.inputs
     if len({wire.name for wire in wires}) != len(wires):
-        raise InvalidInput("input names must be unique")
-    if any(_binary_size(wire) is None or wire.datatype == "BYTES" for wire in wires):
-        inputs = LazyTensors.decoded(wires, _decode_tensors(wires, blob, limits))
-    else:
-        _check_fixed_size(wires, blob, limits)
-        inputs = LazyTensors(wires, lambda: _decode_tensors(wires, blob, limits))
-    return DecodedRequest(header.id, header.parameters or {}, inputs, header.outputs), inputs
+        return _HeaderVerdict(header, (InvalidInput, "input names must be unique"), fixed=False)
+    try:
+        fixed = not any(_binary_size(wire) is None or wire.datatype == "BYTES" for wire in wires)
+    except InvalidInput as exc:
+        return _HeaderVerdict(header, (InvalidInput, exc.message), fixed=False)
+    if not fixed:
+        return _HeaderVerdict(header, None, fixed=False)
+    sizes = tuple(_binary_size(wire) or 0 for wire in wires)
+    faults = tuple(_tensor_fault(wire, size, limits) for wire, size in zip(wires, sizes, strict=True))
+    return _HeaderVerdict(header, None, fixed=True, sizes=sizes, tensor_faults=faults)
 
 
-def _check_fixed_size(wires: Sequence[WireTensor], blob: memoryview, limits: Limits) -> None:
-    """What decoding fixed-size binary tensors checks, without building them."""
+_remembered_verdict = lru_cache(maxsize=_REMEMBERED_HEADERS)(_header_verdict)
+
+
+def _tensor_fault(wire: WireTensor, size: int, limits: Limits) -> _Fault | None:
+    """Why a fixed-size binary tensor's header entry is refused, whatever its bytes; None if it is not."""
+    if wire.datatype not in DATATYPES:
+        return InvalidInput, f"tensor {wire.name!r}: unknown datatype {wire.datatype!r}"
+    try:
+        count = _element_count(wire.shape, limits, wire.name)
+    except (InvalidInput, PayloadTooLarge) as exc:
+        return type(exc), exc.message
+    expected = count * element_size(wire.datatype)
+    if size != expected:
+        return (
+            InvalidInput,
+            f"tensor {wire.name!r}: shape {wire.shape} of {wire.datatype} needs {expected} bytes, got {size}",
+        )
+    return None
+
+
+def _refusal(fault: _Fault) -> WorkerError:
+    kind, message = fault
+    return kind(message)
+
+
+def _check_framing(verdict: _HeaderVerdict, blob: memoryview) -> None:
+    """What decoding fixed-size binary tensors checks, without building them, in `_decode_tensors`' order."""
     offset = 0
-    for wire in wires:  # in `_decode_tensors`' order, so that the same fault wins
-        size = _binary_size(wire) or 0
+    for wire, size, fault in zip(verdict.header.inputs, verdict.sizes, verdict.tensor_faults, strict=True):
         if offset + size > len(blob):
             raise InvalidInput(f"tensor {wire.name!r}: binary data truncated ({len(blob) - offset} of {size} bytes)")
-        if wire.datatype not in DATATYPES:
-            raise InvalidInput(f"tensor {wire.name!r}: unknown datatype {wire.datatype!r}")
-        count = _element_count(wire.shape, limits, wire.name)
-        expected = count * element_size(wire.datatype)
-        if size != expected:
-            raise InvalidInput(
-                f"tensor {wire.name!r}: shape {wire.shape} of {wire.datatype} needs {expected} bytes, got {size}"
-            )
+        if fault is not None:
+            raise _refusal(fault)
         offset += size
     if offset != len(blob):
         raise InvalidInput(f"{len(blob) - offset} bytes of binary data follow the last tensor")

@@ -13,6 +13,7 @@ import json
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,11 @@ __all__ = [
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_DIMS = 32  # numpy stops at 64; no model needs more than a handful
 _LENGTH_PREFIX = struct.Struct("<I")
+# Binary v2 headers up to this size are remembered by the checks, this many of them: a header is
+# a few hundred bytes and repeats while the tensors' names and shapes do. A JSON message's header
+# is the whole message, its data included, and is never remembered.
+_REMEMBERED_HEADER_BYTES = 4096
+_REMEMBERED_HEADERS = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,17 +392,28 @@ def check_response_frame(body: bytes, header_length: int | None) -> InferenceRes
     """The header of `body`, after checking it is framed as a v2 response: binary parts fill the rest.
 
     What a relay that forwards a node's answer unread checks, so a node answering 200 with
-    garbage or a truncated body is caught as cheaply as possible; tensors are not decoded.
+    garbage or a truncated body is caught as cheaply as possible; tensors are not decoded. The
+    header returned may be shared with other calls: callers read it, never change it.
     """
     head, blob = _split(body, header_length)
+    # A node's binary header repeats for as long as the answers' shapes do: remember what it declares.
+    remember = header_length is not None and len(head) <= _REMEMBERED_HEADER_BYTES
+    header, declared = _remembered_response_head(head) if remember else _response_head(head)
+    if declared != len(blob):
+        raise InvalidInput(f"binary parts declare {declared} bytes, the body carries {len(blob)}")
+    return header
+
+
+def _response_head(head: bytes) -> tuple[InferenceResponseHeader, int]:
+    """A response header and the bytes of binary data it declares; shared when remembered: read only."""
     try:
         header = InferenceResponseHeader.model_validate_json(head)
     except ValidationError as exc:
         raise InvalidInput(f"malformed inference response: {_first_error(exc)}") from exc
-    declared = sum(_binary_size(wire) or 0 for wire in header.outputs)
-    if declared != len(blob):
-        raise InvalidInput(f"binary parts declare {declared} bytes, the body carries {len(blob)}")
-    return header
+    return header, sum(_binary_size(wire) or 0 for wire in header.outputs)
+
+
+_remembered_response_head = lru_cache(maxsize=_REMEMBERED_HEADERS)(_response_head)
 
 
 def encode_response(

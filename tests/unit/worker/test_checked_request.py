@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tests.unit.worker.test_codec import FAST, FUZZ, assert_same_tensor, request_body, tensor_lists
 from worker.errors import InvalidInput, PayloadTooLarge, WorkerError
-from worker.protocol import Limits, Tensor, decode_request, encode_request
+from worker.protocol import Limits, Tensor, checked, decode_request, encode_request
 from worker.protocol.checked import check_request
 
 SMALL = Limits(max_tensor_elements=64, max_string_bytes=16)
@@ -127,3 +127,71 @@ def test_inputs_are_decoded_once_and_only_when_read(monkeypatch: pytest.MonkeyPa
     assert lazy[0].data.tolist() == [0.0, 1.0, 2.0, 3.0]
     assert [t.name for t in decoded.inputs] == ["x"]
     assert calls == [1]
+
+
+def _verdict(action: Any) -> tuple[type[BaseException], str] | None:
+    try:
+        action()
+    except WorkerError as exc:
+        return type(exc), exc.message
+    return None
+
+
+@FUZZ
+@given(inputs=tensor_lists(), data=st.data())
+def test_a_remembered_header_gives_the_verdict_a_fresh_check_gives(inputs: list[Tensor], data: st.DataObject) -> None:
+    """The same header before other bytes (cut, padded, changed): the same error and message, cached or not."""
+    encoded = encode_request(inputs, binary=True)
+    body, length = data.draw(_mutations(encoded.body, encoded.header_length))
+    checked._remembered_verdict.cache_clear()
+    fresh = _verdict(lambda: check_request(body, length, SMALL))
+    remembered = _verdict(lambda: check_request(body, length, SMALL))
+    checked._remembered_verdict.cache_clear()
+    _verdict(lambda: check_request(encoded.body, encoded.header_length, SMALL))  # the header seen intact first
+    after_intact = _verdict(lambda: check_request(body, length, SMALL))
+    assert fresh == remembered == after_intact
+    assert fresh == _verdict(lambda: decode_request(body, length, SMALL))
+
+
+def test_a_repeated_binary_header_is_parsed_once_and_a_json_body_never_remembered() -> None:
+    checked._remembered_verdict.cache_clear()
+    for value in (1.0, 2.0, 3.0):  # same names and shapes, other data: the same header
+        encoded = encode_request([Tensor.of("x", np.full(4, value, dtype=np.float32))], binary=True)
+        _, lazy = check_request(encoded.body, encoded.header_length, SMALL)
+        assert lazy[0].data.tolist() == [value] * 4  # each request's own bytes
+    assert (checked._remembered_verdict.cache_info().misses, checked._remembered_verdict.cache_info().hits) == (1, 2)
+    as_json = encode_request([Tensor.of("x", np.zeros(4, dtype=np.float32))], binary=False)
+    check_request(as_json.body, as_json.header_length, SMALL)
+    assert checked._remembered_verdict.cache_info().currsize == 1
+
+
+def test_what_one_request_changes_does_not_reach_the_next_with_the_same_header() -> None:
+    encoded = encode_request(
+        [Tensor.of("x", np.zeros(4, dtype=np.float32))], parameters={"priority": 1}, outputs=["y"], binary=True
+    )
+    first, _ = check_request(encoded.body, encoded.header_length, SMALL)
+    assert first.outputs is not None
+    first.parameters["priority"] = 99
+    first.outputs.clear()
+    second, _ = check_request(encoded.body, encoded.header_length, SMALL)
+    assert second.parameters == {"priority": 1, "binary_data_output": True}
+    assert [out.name for out in second.outputs or []] == ["y"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "blob"),
+    [
+        ({"name": "x", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 8}}, b"\0" * 4),
+        ({"name": "x", "shape": [1], "datatype": "FP99", "parameters": BINARY_4}, b"\0" * 2),
+        ({"name": "x", "shape": [99], "datatype": "FP32", "parameters": {"binary_data_size": 396}}, b"\0" * 8),
+    ],
+    ids=["size-vs-shape", "datatype", "element-limit"],
+)
+def test_a_truncated_body_is_reported_before_the_headers_own_fault(entry: dict[str, Any], blob: bytes) -> None:
+    """Both wrong: the error `decode_request` gives (truncation first), whether the header is remembered or not."""
+    body, length = request_body(entry, blob=blob)
+    expected = _verdict(lambda: decode_request(body, length, SMALL))
+    assert expected is not None and "truncated" in expected[1]
+    checked._remembered_verdict.cache_clear()
+    assert _verdict(lambda: check_request(body, length, SMALL)) == expected
+    assert _verdict(lambda: check_request(body, length, SMALL)) == expected
