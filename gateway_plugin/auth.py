@@ -17,6 +17,7 @@ A request without credentials gets the bare challenge (RFC 6750 §3.1: no error 
 import asyncio
 import hashlib
 import logging
+import re
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 INFER = "infer"
 ADMIN = "admin"
 _REALM = 'Bearer realm="distinfer"'
+_UNSAFE_IN_CHALLENGE = re.compile(r'[^\x20-\x7e]|["\\]')
+_CHALLENGE_DESCRIPTION_MAX = 200
 _HMAC = ("HS256",)
 _JWKS_LIFESPAN_S = 300.0
 # Stateless: reads the Authorization header, and documents the scheme in OpenAPI.
@@ -83,7 +86,10 @@ def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
 
 
 def _invalid(description: str) -> Unauthorized:
-    quoted = description.replace("\\", "").replace('"', "'")
+    # The description may quote the token's own header (its alg, its kid): attacker-chosen text.
+    # A header value takes printable ASCII only (RFC 6750 §3 for error_description); anything else
+    # would break the response (a 500, or a line break injected into the headers).
+    quoted = _UNSAFE_IN_CHALLENGE.sub("?", description)[:_CHALLENGE_DESCRIPTION_MAX]
     header = f'{_REALM}, error="invalid_token", error_description="{quoted}"'
     return Unauthorized(description, headers={"WWW-Authenticate": header})
 

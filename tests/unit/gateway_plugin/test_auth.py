@@ -107,6 +107,22 @@ async def test_alg_none_is_refused_in_every_spelling() -> None:
         await rejected(hs(), _unsigned(claims, alg), "alg none")
 
 
+@pytest.mark.parametrize(
+    "alg", ["RS256\u4e2d", "X\r\nSet-Cookie: injected=1", 'RS"256\\', "X\u00e9", "A" * 5000], ids=str.__len__
+)
+async def test_a_tokens_own_header_cannot_break_the_challenge(alg: str) -> None:
+    """The refusal quotes the token's alg; the WWW-Authenticate value stays printable ASCII, quoted, bounded."""
+    caught = await rejected(hs(), _unsigned({"sub": "x", "exp": int(time.time()) + 600}, alg), "")
+    challenge = caught.headers["WWW-Authenticate"]
+    challenge.encode("ascii")  # what a server can send at all (uvicorn refuses CR/LF, Starlette non-latin-1)
+    assert all(" " <= char <= "~" for char in challenge)
+    description = challenge.split('error_description="', 1)[1]
+    assert description.endswith('"')
+    assert '"' not in description[:-1]
+    assert "\\" not in description
+    assert len(challenge) < 300
+
+
 async def test_rs256_public_key_and_algorithm_confusion(rsa_key: rsa.RSAPrivateKey) -> None:
     public = pem(rsa_key.public_key())
     auth = Authenticator(AuthSettings(jwt_public_key=SecretStr(public)))
