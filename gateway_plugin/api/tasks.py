@@ -23,7 +23,7 @@ from gateway_plugin.api.pipeline import PipelineRequest, plan_pipeline, run_pipe
 from gateway_plugin.api.routing import ProblemRoute
 from gateway_plugin.api.schemas import InferenceRequest, Priority
 from gateway_plugin.auth import Principal
-from gateway_plugin.errors import NoCapacity, Unprocessable
+from gateway_plugin.errors import Forbidden, NoCapacity, Unprocessable
 from gateway_plugin.services import Services, ServicesDependency
 from gateway_plugin.tasks import ANONYMOUS, Caller, TaskRunner, TaskService, TaskStatus
 from worker.protocol import dumps
@@ -56,9 +56,15 @@ class TaskRequest(BaseModel):
 
 
 def caller_of(principal: Principal) -> Caller:
-    """Tasks belong to the token's subject; with auth disabled everyone is one anonymous caller."""
-    if principal.anonymous or principal.sub is None:
+    """Tasks belong to the token's subject; with auth disabled everyone is one anonymous caller.
+
+    A verified token without a `sub` names nobody: were such tokens one shared caller, every
+    holder of one would see and cancel the others' tasks. They are refused here instead.
+    """
+    if principal.anonymous:
         return Caller(ANONYMOUS.subject, admin=principal.is_admin)
+    if not principal.sub:
+        raise Forbidden("tasks belong to a token's subject, and this token has no 'sub' claim")
     return Caller(principal.sub, admin=principal.is_admin)
 
 
@@ -130,7 +136,7 @@ def tasks_router(
         "/tasks",
         status_code=202,
         summary="Submit a request of any kind to run asynchronously, with a priority",
-        responses={202: {}, 400: {}, 404: {}, 422: {}, 429: {}, 503: {}},
+        responses={202: {}, 400: {}, 403: {}, 404: {}, 422: {}, 429: {}, 503: {}},
     )
     async def submit(body: TaskRequest, request: Request, svc: SvcDep, who: CallerDep) -> Response:
         tasks = _tasks(svc)

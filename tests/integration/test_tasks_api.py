@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from gateway_plugin import DistributedInference
 from gateway_plugin.auth import ADMIN, INFER
 from gateway_plugin.processes import ServerProcess, start_gateway
 from gateway_plugin.settings import LimitSettings, TaskSettings
-from tests.integration.conftest import bearer, mounted, settings_for
+from tests.integration.conftest import TEST_JWT_SECRET, bearer, mounted, settings_for
 from tests.integration.orchestration_helpers import SLOW_MODEL, eventually, set_latency, slow_node_fixture
 from tests.integration.redis_server import RedisServer
 
@@ -150,6 +151,29 @@ async def test_tasks_are_checked_when_submitted_and_visible_only_to_their_owner(
         response = await client.post(f"{API}/tasks", json=body, headers=alice)
         assert response.status_code == status, response.text
     assert (await client.get(f"{API}/tasks/{'f' * 32}", headers=admin)).status_code == 404
+
+
+async def test_tokens_without_a_subject_are_refused_rather_than_pooled(
+    gateway: tuple[httpx.AsyncClient, DistributedInference],
+) -> None:
+    """Two tokens with no `sub` are two callers nobody can tell apart: neither may use tasks."""
+    client, _ = gateway
+
+    def subjectless(*scopes: str) -> dict[str, str]:
+        claims = {"scope": " ".join(scopes), "exp": int(time.time()) + 600}
+        return {"Authorization": f"Bearer {jwt.encode(claims, TEST_JWT_SECRET, algorithm='HS256')}"}
+
+    owner = bearer(INFER, sub="anonymous")  # a real subject, whatever it is called
+    task_id = await _submit(client, _inference(), headers=owner)
+    for headers in (subjectless(INFER), subjectless(INFER, ADMIN)):
+        submitted = await client.post(f"{API}/tasks", json=_inference(), headers=headers)
+        read = await client.get(f"{API}/tasks/{task_id}", headers=headers)
+        listed = await client.get(f"{API}/tasks", headers=headers)
+        for response in (submitted, read, listed):
+            assert response.status_code == 403, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            assert "sub" in response.json()["detail"]
+    assert (await client.get(f"{API}/tasks/{task_id}", headers=owner)).status_code == 200
 
 
 async def test_two_gateways_share_one_redis_submit_on_one_poll_and_cancel_on_the_other(
