@@ -118,8 +118,11 @@ class HealthProber:
         """
         while True:
             if self._completed:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancel that lands just as the
+                # wait ends (a node added right before shutdown), and the lifespan would wait forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+                    async with asyncio.timeout(self._interval):
+                        await self._wake.wait()
             await self.probe_all()
 
     async def probe_all(self) -> None:

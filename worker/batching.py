@@ -12,7 +12,6 @@ every caller gets exactly its own rows, or its own error.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -131,8 +130,15 @@ class DynamicBatcher:
             if remaining <= 0:
                 break
             self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+            try:
+                async with asyncio.timeout(remaining):  # not wait_for: on 3.11 it can drop a cancel
+                    await self._arrived.wait()
+            except TimeoutError:
+                pass
+            except asyncio.CancelledError:  # stopped: the requests taken out of the queue end too
+                for pending in batch:
+                    pending.future.cancel()
+                raise
         return batch
 
     def _take_compatible(self, batch: list[_Pending], rows: int) -> int:

@@ -144,7 +144,8 @@ class ConsulHTTP:
                 break
             changed = self._changed
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+                async with asyncio.timeout(remaining):  # not wait_for: on 3.11 it can drop a cancel
+                    await changed.wait()
         return self._json(data if readable else empty, index, filtered=not readable)
 
     # ------------------------------------------------------------------ definitions

@@ -90,3 +90,22 @@ async def test_a_startup_round_cut_short_is_followed_by_a_round_at_once(served: 
                 await prober.probe_all()
         async with in_background(prober.run()):
             await until(lambda: registry.nodes()[0].health is NodeStatus.ONLINE, timeout_s=5)  # not 30 s later
+
+
+async def test_a_stop_just_after_a_node_is_added_stops_the_prober() -> None:
+    """Regression: `asyncio.wait_for` on 3.11 drops a cancel that lands just after the wait it runs
+    ends, so a shutdown right after `POST /nodes` left the prober looping and the lifespan hung."""
+    registry = NodeRegistry()
+    async with aiohttp.ClientSession() as session:
+        prober = HealthProber(registry, NodeClient(session, probe_timeout_s=1), interval_s=30)
+        await prober.probe_all()
+        for _ in range(20):  # each try races the wake-up against the cancel in the same loop turns
+            task = asyncio.create_task(prober.run())
+            await asyncio.sleep(0.01)  # waiting for the next round (or a new node)
+            registry.reset("static", [NodeSpec(f"http://127.0.0.1:{free_port()}")])  # wakes it
+            await asyncio.sleep(0)  # the wait ends; its waiter is not resumed yet
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=3)
+            assert task.cancelled()
+            registry.reset("static", [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -173,3 +174,24 @@ def test_a_failure_outside_the_runtime_still_answers_every_caller() -> None:
 
     results = asyncio.run(scenario())
     assert all(isinstance(r, AttributeError) for r in results)
+
+
+async def test_a_stop_while_a_batch_waits_for_company_stops_the_batcher() -> None:
+    """Regression: `asyncio.wait_for` on 3.11 drops a cancel that lands just as its wait ends (a
+    request arriving right before shutdown), and the batcher's task then never stopped."""
+    policy = BatchPolicy(max_batch_size=8, max_queue_delay_s=5.0)
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        for _ in range(10):
+            batcher = DynamicBatcher(CountingRuntime().run, executor, policy)
+            task = asyncio.create_task(batcher.run())
+            first = asyncio.create_task(batcher.submit(_request(1, 1, 2, poison=False)))
+            await asyncio.sleep(0.01)  # the first request waits for company
+            second = asyncio.create_task(batcher.submit(_request(2, 1, 2, poison=False)))
+            await asyncio.sleep(0)  # it arrives: the wait ends, its waiter is not resumed yet
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=3)
+            assert task.cancelled()
+            # The caller whose request was taken out of the queue for this batch is not left waiting.
+            ended = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), timeout=3)
+            assert all(isinstance(result, asyncio.CancelledError) for result in ended)

@@ -191,7 +191,8 @@ def test_a_truncated_body_is_reported_before_the_headers_own_fault(entry: dict[s
     """Both wrong: the error `decode_request` gives (truncation first), whether the header is remembered or not."""
     body, length = request_body(entry, blob=blob)
     expected = _verdict(lambda: decode_request(body, length, SMALL))
-    assert expected is not None and "truncated" in expected[1]
+    assert expected is not None
+    assert "truncated" in expected[1]
     checked._remembered_verdict.cache_clear()
     assert _verdict(lambda: check_request(body, length, SMALL)) == expected
     assert _verdict(lambda: check_request(body, length, SMALL)) == expected
