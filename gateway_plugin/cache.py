@@ -116,13 +116,16 @@ class CachingDispatcher:
         # Cached answers are tensors, encoded per caller: a forwarded one keeps its first caller's encoding.
         call = replace(call, raw=None)
         started = time.perf_counter()
-        key = cache_key(call, self._version_of(call.model))
+        version = self._version_of(call.model)
+        key = cache_key(call, version)
         cached = self.cache.get(key)
         self._observe(call.model, cached is not None)
         if cached is not None:
             return replace(cached, attempts=0, latency_ms=(time.perf_counter() - started) * 1000)
         outcome = await self._inner.infer(call)
-        # Only cluster answers are kept: a local-fallback answer must not outlive the outage.
-        if outcome.mode == "distributed":
+        # Only cluster answers are kept: a local-fallback answer must not outlive the outage. And
+        # only those of the version the key names: while two versions serve side by side, the other
+        # version's answer kept under this key would outlive its version's withdrawal (a rollback).
+        if outcome.mode == "distributed" and outcome.model_version == version:
             self.cache.put(key, outcome)
         return outcome

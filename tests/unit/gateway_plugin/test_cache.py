@@ -96,6 +96,20 @@ async def test_a_new_model_version_is_a_miss() -> None:
     assert inner.calls == 2
 
 
+async def test_an_answer_from_another_version_than_the_keys_is_not_kept() -> None:
+    """Two versions serve side by side; the catalog names "2", a node of version "1" answers: that
+    answer must not be served as version 2's (nor outlive version 1's withdrawal)."""
+    inner = CountingDispatcher()  # its nodes answer as version "1"
+    cached = _dispatcher(inner, version="2")
+    await cached.infer(_call([1]))
+    await cached.infer(_call([1]))
+    assert inner.calls == 2
+    assert len(cached.cache) == 0
+    same = _dispatcher(CountingDispatcher(), version="1")
+    await same.infer(_call([1]))
+    assert len(same.cache) == 1
+
+
 async def test_entries_expire_and_the_oldest_is_evicted() -> None:
     inner, clock = CountingDispatcher(), FakeClock()
     cached = _dispatcher(inner, clock)
