@@ -115,11 +115,15 @@ class DnsSrvSource:
                 log.warning("dns: SRV target %s of %s has no address", target, self._name)
             for address in addresses:
                 host = f"[{address}]" if ":" in address else address
-                spec = NodeSpec(
-                    url=f"{self._scheme}://{host}:{record.port}",
-                    weight=float(record.weight) if record.weight > 0 else 1.0,
-                    labels={"srv_target": target.rstrip("."), "srv_priority": str(record.priority)},
-                )
+                try:
+                    spec = NodeSpec(
+                        url=f"{self._scheme}://{host}:{record.port}",
+                        weight=float(record.weight) if record.weight > 0 else 1.0,
+                        labels={"srv_target": target.rstrip("."), "srv_priority": str(record.priority)},
+                    )
+                except ValueError as exc:  # port 0: "not offered here" (RFC 2782)
+                    log.warning("dns: SRV record %s of %s skipped: %s", target, self._name, exc)
+                    continue
                 specs.setdefault(spec.url, spec)
         return list(specs.values()), ttl
 

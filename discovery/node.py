@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -22,11 +23,29 @@ class NodeStatus(StrEnum):
     ERROR = "error"
 
 
+# A DNS name or an IPv4 address (letters, digits, dots, hyphens; underscores as in SRV targets),
+# or a bracketed IPv6 literal (with its zone, if any); then an optional port.
+_AUTHORITY = re.compile(r"(?P<host>[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+(%[A-Za-z0-9_.~-]+)?\])(:(?P<port>[0-9]{1,5}))?")
+
+
 def normalise_url(url: str) -> str:
-    """`http://host:port` with no trailing slash; a ValueError for anything that is not http(s)."""
+    """`http(s)://host[:port][/path]` with no trailing slash; a ValueError for anything else.
+
+    No user info: credentials in a node's URL would show in `/nodes`, in its default id and in
+    metric labels (the gateway authenticates to nodes with DISTINFER_NODE_TOKEN instead). No
+    query or fragment either: a base URL has neither.
+    """
     parts = urlsplit(url.strip())
+    if "@" in parts.netloc:  # said before anything echoes the URL back
+        raise ValueError("node URL must not carry credentials (user:password@); nodes use DISTINFER_NODE_TOKEN")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"node URL {url!r} must be http(s)://host[:port]")
+    authority = _AUTHORITY.fullmatch(parts.netloc)
+    port = authority.group("port") if authority else None
+    if authority is None or (port is not None and not 1 <= int(port) <= 65535):
+        raise ValueError(f"node URL {url!r} must be http(s)://host[:port] with a valid host and port 1-65535")
+    if parts.query or parts.fragment:
+        raise ValueError(f"node URL {url!r} must not have a query or fragment")
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 

@@ -71,3 +71,15 @@ async def test_routing_follows_the_srv_records(dnsmasq: Dnsmasq, two_nodes: list
         await until(lambda: distributed.registry.nodes() == [], timeout_s=5)
         response = await client.post(f"{PREFIX}/inference", json=BODY)
         assert response.status_code == 503
+
+
+async def test_a_record_no_client_can_reach_is_skipped_not_fatal(
+    dnsmasq: Dnsmasq, two_nodes: list[ServerProcess]
+) -> None:
+    """Port 0 (RFC 2782: not offered there) makes no node URL; the other records still count."""
+    a, _ = two_nodes
+    dnsmasq.serve({"a": port_of(a), "z": 0})
+    discovery = DiscoverySettings(sources=["dns"], dns_srv=SRV, dns_nameserver=f"127.0.0.1:{dnsmasq.port}")
+    async with mounted(gateway_settings(discovery)) as (client, distributed):
+        assert [node.node_id for node in distributed.registry.nodes()] == ["node-a"]
+        assert {await served_by(client) for _ in range(3)} == {"node-a"}

@@ -34,6 +34,9 @@ async def test_register_hold_filter_and_unregister_by_hand(two_nodes: list[Serve
             ({"url": a.url}, 409),  # already there
             ({"url": "http://127.0.0.1:1", "node_id": "node-b"}, 409),  # id taken
             ({"url": "ftp://x:1"}, 422),
+            ({"url": "http://127.0.0.1:99999"}, 422),
+            ({"url": "http://a b:80"}, 422),
+            ({"url": "http://user:pw@127.0.0.1:1"}, 422),
             ({"url": a.url, "colour": "red"}, 422),
             ({"url": "http://x:1", "status": "error"}, 422),
         ]:

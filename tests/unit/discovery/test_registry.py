@@ -159,6 +159,37 @@ def test_normalise_url_strips_trailing_slashes(raw: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "raw",
+    [
+        "http://127.0.0.1:abc",
+        "http://127.0.0.1:99999",
+        "http://a:0",
+        "http://a:",
+        "http://a b:80",
+        "http://%zz:80",
+        "http://a:1/?x=1",
+        "http://a:1/#top",
+    ],
+)
+def test_normalise_url_rejects_what_no_client_can_reach(raw: str) -> None:
+    """Regression: these were accepted (201 from POST /nodes) and the node stayed offline for good."""
+    with pytest.raises(ValueError, match="host|query"):
+        NodeSpec(raw)
+
+
+def test_credentials_in_a_node_url_are_refused_without_echoing_them() -> None:
+    """They would show in /nodes, in the node's default id and in metric labels."""
+    with pytest.raises(ValueError, match="credentials") as caught:
+        NodeSpec("http://user:s3cret@10.0.0.5:8001")
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("raw", ["http://[::1]:8000", "http://[fe80::1%25eth0]:80", "http://node1.example.:80"])
+def test_ipv6_literals_and_absolute_names_are_accepted(raw: str) -> None:
+    assert normalise_url(raw) == raw
+
+
+@pytest.mark.parametrize(
     "raw", ["ftp://a:21", "grpc://a:8001", "a:8000", "localhost", "http://", "https:///path", "", "file:///tmp/x"]
 )
 def test_normalise_url_rejects_non_http(raw: str) -> None:
