@@ -173,7 +173,7 @@ def test_normalise_url_strips_trailing_slashes(raw: str, expected: str) -> None:
 )
 def test_normalise_url_rejects_what_no_client_can_reach(raw: str) -> None:
     """Regression: these were accepted (201 from POST /nodes) and the node stayed offline for good."""
-    with pytest.raises(ValueError, match="host|query"):
+    with pytest.raises(ValueError, match=r"host|query"):
         NodeSpec(raw)
 
 
