@@ -86,6 +86,10 @@ class UnknownNode(NotFound):
     code, title = "unknown_node", "Unknown node"
 
 
+class MethodNotAllowed(DistinferError):
+    status, code, title = 405, "method_not_allowed", "Method not allowed"
+
+
 class Conflict(DistinferError):
     status, code, title = 409, "conflict", "Conflict with the current state"
 

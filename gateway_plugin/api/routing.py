@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from balancer.pool import UnknownStrategy
-from gateway_plugin.errors import BadRequest, DistinferError, Unprocessable, from_worker, problem
+from gateway_plugin.errors import BadRequest, DistinferError, MethodNotAllowed, Unprocessable, from_worker, problem
 from worker.bodies import read_body
 from worker.errors import WorkerError
 
@@ -92,11 +92,22 @@ class ProblemRoute(APIRoute):
     hook: ClassVar[RouteHook | None] = None
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Starlette answers a method the route lacks with the host's plain 405; ours is problem+json.
+        methods = self.methods
+        wrong_method = scope["type"] == "http" and bool(methods) and scope.get("method") not in (methods or ())
+        serve = self._method_not_allowed if wrong_method else super().handle
         hook = type(self).hook  # read from the class: a plain function must not bind to the route
         if hook is None:
-            await super().handle(scope, receive, send)
+            await serve(scope, receive, send)
         else:
-            await hook(self, scope, receive, send, super().handle)
+            await hook(self, scope, receive, send, serve)
+
+    async def _method_not_allowed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        allowed = ", ".join(sorted(self.methods or ()))
+        method = str(scope.get("method", ""))[:16]
+        error = MethodNotAllowed(f"{method} is not allowed here; allowed: {allowed}", headers={"Allow": allowed})
+        given = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"x-request-id"), None)
+        await problem(error, scope_request_id(scope, given))(scope, receive, send)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

@@ -58,10 +58,18 @@ async def test_relay_refuses_a_body_over_the_cap_with_413() -> None:
     assert response.json()["error"] == response.json()["detail"]
 
 
-async def test_relay_answers_other_methods_with_405() -> None:
+async def test_other_methods_are_405_in_problem_json_with_allow() -> None:
+    """Regression: Starlette's own 405 ({"detail": ...}, application/json) came out of every plugin route."""
+    cases = [("GET", RELAY, "POST"), ("GET", f"{PREFIX}/inference", "POST"), ("DELETE", f"{PREFIX}/flags", "GET")]
     async with mounted(settings_for([])) as (client, _):
-        response = await client.get(RELAY)
-    assert response.status_code == 405
+        for method, path, allowed in cases:
+            response = await client.request(method, path, headers={"X-Request-ID": "wrong-method-1"})
+            assert response.status_code == 405, (method, path)
+            assert response.headers["content-type"] == "application/problem+json"
+            assert allowed in response.headers["allow"].split(", ")
+            body = response.json()
+            assert (body["status"], body["request_id"]) == (405, "wrong-method-1")
+            assert method in body["detail"]
 
 
 async def test_relay_is_in_openapi_with_bearer_security() -> None:
