@@ -73,6 +73,8 @@ def to_tensors(value: Any, info: ModelInfo | None, limits: Limits) -> list[Tenso
             wires = [WireTensor.model_validate(item) for item in value]
         except ValidationError as exc:
             raise BadRequest(f"malformed input tensor: {exc.errors(include_url=False)[0]['msg']}") from exc
+        if len({wire.name for wire in wires}) != len(wires):  # as decode_request: one tensor per name
+            raise BadRequest("input names must be unique")
         return [tensor_from_json(wire, limits) for wire in wires]
     if value is None or value == [] or isinstance(value, dict):
         raise BadRequest("inputs must be a list of v2 tensors or a plain value (string, number, nested list)")

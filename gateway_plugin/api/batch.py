@@ -23,7 +23,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
 from gateway_plugin.admission import admitted
-from gateway_plugin.api.inference import SESSION_HEADER, build_call, outcome_body
+from gateway_plugin.api.inference import SESSION_HEADER, build_call, outcome_body, unknown_model
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest
 from gateway_plugin.dispatch import InferenceCall, Outcome
@@ -50,13 +50,6 @@ class BatchRequest(BaseModel):
     requests: list[InferenceRequest] = Field(min_length=1, description="each as for POST /inference")
     max_concurrency: int | None = Field(default=None, ge=1, le=1024, description="node requests at once")
     coalesce: bool | None = Field(default=None, description="merge items for one model into multi-row requests")
-
-
-def unknown_model(svc: Services, model: str) -> UnknownModel | None:
-    """A 404 for a model no node lists and no local copy has (only an online cluster can say so)."""
-    if svc.catalog.info(model) is None and svc.pool.any_online() and not svc.pool.knows(model):
-        return UnknownModel(f"no node and no local copy has model {model!r}")
-    return None
 
 
 def max_rows_of(svc: Services, model: str) -> int:

@@ -10,7 +10,7 @@ from gateway_plugin.admission import admitted
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest, InferenceResponse
 from gateway_plugin.dispatch import InferenceCall, Outcome
-from gateway_plugin.errors import Unprocessable
+from gateway_plugin.errors import UnknownModel, Unprocessable
 from gateway_plugin.inputs import check_batch_size, to_tensors
 from gateway_plugin.services import Services, ServicesDependency
 from gateway_plugin.telemetry.recorder import defer_bookkeeping
@@ -45,12 +45,21 @@ def outcome_headers(outcome: Outcome, request_id: str) -> dict[str, str]:
     }
 
 
+def unknown_model(svc: Services, model: str) -> UnknownModel | None:
+    """A 404 for a model no node lists and no local copy has (only an online cluster can say so)."""
+    if svc.catalog.info(model) is None and svc.pool.any_online() and not svc.pool.knows(model):
+        return UnknownModel(f"no node and no local copy has model {model!r}")
+    return None
+
+
 def build_call(
     services: Services, body: InferenceRequest, request_id: str, *, affinity_key: str | None = None
 ) -> InferenceCall:
     """Check and convert one request before any node is called (`affinity_key`: the X-Session-ID header)."""
     # A sharded model (gateway_plugin.sharded) is described by its pipeline; the dispatcher wrapper serves it.
     info = (services.sharded.info(body.model) if services.sharded else None) or services.catalog.info(body.model)
+    if info is None and (missing := unknown_model(services, body.model)) is not None:
+        raise missing  # before the inputs: a plain value cannot be read without the model's metadata
     tensors = to_tensors(body.inputs, info, services.limits)
     if info is not None:
         check_batch_size(info, tensors, services.settings.limits.max_batch_size)

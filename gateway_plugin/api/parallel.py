@@ -18,8 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
 from gateway_plugin.admission import admitted
-from gateway_plugin.api.batch import unknown_model
-from gateway_plugin.api.inference import build_call, outcome_body
+from gateway_plugin.api.inference import build_call, outcome_body, unknown_model
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest
 from gateway_plugin.dispatch import InferenceCall

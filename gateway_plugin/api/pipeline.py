@@ -20,8 +20,7 @@ from starlette.responses import Response
 
 from balancer.pool import UnknownStrategy
 from gateway_plugin.admission import admitted
-from gateway_plugin.api.batch import unknown_model
-from gateway_plugin.api.inference import outcome_body
+from gateway_plugin.api.inference import outcome_body, unknown_model
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.dispatch import InferenceCall
 from gateway_plugin.errors import UnknownModel, Unprocessable, problem_body

@@ -173,10 +173,22 @@ async def test_flag_off_answers_404_everywhere(two_nodes: list[ServerProcess]) -
 
 
 async def test_unknown_model_is_404_when_nodes_are_up(two_nodes: list[ServerProcess]) -> None:
+    """Whatever form the inputs take: a plain value was a 400 ("metadata not known") before."""
     tensor = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}
     async with mounted(settings_for([n.url for n in two_nodes])) as (client, _):
-        response = await client.post(f"{PREFIX}/inference", json={"model": "no_such_model", "inputs": [tensor]})
-    assert _problem(response, 404)["code"] == "unknown_model"
+        for inputs in ([tensor], [[0.0] * 8] * 8, "some text"):
+            response = await client.post(f"{PREFIX}/inference", json={"model": "no_such_model", "inputs": inputs})
+            assert _problem(response, 404)["code"] == "unknown_model", inputs
+
+
+async def test_two_inputs_with_one_name_are_refused_at_once(two_nodes: list[ServerProcess]) -> None:
+    """Regression: accepted on /inference (the local runtime kept one, a node refused after an attempt)."""
+    image = {"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}
+    async with mounted(settings_for([n.url for n in two_nodes])) as (client, _):
+        response = await client.post(f"{PREFIX}/inference", json={"model": "digits", "inputs": [image, image]})
+        metrics = (await client.get("/metrics")).text
+    assert "unique" in _problem(response, 400)["detail"]
+    assert "distinfer_gateway_attempts_total{" not in metrics  # no node was asked
 
 
 @pytest.mark.parametrize(
