@@ -60,6 +60,8 @@ class GenerateParams:
             raise InvalidInput(f"max_tokens must be between 1 and {max_tokens}")
         if not (0.0 <= temperature <= 10.0) or top_k < 0:
             raise InvalidInput("temperature must be in [0, 10] and top_k >= 0")
+        if seed is not None and not 0 <= seed < 2**64:  # what numpy's generators take
+            raise InvalidInput("seed must be an integer in [0, 2**64)")
         return cls(prompt, asked, temperature, top_k, seed, tuple(s[:64] for s in stop))
 
 
@@ -138,10 +140,15 @@ class TextGenerator:
 def _sample(logits: np.ndarray[Any, Any], params: GenerateParams, rng: np.random.Generator) -> int:
     if params.temperature == 0:
         return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / params.temperature
-    if 0 < params.top_k < scaled.size:
-        cutoff = np.partition(scaled, -params.top_k)[-params.top_k]
-        scaled = np.where(scaled >= cutoff, scaled, -np.inf)
-    probs = np.exp(scaled - scaled.max())
-    probs /= probs.sum()
+    with np.errstate(over="ignore", invalid="ignore"):  # a tiny temperature overflows: handled below
+        scaled = logits.astype(np.float64) / params.temperature
+        if 0 < params.top_k < scaled.size:
+            cutoff = np.partition(scaled, -params.top_k)[-params.top_k]
+            scaled = np.where(scaled >= cutoff, scaled, -np.inf)
+        probs = np.exp(scaled - scaled.max())
+        total = probs.sum()
+    if not (np.isfinite(total) and total > 0):
+        # logits / temperature overflowed (a temperature like 5e-324): the limit is the argmax.
+        return int(np.argmax(logits))
+    probs /= total
     return int(rng.choice(probs.size, p=probs))

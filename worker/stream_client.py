@@ -49,7 +49,9 @@ async def _events(response: aiohttp.ClientResponse, url: str) -> AsyncIterator[d
     except TimeoutError as exc:
         raise NodeTimeout(f"{url}: the stream stalled", node_url=url) from exc
     except (aiohttp.ClientError, ValueError) as exc:  # ValueError: aiohttp's "line too long"
-        raise NodeUnreachable(f"{url}: stream cut: {type(exc).__name__}: {exc}", node_url=url) from exc
+        # The node answered, then the stream broke: its failure (the breaker counts it), but not proof
+        # that nothing listens there, which would take the node out for every model at once.
+        raise NodeServerError(f"{url}: stream cut: {type(exc).__name__}: {exc}", node_url=url) from exc
 
 
 @asynccontextmanager

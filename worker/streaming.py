@@ -103,6 +103,10 @@ class GenerationService:
             stats.failed += 1
             log.warning("generation on %s failed: %s", config.name, exc.message)
             yield ServerSentEvent(json.dumps({"error": exc.message}))
+        except Exception as exc:  # a bug of ours: still a well-formed stream that says so, not a cut
+            stats.failed += 1
+            log.exception("generation on %s failed", config.name)
+            yield ServerSentEvent(json.dumps({"error": f"generation failed: {type(exc).__name__}"}))
         finally:
             stats.active -= 1
 

@@ -97,6 +97,28 @@ async def test_stream_errors_before_the_first_token_are_plain_problems(two_nodes
     assert one[0][1]["outputs"][0]["shape"] == [1, 10]
 
 
+async def test_odd_sampling_parameters_neither_fail_the_stream_nor_take_nodes_offline(
+    two_nodes: list[ServerProcess],
+) -> None:
+    """Regression: a seed of -1 or a temperature of 5e-324 raised inside the node's generator; the
+    cut stream counted as an unreachable node and took both nodes offline for every model."""
+    async with gateway([n.url for n in two_nodes]) as client:
+        negative_seed = await client.post(
+            f"{PREFIX}/inference/stream/charlm", json={"prompt": "x", "parameters": {"seed": -1, "temperature": 1}}
+        )
+        _, tiny = await read_events(
+            client,
+            "POST",
+            "/inference/stream/charlm",
+            json={"prompt": PROMPT, "parameters": {"max_tokens": 5, "temperature": 5e-324}},
+        )
+        nodes = (await client.get(f"{PREFIX}/nodes")).json()
+    assert negative_seed.status_code == 400, negative_seed.text
+    assert "seed" in negative_seed.json()["detail"]
+    assert [kind for kind, _ in tiny] == ["token"] * 5 + ["result", "done"]  # the limit of sampling: greedy
+    assert {node["status"] for node in nodes} == {"online"}
+
+
 async def test_client_disconnect_cancels_the_generation_on_the_node(two_nodes: list[ServerProcess]) -> None:
     node = two_nodes[0]
     before = await node_stats(node)

@@ -72,6 +72,8 @@ async def test_closing_the_stream_stops_generation(generators: dict[str, TextGen
         ("hi", {"temperature": "hot"}, "bad generation parameter"),
         ("hi", {"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ("hi", {"stop": [""]}, "stop"),
+        ("hi", {"seed": -1}, "seed"),
+        ("hi", {"seed": 2**64}, "seed"),
     ],
 )
 def test_bad_parameters_are_invalid_input(prompt: object, parameters: dict[str, object], words: str) -> None:
@@ -87,3 +89,12 @@ def test_only_configs_with_a_valid_generation_section_generate() -> None:
     assert charlm.generation is not None
     broken = charlm.model_copy(update={"generation": charlm.generation.model_copy(update={"state_input": "nope"})})
     assert "inputs the model does not have" in str(generation_problem(broken))
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-30])
+async def test_a_vanishing_temperature_is_greedy(generators: dict[str, TextGenerator], temperature: float) -> None:
+    """logits / 5e-324 overflows to inf (and NaN probabilities, which numpy refuses): the limit is argmax."""
+    generator = generators["charlm"]
+    greedy = await generate(generator, GenerateParams("The return statement", max_tokens=8))
+    tiny = GenerateParams("The return statement", max_tokens=8, temperature=temperature, seed=1)
+    assert await generate(generator, tiny) == greedy
