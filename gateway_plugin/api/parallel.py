@@ -145,7 +145,12 @@ async def run_parallel(svc: Services, body: ParallelRequest, request_id: str) ->
     answered = sum(1 for answer in fanned.answers if answer.status == "ok")
     facts: dict[str, Any] = {"answered": answered, "requested": len(body.models), "responses": responses}
     met = quorum_met(
-        body.aggregation, fanned.answers, min_responses=body.min_responses, output=body.output, labels=labels
+        body.aggregation,
+        fanned.answers,
+        min_responses=body.min_responses,
+        output=body.output,
+        labels=labels,
+        final=True,
     )
     errors = [answer.error for answer in fanned.answers if answer.error is not None]
     if answered == 0 and errors and len({e.status for e in errors}) == 1 and errors[0].status < 500:

@@ -65,7 +65,7 @@ def _labels_per_row(tensor: Tensor, labels: Sequence[str]) -> list[str]:
         flat = data.reshape(-1)
         return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat.tolist()]
     if data.ndim >= 2 and data.dtype.kind in "fiu":
-        indexes = data.reshape(data.shape[0], -1).argmax(axis=1)
+        indexes = _rows(tensor).argmax(axis=1)
     elif data.ndim == 1 and data.dtype.kind in "iu":
         indexes = data
     else:
@@ -73,11 +73,20 @@ def _labels_per_row(tensor: Tensor, labels: Sequence[str]) -> list[str]:
     return [labels[i] if 0 <= i < len(labels) else str(int(i)) for i in indexes.tolist()]
 
 
+def _rows(tensor: Tensor) -> np.ndarray[Any, Any]:
+    """One row of scores per batch item (zero rows are fine: `reshape(0, -1)` is not)."""
+    data = tensor.data
+    width = int(np.prod(data.shape[1:]))
+    if width == 0:
+        raise Unprocessable(f"output {tensor.name!r} of shape {list(data.shape)} has no scores per row")
+    return data.reshape(data.shape[0], width)
+
+
 def _probabilities(tensor: Tensor) -> np.ndarray[Any, Any]:
     """Rows of class probabilities: taken as they are when they already are, else softmax of logits."""
     if tensor.data.ndim < 2 or tensor.data.dtype.kind not in "fiu":
         raise Unprocessable(f"output {tensor.name!r} of shape {tensor.shape} has no class scores per row")
-    scores = tensor.data.reshape(tensor.data.shape[0], -1).astype(np.float64)
+    scores = _rows(tensor).astype(np.float64)
     sums = scores.sum(axis=1)
     if np.all(scores >= 0) and np.allclose(sums, 1.0, atol=1e-3):
         return scores
@@ -117,8 +126,13 @@ def quorum_met(
     min_responses: int | None,
     output: str | None = None,
     labels: Mapping[str, Sequence[str]] | None = None,
+    final: bool = False,
 ) -> bool:
-    """`min_responses` successes are in (for votes: that many agree on every row); default 1."""
+    """`min_responses` successes are in (for votes: that many agree on every row); default 1.
+
+    Answers that cannot vote (no such output, rows that differ) are no quorum while answers still
+    come in; `final` (all are in) lets that Unprocessable out: a 422 the client can act on, not a 503.
+    """
     ok = _successes(answers)
     needed = min_responses or 1
     if len(ok) < needed:
@@ -128,6 +142,8 @@ def quorum_met(
     try:
         counts, _ = _votes(ok, output, labels or {})
     except DistinferError:
+        if final:
+            raise
         return False
     return all(max(row.values()) >= needed for row in counts)
 

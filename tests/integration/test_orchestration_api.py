@@ -192,6 +192,32 @@ async def test_majority_vote_ensemble_and_weighted_average_on_real_variants(
     assert everything["responses"][3]["error"]["code"] == "unknown_model"
 
 
+async def test_votes_on_no_rows_or_a_missing_output_are_answers_or_422_never_500_or_503(
+    gateway: tuple[httpx.AsyncClient, DistributedInference],
+) -> None:
+    """Regressions: zero rows made reshape(0, -1) a 500; a missing output with min_responses a 503."""
+    client, _ = gateway
+    empty = [{"name": "image", "shape": [0, 1, 8, 8], "datatype": "FP32", "data": []}]
+    models = list(VARIANTS)
+    for extra in ({"aggregation": "majority_vote"}, {"aggregation": "majority_vote", "min_responses": 2}):
+        response = await client.post(f"{API}/inference/parallel", json={"models": models, "inputs": empty, **extra})
+        assert response.status_code == 200, response.text
+        voted = response.json()
+        assert (voted["votes"], voted["label"]) == ([], [])  # one entry per row, and there are none
+        assert [tensor["shape"] for tensor in voted["output"]] == [[0], [0]]
+    ensemble = await client.post(
+        f"{API}/inference/parallel", json={"models": models, "inputs": empty, "aggregation": "ensemble"}
+    )
+    assert ensemble.status_code == 200, ensemble.text
+    assert ensemble.json()["output"][0]["shape"][0] == 0
+    image = [[0.5] * 8] * 8
+    for extra in ({}, {"min_responses": 1}):
+        body = {"models": models, "inputs": image, "aggregation": "majority_vote", "output": "nope", **extra}
+        response = await client.post(f"{API}/inference/parallel", json=body)
+        assert response.status_code == 422, (extra, response.text)
+        assert "nope" in response.json()["detail"]
+
+
 async def test_quorum_answers_early_and_cancels_the_straggler_and_a_deadline_is_504(
     gateway: tuple[httpx.AsyncClient, DistributedInference],
     slow_node: ServerProcess,
