@@ -76,6 +76,7 @@ from worker.protocol import Limits
 __all__ = ["DistributedInference"]
 
 log = logging.getLogger(__name__)
+_STOP_WAIT_S = 10.0  # background tasks get this long to stop once cancelled at shutdown
 
 
 class DistributedInference:
@@ -325,7 +326,10 @@ class DistributedInference:
                 self._services = None
                 for task in tasks:
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                # Bounded: a task that lost its cancel (a library swallowing it) must not hold the shutdown.
+                _, stuck = await asyncio.wait(tasks, timeout=_STOP_WAIT_S)
+                for task in stuck:
+                    log.error("%s did not stop within %.0f s of shutdown; left behind", task.get_name(), _STOP_WAIT_S)
                 self.telemetry.flush()
 
     @staticmethod

@@ -144,6 +144,7 @@ class TaskService:
 
     async def _worker(self, name: str) -> None:
         while True:
+            _stop_if_cancelled()
             self._wake.clear()
             try:
                 record = await self.queue.pop(lease_s=self._lease_s, worker=name)
@@ -151,6 +152,10 @@ class TaskService:
                 log.warning("task worker %s cannot reach the task store: %s", name, exc)
                 await asyncio.sleep(1.0)
                 continue
+            if record is not None and _cancel_requested():  # claimed as the stop came: give it back
+                with contextlib.suppress(Exception):
+                    await self.store.requeue(record.task_id)
+                raise asyncio.CancelledError
             if record is None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._poll_s):
@@ -205,6 +210,7 @@ class TaskService:
 
     async def _watch(self) -> None:
         while True:
+            _stop_if_cancelled()
             await asyncio.sleep(self._watch_s)
             try:
                 await self._watch_once()
@@ -224,3 +230,19 @@ class TaskService:
         if moved:
             log.warning("requeued %d task(s) whose gateway stopped renewing: %s", len(moved), moved)
             self._wake.set()
+
+
+def _cancel_requested() -> bool:
+    """Whether this task was asked to stop, even if the cancel was swallowed on its way.
+
+    redis-py wraps socket calls in `asyncio.wait_for`, which on Python 3.11 returns normally when
+    the cancel lands just as the call completes. The request stays counted on the task, so a
+    loop that checks it still stops (otherwise the lifespan's shutdown waited forever).
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _stop_if_cancelled() -> None:
+    if _cancel_requested():
+        raise asyncio.CancelledError

@@ -222,3 +222,29 @@ def test_task_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("DISTINFER_TASK_STORE", "postgres://nope")
     with pytest.raises(ValidationError):
         Settings()
+
+
+class CancelSwallowingStore(MemoryTaskStore):
+    """A store whose calls behave like redis-py's on Python 3.11: `asyncio.wait_for` inside them
+    returns normally when the cancel lands as the call completes, so the caller never sees it."""
+
+    async def claim(self, *, now: float, lease_until: float, worker: str) -> TaskRecord | None:
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed, as wait_for does
+            await asyncio.sleep(0.005)  # the round trip
+        return await super().claim(now=now, lease_until=lease_until, worker=worker)
+
+
+async def test_workers_stop_even_when_the_store_swallows_the_cancel() -> None:
+    """Regression: the lifespan cancelled the task workers, redis-py ate the cancel, the workers
+    looped on and the shutdown never ended."""
+    store = CancelSwallowingStore(max_tasks=100, ttl_s=60)
+    service = TaskService(store, Runner(), TaskSettings(workers=2), poll_s=0.001)
+    queued = await service.submit("inference", {"name": "x"}, "normal", ME)
+    await service.submit("inference", {"name": "y"}, "normal", ME)
+    for _ in range(20):
+        task = asyncio.create_task(service.run())
+        await asyncio.sleep(0.003)  # inside a claim, or between two
+        task.cancel()
+        stopped, _ = await asyncio.wait({task}, timeout=2)
+        assert task in stopped
+    assert (await service.get(queued.task_id, ME)).status in (TaskStatus.PENDING, TaskStatus.COMPLETED)
