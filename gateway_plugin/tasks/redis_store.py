@@ -51,9 +51,14 @@ while true do
 end
 """
 
+# What a listing reads of each task (`TaskRecord.public(full=False)`); requests and results may be large.
+_LISTED: tuple[str, ...] = ("task_id", "kind", "priority", "owner", "created_at", "score", "status", "attempts")
+_LISTED += ("started_at", "finished_at", "error", "worker")
+
 _FINISH = """
 if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return 0 end
 redis.call('HSET', KEYS[2], 'status', ARGV[2], 'finished_at', ARGV[3], 'result', ARGV[4], 'error', ARGV[5])
+redis.call('HDEL', KEYS[2], 'request')
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 return 1
@@ -68,6 +73,7 @@ if status == 'pending' or status == 'running' then
   end
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('HSET', KEYS[3], 'status', 'cancelled', 'finished_at', ARGV[2])
+  redis.call('HDEL', KEYS[3], 'request')
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
 end
 return status
@@ -195,8 +201,9 @@ class RedisTaskStore:
             start += page
             async with self._redis.pipeline(transaction=False) as pipe:
                 for task_id in ids:
-                    pipe.hgetall(self._key(task_id))
-                raws = await pipe.execute()
+                    pipe.hmget(self._key(task_id), _LISTED)  # not the request nor the result: a listing shows neither
+                rows = await pipe.execute()
+            raws = [{k: v for k, v in zip(_LISTED, row, strict=True) if v is not None} for row in rows]
             gone = [task_id for task_id, raw in zip(ids, raws, strict=True) if not raw]
             if gone:
                 await self._redis.zrem(self._index_key, *gone)

@@ -87,6 +87,7 @@ class MemoryTaskStore:
     def _finish(self, record: TaskRecord, status: TaskStatus, now: float) -> None:
         record.status = status
         record.finished_at = now
+        record.request = {}  # no longer needed, and it may be the largest part of the record
         self._pending.discard(record.task_id)
         heapq.heappush(self._expiry, (now + self._ttl_s, record.task_id))
 

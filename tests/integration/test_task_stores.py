@@ -94,3 +94,27 @@ async def test_a_dead_gateways_tasks_are_reclaimed_when_its_lease_runs_out(redis
     retried = await store.claim(now=105.0, lease_until=106.0, worker="alive")
     assert retried is not None
     assert (retried.task_id, retried.attempts, retried.worker) == ("a", 2, "alive")
+
+
+async def test_a_finished_tasks_request_is_dropped_and_listings_read_no_bodies(store: TaskStore) -> None:
+    """Regression: every finished task kept its request (up to the body cap) for its whole TTL, and a
+    Redis listing loaded and parsed each task's request and result to show neither."""
+    big = {"payload": "x" * 200_000}
+    for n, task_id in enumerate(("done", "cancelled", "waiting")):  # claimed in this order
+        record = _record(task_id, "normal", 100.0 + n / 10)
+        record.request = big
+        assert await store.add(record, max_pending=10)
+    claimed = await store.claim(now=101.0, lease_until=200.0, worker="w")
+    assert claimed is not None
+    assert claimed.task_id == "done"
+    assert claimed.request == big  # a running task still has it (a stop puts it back in the queue)
+    assert await store.finish(claimed.task_id, TaskStatus.COMPLETED, now=102.0, result={"r": "y" * 200_000})
+    await store.cancel("cancelled", now=103.0)
+    finished = [await store.get(claimed.task_id), await store.get("cancelled")]
+    assert [record.request if record else None for record in finished] == [{}, {}]
+    assert (await store.get("waiting")).request == big  # type: ignore[union-attr]
+    listed = {record.task_id: record for record in await store.find(status=None, owner="me", limit=10)}
+    assert set(listed) == {"done", "cancelled", "waiting"}
+    if isinstance(store, RedisTaskStore):  # it reads only what a listing shows
+        assert all(record.request == {} and record.result is None for record in listed.values())
+    assert listed[claimed.task_id].status is TaskStatus.COMPLETED
