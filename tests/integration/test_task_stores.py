@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,9 +15,9 @@ from tests.integration.redis_server import RedisServer
 
 
 @asynccontextmanager
-async def _on_redis(directory: Path) -> AsyncIterator[RedisTaskStore]:
+async def _on_redis(directory: Path, ttl_s: float = 60) -> AsyncIterator[RedisTaskStore]:
     server = RedisServer(directory).start()
-    store = RedisTaskStore.from_url(server.url, ttl_s=60)
+    store = RedisTaskStore.from_url(server.url, ttl_s=ttl_s)
     try:
         yield store
     finally:
@@ -118,3 +119,20 @@ async def test_a_finished_tasks_request_is_dropped_and_listings_read_no_bodies(s
     if isinstance(store, RedisTaskStore):  # it reads only what a listing shows
         assert all(record.request == {} and record.result is None for record in listed.values())
     assert listed[claimed.task_id].status is TaskStatus.COMPLETED
+
+
+async def test_the_redis_index_forgets_expired_tasks_as_fast_as_they_come(tmp_path: Path) -> None:
+    """Regression: a pass checked the 50 oldest entries only (every 5 s): at 100 tasks/s the index
+    grew by ~90 entries a second for good. One pass now clears the expired backlog, stepping over
+    an old task that is still alive."""
+    async with _on_redis(tmp_path, ttl_s=0.05) as store:
+        assert await store.add(_record("old-but-alive", "normal", 1.0), max_pending=5000)
+        for n in range(1500):
+            assert await store.add(_record(f"t{n}", "normal", 2.0 + n / 1000), max_pending=5000)
+        await store.claim(now=3.0, lease_until=1e12, worker="w")  # the oldest: running, stays
+        for n in range(1500):
+            assert await store.cancel(f"t{n}", now=3.0) is TaskStatus.PENDING  # expire 50 ms later
+        await asyncio.sleep(0.3)
+        forgotten = await store._prune_index()
+        remaining = await store._redis.zcard(store._index_key)  # type: ignore[misc]
+    assert (forgotten, remaining) == (1500, 1)
