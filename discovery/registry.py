@@ -72,6 +72,9 @@ class NodeRegistry:
     def find(self, node_id: str) -> Node | None:
         return next((node for node in self._nodes.values() if node.node_id == node_id), None)
 
+    def _id_taken(self, node_id: str, key: str) -> bool:
+        return any(node.node_id == node_id for other, node in self._nodes.items() if other != key)
+
     def claimants(self, key: str) -> list[str]:
         """The sources that currently list `key`."""
         return [source for source, specs in self._claims.items() if key in specs]
@@ -131,6 +134,12 @@ class NodeRegistry:
         current = self._nodes.get(key)
         if current is None:
             return None
+        wanted = changes.get("node_id")
+        if wanted is not None and wanted != current.node_id and self._id_taken(str(wanted), key):
+            # Ids name nodes in /nodes, PATCH and metrics: two URLs of one server (localhost and
+            # 127.0.0.1) must not both answer to it. This one keeps the id it has.
+            log.warning("node %s advertises id %r, which another node has; it keeps %r", key, wanted, current.node_id)
+            del changes["node_id"]
         if "status" in changes:
             changes["health"] = changes["status"]
             if current.manual is not None:

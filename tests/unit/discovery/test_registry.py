@@ -96,6 +96,19 @@ def test_default_node_id_is_host_and_port(registry: NodeRegistry, events: list[N
     assert registry.find("nobody") is None
 
 
+def test_one_advertised_id_names_one_node(registry: NodeRegistry) -> None:
+    """Regression: two URLs of one server (localhost, 127.0.0.1) both took its advertised id, and
+    PATCH /nodes/{id} (which acts on the first match) drained only one of them."""
+    registry.reset("static", [NodeSpec("http://127.0.0.1:8301"), NodeSpec("http://localhost:8301")])
+    registry.update("http://127.0.0.1:8301", node_id="nodeA")
+    registry.update("http://localhost:8301", node_id="nodeA")
+    assert sorted(node.node_id for node in registry.nodes()) == ["localhost:8301", "nodeA"]
+    assert registry.find("nodeA") is registry.get("http://127.0.0.1:8301")
+    registry.reset("static", [NodeSpec("http://localhost:8301")])  # the first goes: the id is free again
+    registry.update("http://localhost:8301", node_id="nodeA")
+    assert [node.node_id for node in registry.nodes()] == ["nodeA"]
+
+
 def test_update_publishes_only_on_change(registry: NodeRegistry, events: list[NodeEvent]) -> None:
     registry.reset("static", [NodeSpec("http://a:1")])
     events.clear()
