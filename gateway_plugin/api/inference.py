@@ -11,7 +11,7 @@ from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest, InferenceResponse
 from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.errors import UnknownModel, Unprocessable
-from gateway_plugin.inputs import check_batch_size, to_tensors
+from gateway_plugin.inputs import check_batch_size, is_tensor_list, to_tensors
 from gateway_plugin.services import Services, ServicesDependency
 from gateway_plugin.telemetry.recorder import defer_bookkeeping
 from worker.engine import check_inputs
@@ -58,8 +58,10 @@ def build_call(
     """Check and convert one request before any node is called (`affinity_key`: the X-Session-ID header)."""
     # A sharded model (gateway_plugin.sharded) is described by its pipeline; the dispatcher wrapper serves it.
     info = (services.sharded.info(body.model) if services.sharded else None) or services.catalog.info(body.model)
-    if info is None and (missing := unknown_model(services, body.model)) is not None:
-        raise missing  # before the inputs: a plain value cannot be read without the model's metadata
+    if info is None and not is_tensor_list(body.inputs) and (missing := unknown_model(services, body.model)):
+        # A plain value cannot be read without the model's metadata: say the model is unknown, not
+        # that the value is (v2 tensors go on to the dispatcher, which answers 404 and counts it).
+        raise missing
     tensors = to_tensors(body.inputs, info, services.limits)
     if info is not None:
         check_batch_size(info, tensors, services.settings.limits.max_batch_size)
