@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from pydantic import ValidationError
 from starlette.types import ASGIApp
 
 from gateway_plugin.auth_cli import add_node_security, add_token_parser
@@ -112,7 +113,12 @@ def _run_gateway(args: argparse.Namespace) -> int:
     from gateway_plugin.settings import Settings
     from gateway_plugin.standalone import create_gateway_app
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # the operator's configuration: say what is wrong, not a traceback
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in exc.errors())
+        print(f"distinfer gateway: invalid settings: {problems}", file=sys.stderr)
+        return 2
     # The standalone gateway exists to serve the cluster: on unless the operator says otherwise.
     if "ENABLE_DISTRIBUTED_INFERENCE" not in os.environ:
         settings.flags.enabled = True

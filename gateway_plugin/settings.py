@@ -18,6 +18,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from balancer.strategies.capability import parse_requirements
+from discovery.node import normalise_url
 
 __all__ = [
     "ENVIRONMENT",
@@ -75,6 +76,12 @@ class DiscoverySettings(_Section):
     start_timeout_s: float = Field(default=5.0, ge=0, le=120)
 
     _split = field_validator("sources", "nodes", mode="before")(_comma_list)
+
+    @field_validator("nodes")
+    @classmethod
+    def _node_urls(cls, urls: list[str]) -> list[str]:
+        """Each a usable node URL (`discovery.node.normalise_url`): refused at startup, with the reason."""
+        return [normalise_url(url) for url in urls]
 
     @model_validator(mode="after")
     def _dns_needs_a_name(self) -> DiscoverySettings:

@@ -134,6 +134,9 @@ def test_empty_value_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
         ("DISTRIBUTED_INFERENCE_MODE", "canary"),
         ("ENABLE_DISTRIBUTED_INFERENCE", "maybe"),
         ("DISTINFER_DISCOVERY", "static,zookeeper"),
+        ("DISTINFER_NODES", "http://127.0.0.1:8001,ftp://127.0.0.1:21"),
+        ("DISTINFER_NODES", "http://user:secret@127.0.0.1:8001"),
+        ("DISTINFER_NODES", "http://127.0.0.1:99999"),
     ],
 )
 def test_invalid_values_raise(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -153,3 +156,15 @@ def test_invalid_keyword_argument_raises() -> None:
         Settings(flags={"rollout_percent": 101})
     with pytest.raises(ValidationError):
         Settings(nonsense=True)
+
+
+def test_the_gateway_command_names_a_bad_setting_instead_of_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway_plugin.cli import main
+
+    monkeypatch.setenv("DISTINFER_NODES", "http://127.0.0.1:99999")
+    assert main(["gateway", "--port", "0"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("distinfer gateway: invalid settings: discovery.nodes:")
+    assert "port 1-65535" in error
