@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from worker.errors import ModelNotReady
 from worker.runtimes.base import Arrays
 
 __all__ = ["BatchPolicy", "DynamicBatcher", "RunObserver"]
@@ -104,8 +105,7 @@ class DynamicBatcher:
         finally:
             for task in list(self._batches):
                 task.cancel()
-            for pending in self._queue:
-                pending.future.cancel()
+            _end_waiting(self._queue)
 
     async def _next_live(self) -> _Pending:
         while True:
@@ -136,8 +136,7 @@ class DynamicBatcher:
             except TimeoutError:
                 pass
             except asyncio.CancelledError:  # stopped: the requests taken out of the queue end too
-                for pending in batch:
-                    pending.future.cancel()
+                _end_waiting(batch)
                 raise
         return batch
 
@@ -186,6 +185,9 @@ class DynamicBatcher:
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
+        except asyncio.CancelledError:  # the batcher stops while this batch runs: its callers end too
+            _end_waiting(batch)
+            raise
         finally:
             self._slots.release()
 
@@ -217,3 +219,10 @@ class DynamicBatcher:
             if not pending.future.done():
                 pending.future.set_result({name: value[start:end] for name, value in outputs.items()})
             start = end
+
+
+def _end_waiting(pending: Iterable[_Pending]) -> None:
+    """The batcher stops: every caller still waiting gets a 503 it may retry on another node."""
+    for waiting in pending:
+        if not waiting.future.done():
+            waiting.future.set_exception(ModelNotReady("the model's batcher stopped: the node is shutting down"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.batching import BatchPolicy, DynamicBatcher
+from worker.errors import ModelNotReady
 from worker.runtimes.base import Arrays
 
 POISON = -1.0
@@ -194,4 +196,23 @@ async def test_a_stop_while_a_batch_waits_for_company_stops_the_batcher() -> Non
             assert task.cancelled()
             # The caller whose request was taken out of the queue for this batch is not left waiting.
             ended = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), timeout=3)
-            assert all(isinstance(result, asyncio.CancelledError) for result in ended)
+            assert all(isinstance(result, ModelNotReady) for result in ended)  # a 503: retried elsewhere
+
+
+async def test_a_stop_while_a_batch_runs_ends_its_callers() -> None:
+    """The batch already in the runtime when the batcher stops: its callers get a 503, not silence."""
+    release = threading.Event()
+
+    def slow(feeds: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
+        release.wait(5)
+        return {"y": feeds["x"] * 2}
+
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        batcher = DynamicBatcher(slow, executor, BatchPolicy(max_batch_size=8, max_queue_delay_s=0.001))
+        task = asyncio.create_task(batcher.run())
+        callers = [asyncio.create_task(batcher.submit(_request(n, 1, 2, poison=False))) for n in range(2)]
+        await asyncio.sleep(0.05)  # both are in the runtime call now
+        task.cancel()
+        ended = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), timeout=3)
+        release.set()
+    assert all(isinstance(result, ModelNotReady) for result in ended)
