@@ -98,12 +98,12 @@ def _votes(
     answers: Sequence[Answer], output: str | None, labels: Mapping[str, Sequence[str]]
 ) -> tuple[list[Counter[str]], list[list[str]]]:
     """Per row: the vote counts, and the labels in the order models were listed (for ties)."""
-    counts: list[Counter[str]] = []
+    counts: list[Counter[str]] | None = None  # None until the first answer: zero rows is an answer too
     firsts: list[list[str]] = []
     for answer in answers:
         assert answer.outcome is not None
         rows = _labels_per_row(_pick(answer.outcome, output), labels.get(answer.model, ()))
-        if not counts:
+        if counts is None:
             counts = [Counter() for _ in rows]
             firsts = [[] for _ in rows]
         if len(rows) != len(counts):
@@ -112,7 +112,7 @@ def _votes(
             counts[row][label] += 1
             if label not in firsts[row]:
                 firsts[row].append(label)
-    return counts, firsts
+    return counts or [], firsts
 
 
 def _successes(answers: Sequence[Answer]) -> list[Answer]:

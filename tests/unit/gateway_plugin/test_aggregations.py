@@ -87,6 +87,24 @@ def test_quorums() -> None:
     assert quorum_reached("ensemble", agree, expected=3, min_responses=2)
 
 
+def _no_rows(model: str) -> Answer:
+    outcome = Outcome(model, "1", [Tensor.of("logits", np.zeros((0, 3), dtype=np.float32))], "n", "distributed", 1, 1.0)
+    return Answer(model, "ok", outcome=outcome)
+
+
+@pytest.mark.parametrize("empty_at", [0, 1, 2])
+def test_a_model_with_no_rows_cannot_vote_with_models_that_have_some(empty_at: int) -> None:
+    """Regression: an empty first answer was forgotten by the next one, so the verdict hung on order."""
+    answers = [_logits("b", [0, 9, 0], [9, 0, 0]), _logits("c", [0, 9, 0], [9, 0, 0])]
+    answers.insert(empty_at, _no_rows("a"))
+    with pytest.raises(Unprocessable, match="number of rows"):
+        aggregate("majority_vote", answers, order=["a", "b", "c"], labels=LABELS)
+    with pytest.raises(Unprocessable, match="number of rows"):
+        quorum_met("majority_vote", answers, min_responses=2, final=True)
+    everyone_empty = [_no_rows("a"), _no_rows("b")]
+    assert aggregate("majority_vote", everyone_empty, order=["a", "b"], labels=LABELS).label == []
+
+
 async def test_fan_out_stops_at_the_quorum_and_cancels_stragglers() -> None:
     cancelled: list[str] = []
 
