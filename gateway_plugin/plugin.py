@@ -49,6 +49,7 @@ from gateway_plugin.api import (
 )
 from gateway_plugin.api.health import summary
 from gateway_plugin.api.inference import build_call
+from gateway_plugin.api.routing import record_routes
 from gateway_plugin.api.schemas import InferenceRequest
 from gateway_plugin.api.stats import stats_router
 from gateway_plugin.api.tasks import task_runner, tasks_router
@@ -164,26 +165,31 @@ class DistributedInference:
         return summary(self._services)
 
     def _build_router(self) -> APIRouter:
-        route_class = problem_route(self.settings.limits.max_body_bytes, self.telemetry.route_hook)
+        route_class = problem_route(
+            self.settings.limits.max_body_bytes, self.telemetry.route_hook, gate=self.require_enabled
+        )
         router = APIRouter(prefix=self.settings.api.prefix, lifespan=self.lifespan, route_class=route_class)
         enabled, infer = Depends(self.require_enabled), Depends(self.require_infer)
+
+        def include(sub: APIRouter, *dependencies: Any) -> None:
+            router.include_router(sub, dependencies=list(dependencies))
+            record_routes(route_class, sub, gated=enabled in dependencies)  # for the Allow and 404 of a 405
+
         # Hot routes first: FastAPI tries each included router in order, and a miss costs a scan of its routes.
         # The relay is served as plain ASGI (RawRoute): the dependencies document it, `_guard_infer` enforces them.
         relay = self._relay_router = relay_router(self.services, self._guard_infer, route_class)
-        router.include_router(relay, dependencies=[enabled, infer])
-        router.include_router(inference_router(self.services, route_class), dependencies=[enabled, infer])
+        include(relay, enabled, infer)
+        include(inference_router(self.services, route_class), enabled, infer)
         # No enabled-check here: with the flag off, PUT /flags is how it comes back on.
-        router.include_router(flags_router(self.flags, self.require_infer, self.require_admin, route_class))
-        router.include_router(health_router(self.services, route_class), dependencies=[enabled])
+        include(flags_router(self.flags, self.require_infer, self.require_admin, route_class))
+        include(health_router(self.services, route_class), enabled)
         for build in (stream_router, cluster_router):
-            router.include_router(build(self.services, route_class), dependencies=[enabled, infer])
-        admin_nodes = nodes_admin_router(self.services, route_class, admin=self.require_admin)  # POST/PATCH/DELETE
-        router.include_router(admin_nodes, dependencies=[enabled])
+            include(build(self.services, route_class), enabled, infer)
+        include(nodes_admin_router(self.services, route_class, admin=self.require_admin), enabled)  # POST/PATCH/DELETE
         for build in (batch_router, parallel_router, pipeline_router):
-            router.include_router(build(self.services, route_class), dependencies=[enabled, infer])
-        tasks = tasks_router(self.services, self.require_infer, route_class)  # tasks belong to the token's sub
-        router.include_router(tasks, dependencies=[enabled, infer])
-        router.include_router(stats_router(self.telemetry, route_class, self.shadow), dependencies=[enabled, infer])
+            include(build(self.services, route_class), enabled, infer)
+        include(tasks_router(self.services, self.require_infer, route_class), enabled, infer)  # owned by `sub`
+        include(stats_router(self.telemetry, route_class, self.shadow), enabled, infer)
         return router
 
     # ------------------------------------------------------------------ telemetry

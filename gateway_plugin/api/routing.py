@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar
 
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIRouter
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -90,6 +90,12 @@ class ProblemRoute(APIRoute):
     max_body_bytes: int | None = None
     # Telemetry's pure-ASGI wrapper around each request of the route (timing, spans, request log).
     hook: ClassVar[RouteHook | None] = None
+    # The feature flag's dependency: routes that depend on it answer any method with its 404 when off.
+    gate: ClassVar[Callable[[], Awaitable[None]] | None] = None
+    # Methods by route path over all routes of this class, for a 405's Allow, and the paths behind
+    # the gate (`record_routes`).
+    methods_by_path: ClassVar[dict[str, set[str]]] = {}
+    gated_paths: ClassVar[set[str]] = set()
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Starlette answers a method the route lacks with the host's plain 405; ours is problem+json.
@@ -103,11 +109,23 @@ class ProblemRoute(APIRoute):
             await hook(self, scope, receive, send, serve)
 
     async def _method_not_allowed(self, scope: Scope, receive: Receive, send: Send) -> None:
-        allowed = ", ".join(sorted(self.methods or ()))
+        given = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"x-request-id"), None)
+        request_id = scope_request_id(scope, given)
+        gate = type(self).gate
+        if gate is not None and self.path_format in type(self).gated_paths:
+            try:  # a route behind the flag is not there at all while it is off: 404 for any method
+                await gate()
+            except DistinferError as exc:
+                await problem(exc, request_id)(scope, receive, send)
+                return
+        allowed = ", ".join(sorted(self._methods_at_path(scope)))
         method = str(scope.get("method", ""))[:16]
         error = MethodNotAllowed(f"{method} is not allowed here; allowed: {allowed}", headers={"Allow": allowed})
-        given = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"x-request-id"), None)
-        await problem(error, scope_request_id(scope, given))(scope, receive, send)
+        await problem(error, request_id)(scope, receive, send)
+
+    def _methods_at_path(self, scope: Scope) -> set[str]:
+        """Every method served at this route's path (Starlette matched just one of its routes)."""
+        return set(self.methods or ()) | set(type(self).methods_by_path.get(self.path_format, ()))
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -176,8 +194,10 @@ class RawRoute(ProblemRoute):
 
 
 def raw_route(route_class: type[ProblemRoute], raw: ASGIApp) -> type[RawRoute]:
-    """A RawRoute class serving with `raw`, with `route_class`'s body cap and telemetry hook."""
-    attributes = {"raw": raw, "max_body_bytes": route_class.max_body_bytes, "hook": route_class.hook}
+    """A RawRoute class serving with `raw`, with `route_class`'s body cap, telemetry hook and gate."""
+    attributes: dict[str, Any] = {"raw": raw, "max_body_bytes": route_class.max_body_bytes, "hook": route_class.hook}
+    shared = {"gate": route_class.gate, "methods_by_path": route_class.methods_by_path}
+    attributes |= shared | {"gated_paths": route_class.gated_paths}
     return type("RawRoute", (RawRoute,), attributes)
 
 
@@ -185,6 +205,20 @@ def raw_route(route_class: type[ProblemRoute], raw: ASGIApp) -> type[RawRoute]:
 RouteHook = Callable[[APIRoute, Scope, Receive, Send, ASGIApp], Awaitable[None]]
 
 
-def problem_route(max_body_bytes: int, hook: RouteHook | None = None) -> type[ProblemRoute]:
+def problem_route(
+    max_body_bytes: int, hook: RouteHook | None = None, gate: Callable[[], Awaitable[None]] | None = None
+) -> type[ProblemRoute]:
     """A ProblemRoute class that caps request bodies at `max_body_bytes` (and runs `hook` around requests)."""
-    return type("LimitedProblemRoute", (ProblemRoute,), {"max_body_bytes": max_body_bytes, "hook": hook})
+    attributes: dict[str, Any] = {"max_body_bytes": max_body_bytes, "hook": hook, "gate": gate}
+    attributes |= {"methods_by_path": {}, "gated_paths": set()}  # its own: filled by `record_routes`
+    return type("LimitedProblemRoute", (ProblemRoute,), attributes)
+
+
+def record_routes(route_class: type[ProblemRoute], router: APIRouter, *, gated: bool) -> None:
+    """Note, for `route_class`'s 405 answers, the methods `router` serves at each path and whether
+    they are behind the gate (included with its dependency)."""
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.methods:
+            route_class.methods_by_path.setdefault(route.path_format, set()).update(route.methods)
+            if gated:
+                route_class.gated_paths.add(route.path_format)

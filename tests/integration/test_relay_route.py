@@ -60,16 +60,28 @@ async def test_relay_refuses_a_body_over_the_cap_with_413() -> None:
 
 async def test_other_methods_are_405_in_problem_json_with_allow() -> None:
     """Regression: Starlette's own 405 ({"detail": ...}, application/json) came out of every plugin route."""
-    cases = [("GET", RELAY, "POST"), ("GET", f"{PREFIX}/inference", "POST"), ("DELETE", f"{PREFIX}/flags", "GET")]
+    # Allow names every method served at the path, not only the one route Starlette matched.
+    cases = [
+        ("GET", RELAY, {"POST"}),
+        ("GET", f"{PREFIX}/inference", {"POST"}),
+        ("DELETE", f"{PREFIX}/flags", {"GET", "PUT"}),
+        ("GET", f"{PREFIX}/nodes/x", {"PATCH", "DELETE"}),
+        ("POST", f"{PREFIX}/tasks/abc", {"GET", "DELETE"}),
+    ]
     async with mounted(settings_for([])) as (client, _):
         for method, path, allowed in cases:
             response = await client.request(method, path, headers={"X-Request-ID": "wrong-method-1"})
             assert response.status_code == 405, (method, path)
             assert response.headers["content-type"] == "application/problem+json"
-            assert allowed in response.headers["allow"].split(", ")
+            assert allowed <= set(response.headers["allow"].split(", ")), (path, response.headers["allow"])
             body = response.json()
             assert (body["status"], body["request_id"]) == (405, "wrong-method-1")
             assert method in body["detail"]
+    # With the flag off, the plugin's routes are not there: 404 whatever the method; /flags stays.
+    async with mounted(settings_for([], enabled=False)) as (client, _):
+        assert (await client.get(f"{PREFIX}/inference")).status_code == 404
+        assert (await client.get(RELAY)).status_code == 404
+        assert (await client.delete(f"{PREFIX}/flags")).status_code == 405
 
 
 async def test_relay_is_in_openapi_with_bearer_security() -> None:
