@@ -60,8 +60,8 @@ class GenerateParams:
             raise InvalidInput(f"max_tokens must be between 1 and {max_tokens}")
         if not (0.0 <= temperature <= 10.0) or top_k < 0:
             raise InvalidInput("temperature must be in [0, 10] and top_k >= 0")
-        if seed is not None and not 0 <= seed < 2**64:  # what numpy's generators take
-            raise InvalidInput("seed must be an integer in [0, 2**64)")
+        if seed is not None and seed < 0:  # numpy's generators take any non-negative integer
+            raise InvalidInput("seed must be a non-negative integer")
         return cls(prompt, asked, temperature, top_k, seed, tuple(s[:64] for s in stop))
 
 

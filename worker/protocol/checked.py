@@ -102,6 +102,7 @@ class _HeaderVerdict:
     fixed: bool  # every tensor is fixed-size binary: checked from the header, decoded lazily
     sizes: tuple[int, ...] = ()  # each tensor's binary byte count (when `fixed`)
     tensor_faults: tuple[_Fault | None, ...] = ()  # each tensor's own refusal, found from the header (when `fixed`)
+    early: bool = False  # the last tensor's fault (a bad binary_data_size) comes before its bytes are looked at
 
 
 def check_request(body: bytes, header_length: int | None, limits: Limits) -> tuple[DecodedRequest, LazyTensors]:
@@ -134,15 +135,20 @@ def _header_verdict(head: bytes, limits: Limits) -> _HeaderVerdict:
     wires = header.inputs
     if len({wire.name for wire in wires}) != len(wires):
         return _HeaderVerdict(header, (InvalidInput, "input names must be unique"), fixed=False)
-    try:
-        fixed = not any(_binary_size(wire) is None or wire.datatype == "BYTES" for wire in wires)
-    except InvalidInput as exc:
-        return _HeaderVerdict(header, (InvalidInput, exc.message), fixed=False)
-    if not fixed:
-        return _HeaderVerdict(header, None, fixed=False)
-    sizes = tuple(_binary_size(wire) or 0 for wire in wires)
-    faults = tuple(_tensor_fault(wire, size, limits) for wire, size in zip(wires, sizes, strict=True))
-    return _HeaderVerdict(header, None, fixed=True, sizes=sizes, tensor_faults=faults)
+    sizes: list[int] = []
+    faults: list[_Fault | None] = []
+    for wire in wires:  # in `_decode_tensors`' order, so that the same fault wins
+        try:
+            size = _binary_size(wire)
+        except InvalidInput as exc:  # decoding stops at this tensor, before reading its bytes
+            sizes.append(0)
+            faults.append((InvalidInput, exc.message))
+            return _HeaderVerdict(header, None, fixed=True, sizes=tuple(sizes), tensor_faults=tuple(faults), early=True)
+        if size is None or wire.datatype == "BYTES":  # JSON data or strings: only decoding can check them
+            return _HeaderVerdict(header, None, fixed=False)
+        sizes.append(size)
+        faults.append(_tensor_fault(wire, size, limits))
+    return _HeaderVerdict(header, None, fixed=True, sizes=tuple(sizes), tensor_faults=tuple(faults))
 
 
 _remembered_verdict = lru_cache(maxsize=_REMEMBERED_HEADERS)(_header_verdict)
@@ -173,7 +179,13 @@ def _refusal(fault: _Fault) -> WorkerError:
 def _check_framing(verdict: _HeaderVerdict, blob: memoryview) -> None:
     """What decoding fixed-size binary tensors checks, without building them, in `_decode_tensors`' order."""
     offset = 0
-    for wire, size, fault in zip(verdict.header.inputs, verdict.sizes, verdict.tensor_faults, strict=True):
+    last = len(verdict.sizes) - 1
+    # Not strict: an early verdict holds the tensors up to the faulty one only.
+    for index, (wire, size, fault) in enumerate(
+        zip(verdict.header.inputs, verdict.sizes, verdict.tensor_faults, strict=False)
+    ):
+        if fault is not None and verdict.early and index == last:
+            raise _refusal(fault)
         if offset + size > len(blob):
             raise InvalidInput(f"tensor {wire.name!r}: binary data truncated ({len(blob) - offset} of {size} bytes)")
         if fault is not None:

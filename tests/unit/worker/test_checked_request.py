@@ -196,3 +196,26 @@ def test_a_truncated_body_is_reported_before_the_headers_own_fault(entry: dict[s
     checked._remembered_verdict.cache_clear()
     assert _verdict(lambda: check_request(body, length, SMALL)) == expected
     assert _verdict(lambda: check_request(body, length, SMALL)) == expected
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "blob"),
+    [
+        # a: over the element limit (413); b: a byte count that is no count (400). Decoding meets a first.
+        ({"name": "a", "shape": [99], "datatype": "FP32", "parameters": {"binary_data_size": 0}}, -1, b""),
+        ({"name": "a", "shape": [1], "datatype": "FP99", "parameters": BINARY_4}, "x", b"\0" * 4),
+        ({"name": "a", "shape": [1], "datatype": "FP32", "parameters": BINARY_4}, -1, b"\0" * 2),  # a truncated
+        ({"name": "a", "shape": [1], "datatype": "FP32", "parameters": BINARY_4}, -1, b"\0" * 4),  # only b is wrong
+    ],
+    ids=["limit-then-count", "datatype-then-count", "truncated-then-count", "count"],
+)
+def test_the_first_tensors_fault_wins_as_in_decode_request(first: dict[str, Any], second: object, blob: bytes) -> None:
+    """Regression: every tensor's binary_data_size was checked before any tensor's own checks, so a
+    later tensor's bad count (400) hid an earlier tensor's fault (a 413, say)."""
+    entry = {"name": "b", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": second}}
+    body, length = request_body(first, entry, blob=blob)
+    expected = _verdict(lambda: decode_request(body, length, SMALL))
+    assert expected is not None
+    checked._remembered_verdict.cache_clear()
+    assert _verdict(lambda: check_request(body, length, SMALL)) == expected
+    assert _verdict(lambda: check_request(body, length, SMALL)) == expected  # remembered
