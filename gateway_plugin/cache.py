@@ -124,8 +124,10 @@ class CachingDispatcher:
             return replace(cached, attempts=0, latency_ms=(time.perf_counter() - started) * 1000)
         outcome = await self._inner.infer(call)
         # Only cluster answers are kept: a local-fallback answer must not outlive the outage. And
-        # only those of the version the key names: while two versions serve side by side, the other
-        # version's answer kept under this key would outlive its version's withdrawal (a rollback).
-        if outcome.mode == "distributed" and outcome.model_version == version:
+        # not those of another version than the key's: while two versions serve side by side, the
+        # other version's answer kept under this key would outlive its version's withdrawal (a
+        # rollback). An answer that names no version (v2 makes it optional) cannot be told apart.
+        named = outcome.model_version
+        if outcome.mode == "distributed" and (named is None or named == version):
             self.cache.put(key, outcome)
         return outcome

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -108,6 +110,15 @@ async def test_an_answer_from_another_version_than_the_keys_is_not_kept() -> Non
     same = _dispatcher(CountingDispatcher(), version="1")
     await same.infer(_call([1]))
     assert len(same.cache) == 1
+    unnamed = CountingDispatcher()
+    unnamed_cache = _dispatcher(unnamed, version="2")
+
+    async def no_version(call: InferenceCall) -> Outcome:
+        return replace(await CountingDispatcher.infer(unnamed, call), model_version=None)
+
+    unnamed.infer = no_version  # type: ignore[method-assign]
+    await unnamed_cache.infer(_call([1]))
+    assert len(unnamed_cache.cache) == 1  # a server that names no version is cached as before
 
 
 async def test_entries_expire_and_the_oldest_is_evicted() -> None:
