@@ -190,8 +190,6 @@ def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = Non
     lane = [("/v2/models/{model}/infer", infer_lane), ("/v2/models/{model}/versions/{version}/infer", infer_lane)]
     app.add_middleware(FastLane, routes=lane)
     telemetry.instrument(app)
-    if config.node_token:
-        app.add_middleware(NodeTokenMiddleware, token=config.node_token)
 
     @app.exception_handler(WorkerError)
     async def _on_worker_error(_: Request, exc: WorkerError) -> JSONResponse:
@@ -256,8 +254,10 @@ def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = Non
     if config.faults is not None and (config.faults.active or config.fault_control):
         faults = FaultState(config.faults, rng=random.Random(config.fault_seed))
         app.add_middleware(FaultInjector, state=faults, control=config.fault_control)
-    if config.max_concurrency:  # added last, so outermost: an injected latency counts as model time in the slot
+    if config.max_concurrency:  # outside the faults: an injected latency counts as model time in the slot
         app.add_middleware(ConcurrencyLimiter, slots=InferenceSlots(config.max_concurrency))
+    if config.node_token:  # added last, so outermost: nothing (fault control, a slot) before the token check
+        app.add_middleware(NodeTokenMiddleware, token=config.node_token)
     return app
 
 

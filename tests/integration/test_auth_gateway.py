@@ -26,6 +26,7 @@ from gateway_plugin.settings import AuthSettings
 from tests.integration.conftest import TEST_JWT_SECRET, bearer, mounted, settings_for
 from tests.integration.legacy_service import serving
 from worker.bundled import bundled_models
+from worker.faults import FaultSpec
 from worker.server import NodeConfig, create_node_app
 
 PREFIX = "/api/v1/distributed"
@@ -166,6 +167,35 @@ async def test_nodes_require_the_node_token_and_the_gateway_sends_it() -> None:
             tensor = {"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.25] * 64}
             refused_by_node = await client.post(f"{PREFIX}/inference", json={"model": "digits", "inputs": [tensor]})
         assert refused_by_node.status_code == 503  # a gateway with the wrong token gets nothing from the node
+
+
+async def test_the_node_token_is_checked_before_fault_control_and_the_concurrency_limit() -> None:
+    """Regression: the token check ran inside the fault injector and the limiter, so anyone could
+    PUT /v2/faults (crash_after: 0 killed the node) and token-less requests took slots."""
+    node = create_node_app(
+        NodeConfig(
+            model_repository=bundled_models(),
+            node_id="guarded",
+            threads=1,
+            models=frozenset({"digits"}),
+            node_token=NODE_TOKEN,
+            faults=FaultSpec(),
+            fault_control=True,
+            max_concurrency=1,
+        )
+    )
+    tensor = {"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.25] * 64}
+    allowed = {"Authorization": f"Bearer {NODE_TOKEN}"}
+    async with serving(node) as url, httpx.AsyncClient(base_url=url) as direct:
+        changed = await direct.put("/v2/faults", json={"error_rate": 1.0})
+        read = await direct.get("/v2/faults")
+        inferred = await direct.post("/v2/models/digits/infer", json={"inputs": [tensor]})
+        still = await direct.post("/v2/models/digits/infer", json={"inputs": [tensor]}, headers=allowed)
+        knobs = (await direct.get("/v2/faults", headers=allowed)).json()
+    assert [changed.status_code, read.status_code, inferred.status_code] == [401, 401, 401]
+    assert still.status_code == 200, still.text
+    assert knobs["error_rate"] == 0
+    assert knobs["served"] == 1  # only the request with the token reached the fault knobs
 
 
 def _certificate(
