@@ -50,7 +50,7 @@ class GenerateParams:
             top_k = int(params.get("top_k", 0))
             seed = params.get("seed")
             seed = None if seed is None else int(seed)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(float("inf"))
             raise InvalidInput(f"bad generation parameter: {exc}") from exc
         stop = params.get("stop", [])
         stop = [stop] if isinstance(stop, str) else stop

@@ -73,6 +73,9 @@ async def test_closing_the_stream_stops_generation(generators: dict[str, TextGen
         ("hi", {"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ("hi", {"stop": [""]}, "stop"),
         ("hi", {"seed": -1}, "seed"),
+        ("hi", {"max_tokens": float("inf")}, "bad generation parameter"),
+        ("hi", {"seed": float("inf")}, "bad generation parameter"),
+        ("hi", {"top_k": 1e400}, "bad generation parameter"),
     ],
 )
 def test_bad_parameters_are_invalid_input(prompt: object, parameters: dict[str, object], words: str) -> None:
