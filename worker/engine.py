@@ -12,7 +12,7 @@ import numpy as np
 
 from worker.batching import BatchPolicy, DynamicBatcher, RunObserver
 from worker.config import ModelConfig, TensorSpec
-from worker.errors import InferenceFailed, InvalidInput
+from worker.errors import InferenceFailed, InvalidInput, WorkerError
 from worker.protocol import Tensor, dtype_of
 from worker.protocol.checked import TensorMeta
 from worker.repository import ModelRepository
@@ -40,11 +40,17 @@ def check_signature(
     expected = {spec.name for spec in specs}
     if unknown := sorted(set(given) - expected):
         raise InvalidInput(f"model {model!r} has no input {unknown[0]!r}; inputs are {sorted(expected)}")
+    rows: dict[int, str] = {}  # batch size -> the first input that has it
     for spec in specs:
         tensor = given.get(spec.name)
         if tensor is None:
             raise InvalidInput(f"model {model!r} needs input {spec.name!r}")
         _check_one(spec, tensor, max_batch_size)
+        if max_batch_size and spec.shape[:1] == (-1,):
+            rows.setdefault(tensor.shape[0], spec.name)
+    if len(rows) > 1:  # a batching model's leading -1 is its batch: every input carries the same rows
+        (a_rows, a_name), (b_rows, b_name) = list(rows.items())[:2]
+        raise InvalidInput(f"inputs {a_name!r} and {b_name!r} disagree on the batch size ({a_rows} and {b_rows})")
 
 
 def check_inputs(
@@ -93,7 +99,9 @@ class InferenceEngine:
                 if (observer := self._observers.get(config.name)) is not None:
                     rows = next(iter(feeds.values())).shape[0] if config.max_batch_size and feeds else 1
                     observer.runtime_call(int(rows), time.monotonic() - started)
-        except Exception as exc:  # the runtime's own errors: bad values it alone can judge
+        except WorkerError:  # a runtime that could tell the input was at fault (InvalidInput: 400)
+            raise
+        except Exception as exc:  # the runtime's own failure
             raise InferenceFailed(f"model {config.name!r} failed: {type(exc).__name__}") from exc
         specs = {spec.name: spec for spec in config.outputs}
         return config, [Tensor(name, specs[name].datatype, _as_dtype(results[name], specs[name])) for name in wanted]

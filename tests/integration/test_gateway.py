@@ -181,6 +181,25 @@ async def test_unknown_model_is_404_when_nodes_are_up(two_nodes: list[ServerProc
             assert _problem(response, 404)["code"] == "unknown_model", inputs
 
 
+async def test_input_values_a_model_refuses_are_400_and_leave_the_nodes_in_rotation(
+    two_nodes: list[ServerProcess],
+) -> None:
+    """Regression: the node answered 500 (InferenceFailed), the gateway retried it on every node,
+    tripped their breakers and ejected them, and the client got a 503 for its own bad token id."""
+    inputs = [
+        {"name": "token", "shape": [1, 1], "datatype": "INT64", "data": [100_000]},
+        {"name": "state", "shape": [1, 192], "datatype": "FP32", "data": [0.0] * 192},
+    ]
+    async with mounted(settings_for([n.url for n in two_nodes])) as (client, _):
+        answers = [
+            await client.post(f"{PREFIX}/inference", json={"model": "charlm", "inputs": inputs}) for _ in range(6)
+        ]
+        nodes = (await client.get(f"{PREFIX}/nodes")).json()
+    for response in answers:
+        assert "input values" in _problem(response, 400)["detail"]
+    assert {(node["status"], node["breaker"]) for node in nodes} == {("online", "closed")}
+
+
 async def test_two_inputs_with_one_name_are_refused_at_once(two_nodes: list[ServerProcess]) -> None:
     """Regression: accepted on /inference (the local runtime kept one, a node refused after an attempt)."""
     image = {"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}

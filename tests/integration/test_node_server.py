@@ -113,6 +113,12 @@ def _tensor(shape: list[int], datatype: str = "FP32", data: list[object] | None 
     return {"name": "image", "shape": shape, "datatype": datatype, "data": data if data is not None else [0.5] * count}
 
 
+CHARLM = [
+    {"name": "token", "shape": [1, 1], "datatype": "INT64", "data": [5]},
+    {"name": "state", "shape": [1, 192], "datatype": "FP32", "data": [0.0] * 192},
+]
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status", "words"),
     [
@@ -124,6 +130,14 @@ def _tensor(shape: list[int], datatype: str = "FP32", data: list[object] | None 
         ("/v2/models/digits/infer", {"inputs": [{**_tensor([1, 1, 8, 8]), "name": "pixels"}]}, 400, "no input"),
         ("/v2/models/nope/infer", {"inputs": [_tensor([1, 1, 8, 8])]}, 404, "unknown model"),
         ("/v2/models/digits/versions/9/infer", {"inputs": [_tensor([1, 1, 8, 8])]}, 404, "version"),
+        # Values only the runtime can judge (a token id beyond the vocabulary): still the caller's 400.
+        ("/v2/models/charlm/infer", {"inputs": [*CHARLM, {**CHARLM[0], "data": [100_000]}][1:]}, 400, "input values"),
+        (
+            "/v2/models/charlm/infer",
+            {"inputs": [CHARLM[0], {**CHARLM[1], "shape": [2, 192], "data": [0.0] * 384}]},
+            400,
+            "batch",
+        ),
     ],
 )
 def test_bad_json_requests_get_v2_errors(node: ServerProcess, path: str, body: object, status: int, words: str) -> None:

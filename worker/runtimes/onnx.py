@@ -7,8 +7,10 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from worker.config import TensorSpec
+from worker.errors import InvalidInput
 from worker.runtimes.base import Arrays
 
 __all__ = ["OnnxRuntime", "describe_onnx"]
@@ -66,7 +68,10 @@ class OnnxRuntime:
             name: (np.vectorize(_text, otypes=[object])(value) if name in self._bytes_inputs else value)
             for name, value in inputs.items()
         }
-        results = self._session.run(self._outputs, feeds)
+        try:
+            results = self._session.run(self._outputs, feeds)
+        except InvalidArgument as exc:  # the values themselves (an index out of range): the caller's fault
+            raise InvalidInput(f"the model refused the input values: {_short(exc)}") from exc
         return dict(zip(self._outputs, results, strict=True))
 
     def close(self) -> None:
@@ -75,3 +80,8 @@ class OnnxRuntime:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _short(exc: Exception) -> str:
+    """ONNX Runtime's message without its '[ONNXRuntimeError] : 2 : INVALID_ARGUMENT :' prefix, bounded."""
+    return str(exc).rsplit(" : ", 1)[-1][:200]

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from worker.errors import InvalidInput
 from worker.runtimes.base import Arrays
 
 __all__ = ["TorchRuntime", "torch_available"]
@@ -64,7 +65,10 @@ class TorchRuntime:
             self._configured.done = True
         with torch.inference_mode():
             args = [torch.from_numpy(_writable(inputs[name])) for name in self._inputs]
-            result = self._module(*args)
+            try:
+                result = self._module(*args)
+            except IndexError as exc:  # an embedding index out of range: the input values, not the model
+                raise InvalidInput(f"the model refused the input values: {str(exc)[:200]}") from exc
         if isinstance(result, torch.Tensor):
             result = (result,)
         elif isinstance(result, dict):
