@@ -64,30 +64,37 @@ def _with_mode(send: Send, mode: bytes) -> Send:
     return marked
 
 
-async def _read_body(receive: Receive, limit: int) -> tuple[list[bytes], bool]:
-    """The body's chunks, and whether it is complete (False: over `limit`, or the client left)."""
+async def _read_body(receive: Receive, limit: int) -> tuple[list[bytes], bool, bool]:
+    """The body's chunks, whether it is complete (False: over `limit`, or the client left), and
+    whether more of it is still to come after those chunks."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            return chunks, False
+            return chunks, False, False
         chunk = message.get("body", b"")
         chunks.append(chunk)
         size += len(chunk)
+        more = bool(message.get("more_body", False))
         if size > limit:
-            return chunks, False
-        if not message.get("more_body", False):
-            return chunks, True
+            return chunks, False, more
+        if not more:
+            return chunks, True, False
 
 
-def _replay_partial(chunks: list[bytes], receive: Receive) -> Receive:
-    """A `receive` that gives the chunks read so far (more to come), then the rest of the stream."""
+def _replay_partial(chunks: list[bytes], more: bool, receive: Receive) -> Receive:
+    """A `receive` that gives the chunks read so far, then the rest of the stream.
+
+    The last chunk keeps the `more_body` it came with: a body that went over the limit in its
+    final chunk is complete, and a handler told there is more would wait for it forever.
+    """
     pending = list(chunks)
 
     async def replayed() -> Message:
         if pending:
-            return {"type": "http.request", "body": pending.pop(0), "more_body": True}
+            chunk = pending.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": more if not pending else True}
         return await receive()
 
     return replayed
@@ -143,9 +150,9 @@ class LegacyInferenceMiddleware:
     # ------------------------------------------------------------------ serve
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        chunks, complete = await _read_body(receive, self.limit)
+        chunks, complete, more = await _read_body(receive, self.limit)
         if not complete:  # too big for us (or the client left): the original handler deals with it
-            await self._fallback(scope, _replay_partial(chunks, receive), send, "body over the plugin's limit")
+            await self._fallback(scope, _replay_partial(chunks, more, receive), send, "body over the plugin's limit")
             return
         body = b"".join(chunks)
         request = self._request(scope, body)

@@ -16,9 +16,9 @@ from fastapi import FastAPI
 from gateway_plugin import DistributedInference
 from gateway_plugin.auth import ADMIN, INFER
 from gateway_plugin.processes import ServerProcess, free_port
-from gateway_plugin.settings import FlagSettings
+from gateway_plugin.settings import FlagSettings, LimitSettings
 from tests.integration.conftest import STARTUP_TIMEOUT_S, bearer, settings_for
-from tests.integration.legacy_service import existing_service
+from tests.integration.legacy_service import existing_service, serving
 
 PREFIX = "/api/v1/distributed"
 IMAGE = (np.arange(64, dtype=np.float32).reshape(8, 8) / 64).round(3).tolist()
@@ -87,6 +87,18 @@ async def test_cluster_unable_to_serve_falls_back_through_the_original_handler()
     assert seen.requests[0][1] == BODY
     assert declined.status_code == 200
     assert declined.headers["X-Inference-Mode"] == "local-fallback"
+
+
+async def test_a_body_over_the_plugins_limit_reaches_the_original_handler_whole() -> None:
+    """Regression: the body's last chunk was replayed as if more were coming, so a body just over
+    the limit in one chunk left the original handler waiting for the rest forever."""
+    app, _, seen = existing_service(settings_for([], limits=LimitSettings(max_body_bytes=1000)))
+    big = json.dumps({"model": "digits", "inputs": IMAGE, "pad": "x" * 1200}).encode()
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:  # real uvicorn
+        response = await client.post("/api/inference", content=big, headers=JSON)
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Inference-Mode"] == "local-fallback"
+    assert seen.requests[-1][1] == big  # the handler read the whole body, as sent
 
 
 async def _mode_of(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
