@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from worker.batching import DynamicBatcher
@@ -194,6 +196,17 @@ def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = Non
     @app.exception_handler(WorkerError)
     async def _on_worker_error(_: Request, exc: WorkerError) -> JSONResponse:
         return _error(exc)
+
+    # v2 clients read `{"error": ...}` from every failed call (tritonclient fails on FastAPI's `detail`).
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ())) or "request"
+        return JSONResponse({"error": f"invalid request: {where}: {first.get('msg', 'invalid')}"}, status_code=400)
 
     def engine() -> InferenceEngine:
         if state.engine is None:

@@ -65,6 +65,16 @@ def test_tritonclient_calls_a_node(
     )
 
 
+def test_a_route_a_node_lacks_reaches_tritonclient_as_a_v2_error(two_nodes: list[ServerProcess]) -> None:
+    """Regression: the node answered unknown routes in FastAPI's {"detail": ...} and tritonclient
+    failed decoding it ('an exception occurred in the client while decoding the response')."""
+    with _client(two_nodes[0].url) as client, pytest.raises(InferenceServerException, match="Not Found"):
+        client.get_model_config("digits")  # no model configuration extension here
+    wrong = httpx.delete(f"{two_nodes[0].url}/v2/models/digits/infer")
+    assert (wrong.status_code, wrong.json()) == (405, {"error": "Method Not Allowed"})
+    assert "POST" in wrong.headers["allow"]
+
+
 @pytest.mark.parametrize("binary", [True, False])
 def test_tritonclient_calls_the_gateway_relay(
     gateway: ServerProcess,
