@@ -55,14 +55,16 @@ class _Trace:
     """Which nodes ran each stage, and how many attempts it all took."""
 
     stages: list[list[str]]
-    attempts: int = 0
-    local: int = 0
+    attempts: int = 0  # node calls (a stage run locally makes none)
+    runs: int = 0  # stage runs, wherever they ran
+    local: int = 0  # stage runs on the gateway's local fallback
 
     def add(self, stage: int, node: str | None, attempts: int) -> None:
         name = node or "local"
         if name not in self.stages[stage]:
             self.stages[stage].append(name)
         self.attempts += attempts
+        self.runs += 1
         self.local += node is None
 
     def node_id(self) -> str:
@@ -145,7 +147,7 @@ class ShardRunner:
             model_version=self.spec.version,
             outputs=outputs,
             node_id=trace.node_id(),
-            mode="local" if trace.local == trace.attempts and trace.local else "distributed",
+            mode="local" if trace.runs and trace.local == trace.runs else "distributed",
             attempts=trace.attempts,
             latency_ms=(self._clock() - start) * 1000,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,35 @@ class FakeStages:
         data = call.inputs[0].data
         name, value = ("h", data * 2) if call.model.endswith("stage0of2") else ("y", data + 1)
         return Outcome(call.model, "1", [Tensor.of(name, value)], f"node-{call.model[-4]}", "distributed", 1, 1.0)
+
+
+class LocalStages(FakeStages):
+    """Every stage answered by the gateway's local fallback (mode local, no node call)."""
+
+    def __init__(self, local: frozenset[str]) -> None:
+        super().__init__()
+        self.local = local
+
+    async def infer(self, call: InferenceCall) -> Outcome:
+        outcome = await super().infer(call)
+        if call.model in self.local:
+            return replace(outcome, node_id=None, mode="local", attempts=0)
+        return outcome
+
+
+@pytest.mark.parametrize(
+    ("local", "mode"),
+    [
+        (frozenset({"m.stage0of2", "m.stage1of2"}), "local"),
+        (frozenset({"m.stage1of2"}), "distributed"),
+        (frozenset(), "distributed"),
+    ],
+)
+async def test_a_model_whose_every_stage_ran_locally_says_local(local: frozenset[str], mode: str) -> None:
+    """Regression: local stages make no node call (attempts 0), so 'all local' was never seen."""
+    runner = ShardRunner(SPEC, LocalStages(local), NoNodes(), micro_batch=3)  # type: ignore[arg-type]
+    outcome = await runner.infer(_call(8))
+    assert outcome.mode == mode
 
 
 class NoNodes:
