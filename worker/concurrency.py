@@ -16,9 +16,11 @@ that the slot covers. Pure ASGI middleware; the shared state is one `InferenceSl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["ConcurrencyLimiter", "InferenceSlots"]
 
@@ -71,8 +73,54 @@ class ConcurrencyLimiter:
         if scope["type"] != "http" or scope["method"] != "POST" or not _INFERENCE.match(scope["path"]):
             await self.app(scope, receive, send)
             return
-        await self.slots.acquire()
+        admitted, receive = await self._admit(receive)
+        if not admitted:  # the client left while waiting: nobody to answer, no slot to hold
+            return
         try:
             await self.app(scope, receive, send)
         finally:
             self.slots.release()
+
+    async def _admit(self, receive: Receive) -> tuple[bool, Receive]:
+        """Wait for a slot while listening for the client leaving; what is read meanwhile is replayed.
+
+        ASGI servers do not cancel a request whose client disconnects: a request left waiting would
+        keep its place, then run and hold the slot for nobody. Its `http.disconnect` is the only sign.
+        """
+        acquire: asyncio.Future[Any] = asyncio.ensure_future(self.slots.acquire())
+        read: list[Message] = []
+        listen: asyncio.Future[Any] | None = None
+        try:
+            while not acquire.done():
+                listen = listen or asyncio.ensure_future(receive())
+                await asyncio.wait({acquire, listen}, return_when=asyncio.FIRST_COMPLETED)
+                if not listen.done():
+                    continue
+                message, listen = listen.result(), None
+                if message["type"] == "http.disconnect":
+                    acquire.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await acquire
+                    if not acquire.cancelled():  # granted in the same turn: give it back
+                        self.slots.release()
+                    return False, receive
+                read.append(message)
+        except BaseException:
+            acquire.cancel()
+            raise
+        finally:
+            if listen is not None:
+                listen.cancel()  # a pending receive loses nothing: the server keeps the message
+        return True, _replaying(read, receive)
+
+
+def _replaying(read: list[Message], receive: Receive) -> Receive:
+    """`receive` that first hands out the messages read while the request waited."""
+    if not read:
+        return receive
+    pending = list(read)
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replay

@@ -28,10 +28,12 @@ class Model:
 
     def __init__(self) -> None:
         self.started: list[int] = []
+        self.bodies: list[int] = []
         self.release = asyncio.Event()
 
     async def infer(self, request: Request) -> JSONResponse:
         self.started.append(int(request.query_params["n"]))
+        self.bodies.append(len(await request.body()))
         await self.release.wait()
         return JSONResponse({"ok": True})
 
@@ -88,6 +90,62 @@ async def test_a_request_that_gives_up_while_waiting_leaves_the_queue() -> None:
         assert (await last).status_code == 200
     assert model.started == [0, 2]
     assert (slots.active, slots.waiting) == (0, 0)
+
+
+async def test_a_request_whose_client_disconnects_while_waiting_never_runs() -> None:
+    """Regression: servers do not cancel a request whose client left (the test above cancels it by
+    hand); the limiter kept it queued, then ran it and held the slot for nobody. Its only sign is
+    the `http.disconnect` message, which the limiter now listens for while the request waits."""
+    model, slots = Model(), InferenceSlots(1)
+    limiter = ConcurrencyLimiter(Starlette(routes=[Route(INFER, model.infer, methods=["POST"])]), slots=slots)
+    left = asyncio.Event()
+    messages: list[dict[str, object]] = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+    async def receive() -> dict[str, object]:
+        if messages:
+            return messages.pop(0)
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    sent: list[object] = []
+
+    async def send(message: object) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": INFER, "raw_path": INFER.encode(), "root_path": ""}
+    scope |= {"query_string": b"n=1", "headers": [], "http_version": "1.1", "scheme": "http"}
+    async with _client(model, slots) as http:
+        first = asyncio.create_task(http.post(INFER, params={"n": 0}))
+        await until(lambda: model.started == [0])
+        waiting = asyncio.create_task(limiter(scope, receive, send))  # type: ignore[arg-type]
+        await until(lambda: slots.waiting == 1)
+        left.set()  # the client goes away
+        try:
+            done, _ = await asyncio.wait({waiting}, timeout=2)
+            assert waiting in done  # it gave up at once, without waiting for the slot
+        finally:
+            model.release.set()
+        assert (await first).status_code == 200
+        await asyncio.wait({waiting}, timeout=2)
+    assert model.started == [0]
+    assert sent == []
+    assert (slots.active, slots.waiting) == (0, 0)
+
+
+async def test_a_waiting_request_still_gets_its_body() -> None:
+    """What the limiter read while listening (the body) reaches the app once the slot is free."""
+    model, slots = Model(), InferenceSlots(1)
+    async with _client(model, slots) as http:
+        first = asyncio.create_task(http.post(INFER, params={"n": 0}))
+        await until(lambda: model.started == [0])
+        second = asyncio.create_task(http.post(INFER, params={"n": 1}, json={"payload": "x" * 70_000}))
+        await until(lambda: slots.waiting == 1)
+        await asyncio.sleep(0.05)  # long enough for its body to be read while it waits
+        model.release.set()
+        assert (await first).status_code == 200
+        assert (await second).status_code == 200
+    assert model.started == [0, 1]
+    assert model.bodies[-1] == len(b'{"payload":"') + 70_000 + 2
 
 
 def test_a_limit_below_one_is_refused() -> None:
