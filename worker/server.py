@@ -94,6 +94,11 @@ class _State:
     generation: GenerationService | None = None
 
 
+# Bodies above this are decoded in a thread: a 10 MB nested JSON body took 1.3 s of the event loop,
+# long enough for the gateway's 1 s health probes to fail. Below it a thread hop costs more than it saves.
+_DECODE_OFF_LOOP_BYTES = 256 * 1024
+
+
 def _error(exc: WorkerError) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=exc.status)
 
@@ -162,7 +167,11 @@ def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = Non
             eng = engine()
             _check_version(_metadata(eng, model), version)
             body = await read_body(request, config.max_body_bytes)
-            decoded = decode_request(body, parse_header_length(request.headers.get(HEADER_LENGTH)), config.limits)
+            header_length = parse_header_length(request.headers.get(HEADER_LENGTH))
+            if len(body) > _DECODE_OFF_LOOP_BYTES:  # tens of MB of JSON take seconds: not on the loop
+                decoded = await asyncio.to_thread(decode_request, body, header_length, config.limits)
+            else:
+                decoded = decode_request(body, header_length, config.limits)
             wanted = [out.name for out in decoded.outputs] if decoded.outputs else None
             if FORWARD_PARAMETER in decoded.parameters:  # a sharded model's stage that hands on to the next node
                 model_config, outputs = await forwarder.infer(eng, model, decoded)
