@@ -35,6 +35,9 @@ from worker.errors import NodeCallError, NodeUnreachable
 
 __all__ = ["Lease", "NodePool", "PoolConfig", "UnknownStrategy"]
 
+# The most a run of failures makes a node's latency estimate (each failure doubles it up to this).
+_FAILURE_LATENCY_CAP_S = 10.0
+
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
@@ -373,8 +376,11 @@ class NodePool:
             state.breaker.record_success(trial=trial)
         else:
             state.breaker.record_failure(trial=trial)
-            # A failure is no evidence of speed: a node failing fast must not look attractive.
-            state.ewma.observe(max(latency_s, 2 * (state.ewma.value() or latency_s)), load)
+            # A failure is no evidence of speed: a node failing fast must not look attractive. Doubling
+            # per failure, but bounded: 18 failures in a row once made it 648 s, and a recovered node
+            # then looked that slow until many seconds of successes had blended it back down.
+            doubled = min(2 * (state.ewma.value() or latency_s), _FAILURE_LATENCY_CAP_S)
+            state.ewma.observe(max(latency_s, doubled), load)
             if isinstance(error, NodeUnreachable):
                 self.report_unreachable(key, error.message)
 

@@ -166,6 +166,20 @@ def test_latency_cost_signals(clock: FakeClock) -> None:
     assert pool.latency_cost(a) == pytest.approx(0.008)
 
 
+def test_a_run_of_failures_makes_a_node_look_slow_not_unreachably_slow(clock: FakeClock) -> None:
+    """Regression: each failure doubled the estimate without bound (18 failures of a 2.5 ms node
+    showed 648 s), and a node that recovered looked that slow until many seconds of successes."""
+    _, pool, (a, _, _) = setup(clock)
+    lease = pool.pick("digits", exclude=frozenset(n.key for n in pool.candidates("digits") if n.key != a))
+    assert lease is not None
+    lease.report(0.0025)
+    lease.done()
+    fail(pool, a, 30)
+    slowest = pool.latency_ewma_s(a)
+    assert slowest is not None
+    assert 1.0 < slowest <= 10.0  # far slower than its peers, and bounded
+
+
 def test_latency_strategy_shuns_the_slow_node(clock: FakeClock) -> None:
     _, pool, keys = setup(clock, count=4)
     times = dict(zip(keys, (0.002, 0.002, 0.002, 0.020), strict=True))
