@@ -22,7 +22,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ConcurrencyLimiter", "InferenceSlots"]
+__all__ = ["SLOT_RELEASE", "ConcurrencyLimiter", "InferenceSlots"]
+
+# Scope key of the current request's "give my slot back now" callable (idempotent), when limited.
+SLOT_RELEASE = "distinfer.slot_release"
 
 _INFERENCE = re.compile(r"^/v2/models/[^/]+(?:/versions/[^/]+)?/(?:infer|generate_stream)$")
 
@@ -76,10 +79,21 @@ class ConcurrencyLimiter:
         admitted, receive = await self._admit(receive)
         if not admitted:  # the client left while waiting: nobody to answer, no slot to hold
             return
+        released = False
+
+        def release_slot() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.slots.release()
+
+        # A request that waits on another node (a forwarded chain's next hop) gives its slot back
+        # early: holding it, a chain that comes back to this node would wait for itself.
+        scope[SLOT_RELEASE] = release_slot
         try:
             await self.app(scope, receive, send)
         finally:
-            self.slots.release()
+            release_slot()
 
     async def _admit(self, receive: Receive) -> tuple[bool, Receive]:
         """Wait for a slot while listening for the client leaving; what is read meanwhile is replayed.

@@ -35,7 +35,7 @@ from starlette.types import Receive, Scope, Send
 
 from worker.batching import DynamicBatcher
 from worker.bodies import read_body
-from worker.concurrency import ConcurrencyLimiter, InferenceSlots
+from worker.concurrency import SLOT_RELEASE, ConcurrencyLimiter, InferenceSlots
 from worker.engine import InferenceEngine, batch_policy
 from worker.errors import ModelNotFound, WorkerError
 from worker.fast_lane import FastLane
@@ -174,7 +174,9 @@ def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = Non
                 decoded = decode_request(body, header_length, config.limits)
             wanted = [out.name for out in decoded.outputs] if decoded.outputs else None
             if FORWARD_PARAMETER in decoded.parameters:  # a sharded model's stage that hands on to the next node
-                model_config, outputs = await forwarder.infer(eng, model, decoded)
+                model_config, outputs = await forwarder.infer(
+                    eng, model, decoded, local_done=request.scope.get(SLOT_RELEASE)
+                )
             else:
                 model_config, outputs = await eng.infer(model, decoded.inputs, wanted)
             encoded = encode_response(

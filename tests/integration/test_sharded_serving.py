@@ -204,3 +204,28 @@ async def test_nodes_forward_only_to_their_peers(cluster: Cluster) -> None:
         chained = await node.post(cluster.a.url + "/v2/models/mlp.stage0of2/infer", json=request(cluster.b.url))
         assert chained.status_code == 200, chained.text
         assert chained.json()["model_name"] == "mlp.stage1of2"
+
+
+async def test_a_chain_that_comes_back_to_a_limited_node_does_not_wait_for_itself(cluster: Cluster) -> None:
+    """Regression: with --max-concurrency 1 a node held its slot while waiting on the next hop, so a
+    chain whose next hop was the same node waited for itself until its deadline (a 502)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    both = "mlp.stage0of2,mlp.stage1of2"
+    looping = start_node(
+        cluster.repo,
+        "node-loop",
+        port=port,
+        extra_args=["--max-concurrency", "1", "--forward-peers", url, "--models", both],
+    )
+    try:
+        looping.wait_ready()
+        x = np.ones((1, 256), dtype=np.float32)
+        hop = {"url": url, "model": "mlp.stage1of2", "send": ["relu1"]}
+        body = {"inputs": [_tensor(x)], "parameters": {"distinfer_forward": {"hops": [hop], "timeout_ms": 3000}}}
+        async with httpx.AsyncClient(timeout=10) as node:
+            chained = await node.post(url + "/v2/models/mlp.stage0of2/infer", json=body)
+        assert chained.status_code == 200, chained.text
+        np.testing.assert_allclose(_rows(chained.json()), cluster.reference(x), atol=TOLERANCE)
+    finally:
+        looping.stop()

@@ -15,7 +15,7 @@ arbitrary addresses. Off by default.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -103,9 +103,18 @@ class Forwarder:
         return plan
 
     async def infer(
-        self, engine: InferenceEngine, model: str, request: DecodedRequest
+        self,
+        engine: InferenceEngine,
+        model: str,
+        request: DecodedRequest,
+        *,
+        local_done: Callable[[], None] | None = None,
     ) -> tuple[ModelConfig, list[Tensor]]:
-        """Run `model` on its inputs, send the next hop what it needs, return the chain's final answer."""
+        """Run `model` on its inputs, send the next hop what it needs, return the chain's final answer.
+
+        `local_done` runs once this node's own stage is done, before waiting on the next hop (the
+        node's concurrency limit gives the request's slot back there).
+        """
         plan = self.plan(request.parameters.get(FORWARD_PARAMETER))
         hop = plan.hops[0]
         config = engine.repository.get(model).config
@@ -114,6 +123,8 @@ class Forwarder:
         if stray := sorted(set(carried) - set(hop.send)):
             raise InvalidInput(f"model {model!r} has no input {stray[0]!r}, and the next hop does not ask for it")
         _, outputs = await engine.infer(model, [t for t in request.inputs if t.name in own])
+        if local_done is not None:
+            local_done()
         available = {**carried, **{t.name: t for t in request.inputs if t.name in own}, **{t.name: t for t in outputs}}
         if missing := [name for name in hop.send if name not in available]:
             raise InvalidInput(f"the next hop asks for {missing[0]!r}, which neither the request nor {model!r} has")
