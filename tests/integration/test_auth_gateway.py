@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from fastapi import FastAPI
 from pydantic import SecretStr
 
 from gateway_plugin.auth import ADMIN, INFER, mint_token
@@ -132,16 +133,15 @@ async def test_auth_disabled_is_explicit() -> None:
 NODE_TOKEN = "node-token-for-tests-0123456789"
 
 
+def _guarded_node(**options: Any) -> FastAPI:
+    """A digits node that requires NODE_TOKEN (and whatever else `options` set)."""
+    digits = frozenset({"digits"})
+    config = NodeConfig(bundled_models(), node_id="guarded", threads=1, models=digits, node_token=NODE_TOKEN, **options)
+    return create_node_app(config)
+
+
 async def test_nodes_require_the_node_token_and_the_gateway_sends_it() -> None:
-    node = create_node_app(
-        NodeConfig(
-            model_repository=bundled_models(),
-            node_id="guarded",
-            threads=1,
-            models=frozenset({"digits"}),
-            node_token=NODE_TOKEN,
-        )
-    )
+    node = _guarded_node()
     async with serving(node) as url:
         async with httpx.AsyncClient(base_url=url) as direct:
             assert (await direct.get("/v2/health/ready")).status_code == 200  # probes stay open
@@ -172,18 +172,7 @@ async def test_nodes_require_the_node_token_and_the_gateway_sends_it() -> None:
 async def test_the_node_token_is_checked_before_fault_control_and_the_concurrency_limit() -> None:
     """Regression: the token check ran inside the fault injector and the limiter, so anyone could
     PUT /v2/faults (crash_after: 0 killed the node) and token-less requests took slots."""
-    node = create_node_app(
-        NodeConfig(
-            model_repository=bundled_models(),
-            node_id="guarded",
-            threads=1,
-            models=frozenset({"digits"}),
-            node_token=NODE_TOKEN,
-            faults=FaultSpec(),
-            fault_control=True,
-            max_concurrency=1,
-        )
-    )
+    node = _guarded_node(faults=FaultSpec(), fault_control=True, max_concurrency=1)
     tensor = {"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.25] * 64}
     allowed = {"Authorization": f"Bearer {NODE_TOKEN}"}
     async with serving(node) as url, httpx.AsyncClient(base_url=url) as direct:
