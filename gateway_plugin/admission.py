@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from gateway_plugin.errors import TooManyRequests
 
-__all__ = ["InflightLimiter", "Saturated", "admitted"]
+__all__ = ["InflightLimiter", "Place", "Saturated", "admitted"]
 
 
 class Saturated(TooManyRequests):
@@ -44,6 +44,11 @@ class InflightLimiter:
     def leave(self) -> None:
         self.in_flight -= 1
 
+    def take(self) -> Place:
+        """A place for a response that outlives its handler (an event stream): give it back with `release`."""
+        self.enter()
+        return Place(self)
+
     @contextmanager
     def admit(self) -> Iterator[None]:
         self.enter()
@@ -51,6 +56,22 @@ class InflightLimiter:
             yield
         finally:
             self.leave()
+
+
+class Place:
+    """One place taken in a limiter; `release` gives it back once, however often it is called.
+
+    An event stream ends on one of several paths (its events run out, the client leaves before
+    they start, opening its node stream fails): each may release, exactly one place goes back.
+    """
+
+    def __init__(self, limiter: InflightLimiter) -> None:
+        self._limiter: InflightLimiter | None = limiter
+
+    def release(self) -> None:
+        limiter, self._limiter = self._limiter, None
+        if limiter is not None:
+            limiter.leave()
 
 
 @contextmanager

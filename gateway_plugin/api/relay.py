@@ -70,9 +70,16 @@ class RelayEndpoint:
             await self._guard(headers.get("authorization"))
             svc = await self._services()
             limit = self._limit if self._limit is not None else svc.settings.limits.max_body_bytes
-            body = await receive_body(receive, limit, headers.get("content-length"))
-            params = scope["path_params"]
-            answer, sent = await _relay(svc, params["model"], params.get("version"), body, headers, request_id)
+            limiter = svc.admission  # 429 beyond DISTINFER_MAX_INFLIGHT, like every synchronous route
+            if limiter is not None:
+                limiter.enter()
+            try:
+                body = await receive_body(receive, limit, headers.get("content-length"))
+                params = scope["path_params"]
+                answer, sent = await _relay(svc, params["model"], params.get("version"), body, headers, request_id)
+            finally:
+                if limiter is not None:
+                    limiter.leave()
             start = _response_start(answer, sent)  # a node's header we cannot pass on is an error here, not a 500
         except WorkerError as exc:
             response: Response = problem(_with_v2_error(from_worker(exc)), request_id)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
+from gateway_plugin.admission import Place, admitted
 from gateway_plugin.api.inference import build_call, outcome_body
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest
@@ -74,7 +75,9 @@ def _done(request_id: str) -> ServerSentEvent:
     return ServerSentEvent(json.dumps({"request_id": request_id}), event="done")
 
 
-async def _token_events(stream: TokenStream, request_id: str, started: float) -> AsyncIterator[ServerSentEvent]:
+async def _token_events(
+    stream: TokenStream, request_id: str, started: float, place: Place | None
+) -> AsyncIterator[ServerSentEvent]:
     text: list[str] = []
     try:
         async for item in stream.items():
@@ -100,6 +103,8 @@ async def _token_events(stream: TokenStream, request_id: str, started: float) ->
     except DistinferError as exc:
         yield ServerSentEvent(json.dumps(problem_body(exc, request_id)), event="error")
     finally:
+        if place is not None:
+            place.release()
         with anyio.CancelScope(shield=True):  # the node connection must close even when we are cancelled
             await stream.aclose()
     yield _done(request_id)
@@ -111,11 +116,20 @@ async def _one_result(body: dict[str, Any], request_id: str) -> AsyncIterator[Se
 
 
 def _response(
-    events: AsyncIterator[ServerSentEvent], headers: dict[str, str], stream: TokenStream | None = None
+    events: AsyncIterator[ServerSentEvent],
+    headers: dict[str, str],
+    stream: TokenStream | None = None,
+    place: Place | None = None,
 ) -> EventSourceResponse:
     # The background close covers a response whose events never start (a HEAD, an early disconnect).
-    background = BackgroundTask(stream.aclose) if stream is not None else None
+    background = BackgroundTask(_close, stream, place) if stream is not None else None
     return EventSourceResponse(events, ping=PING_S, send_timeout=SEND_TIMEOUT_S, headers=headers, background=background)
+
+
+async def _close(stream: TokenStream, place: Place | None) -> None:
+    if place is not None:
+        place.release()
+    await stream.aclose()
 
 
 async def _stream(
@@ -129,15 +143,22 @@ async def _stream(
 ) -> EventSourceResponse:
     if svc.streams is None:
         raise NoCapacity("streaming is not available: the plugin is not started")
+    # Held from before the node stream opens until the stream ends: 429 beyond DISTINFER_MAX_INFLIGHT.
+    place = svc.admission.take() if svc.admission is not None else None
     started = time.perf_counter()
     call = StreamCall(model, prompt, parameters, request_id, _timeout_s(svc, timeout_ms), strategy)
-    stream = await svc.streams.open(call)
+    try:
+        stream = await svc.streams.open(call)
+    except BaseException:
+        if place is not None:
+            place.release()
+        raise
     headers = {
         "X-Request-ID": request_id,
         "X-Inference-Node": stream.node_id or "local",
         "X-Inference-Mode": stream.mode,
     }
-    return _response(_token_events(stream, request_id, started), headers, stream)
+    return _response(_token_events(stream, request_id, started, place), headers, stream, place)
 
 
 def stream_router(services: ServicesDependency, route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
@@ -188,7 +209,8 @@ def stream_router(services: ServicesDependency, route_class: type[ProblemRoute] 
             timeout_ms=body.timeout_ms,
             request_id=request_id,
         )
-        outcome = await svc.dispatcher.infer(build_call(svc, single, request_id))
+        with admitted(svc.admission):
+            outcome = await svc.dispatcher.infer(build_call(svc, single, request_id))
         headers = {
             "X-Request-ID": request_id,
             "X-Inference-Node": outcome.node_id or "local",

@@ -107,6 +107,50 @@ async def test_inference_answers_429_when_the_gateway_is_saturated(
     assert refused.json()["code"] == "saturated"
 
 
+async def test_every_synchronous_route_answers_429_when_the_gateway_is_saturated(
+    gateway: tuple[httpx.AsyncClient, DistributedInference], slow_node: ServerProcess
+) -> None:
+    """DISTINFER_MAX_INFLIGHT holds for every route that answers while the client waits: the
+    streams and the v2 relay once took no place and were never refused."""
+    client, distributed = gateway
+    svc = await distributed.services()
+    assert svc.admission is not None
+    set_latency(slow_node, 3000)
+    slow = {"model": SLOW_MODEL, "inputs": IMAGE, "timeout_ms": 20_000}
+    blockers = [asyncio.create_task(client.post(f"{API}/inference", json=slow)) for _ in range(2)]
+    await eventually(lambda: _some(svc.admission is not None and svc.admission.in_flight == 2))
+    one = {"model": "digits", "inputs": IMAGE}
+    v2 = {"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}]}
+    refused = {
+        "batch": client.post(f"{API}/inference/batch", json={"requests": [one]}),
+        "batch stream": client.post(f"{API}/inference/batch", params={"stream": "true"}, json={"requests": [one]}),
+        "parallel": client.post(f"{API}/inference/parallel", json={"models": ["digits"], "inputs": IMAGE}),
+        "pipeline": client.post(f"{API}/inference/pipeline", json={"stages": [{"id": "a", **one}]}),
+        "token stream": client.get(f"{API}/inference/stream/charlm", params={"prompt": "def "}),
+        "result stream": client.post(f"{API}/inference/stream/digits", json={"inputs": IMAGE}),
+        "v2 relay": client.post(f"{API}/v2/models/digits/infer", json=v2),
+    }
+    for route, call in refused.items():
+        response = await call
+        assert response.status_code == 429, (route, response.status_code, response.text)
+        assert response.json()["code"] == "saturated", route
+        assert response.headers["Retry-After"] == "1", route
+    assert [(await blocker).status_code for blocker in blockers] == [200, 200]
+    assert svc.admission.in_flight == 0
+    # Served once there is room, and each gives its place back when it ends.
+    tokens = await client.get(f"{API}/inference/stream/charlm", params={"prompt": "def ", "max_tokens": 4})
+    assert tokens.status_code == 200
+    assert "event: done" in tokens.text
+    result = await client.post(f"{API}/inference/stream/digits", json={"inputs": IMAGE})
+    assert result.status_code == 200
+    assert "event: result" in result.text
+    relayed = await client.post(f"{API}/v2/models/digits/infer", json=v2)
+    assert relayed.status_code == 200, relayed.text
+    unknown = await client.get(f"{API}/inference/stream/no_such_model", params={"prompt": "def "})
+    assert unknown.status_code == 404  # its node stream never opened: the place goes back at once
+    assert svc.admission.in_flight == 0
+
+
 async def test_cancelling_a_running_task_cancels_its_node_call(
     gateway: tuple[httpx.AsyncClient, DistributedInference], slow_node: ServerProcess
 ) -> None:
