@@ -64,7 +64,10 @@ class TaskRecord:
     created_at: float
     score: float
     status: TaskStatus = TaskStatus.PENDING
-    attempts: int = 0
+    attempts: int = 0  # starts, however each ended
+    # Starts a stopping gateway gave back (SIGTERM, a rolling update): not the task's fault, so not
+    # counted towards MAX_ATTEMPTS. Internal: the API shows `attempts`.
+    handovers: int = 0
     started_at: float | None = None
     finished_at: float | None = None
     result: dict[str, Any] | None = None

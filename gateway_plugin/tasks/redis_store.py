@@ -82,12 +82,13 @@ return status
 _REQUEUE = """
 local moved = {}
 for i, id in ipairs(ARGV) do
-  if i > 1 then
+  if i > 2 then
     local key = ARGV[1] .. id
     redis.call('ZREM', KEYS[2], id)
     if redis.call('HGET', key, 'status') == 'running' then
       redis.call('HSET', key, 'status', 'pending')
       redis.call('HDEL', key, 'started_at', 'worker')
+      if ARGV[2] == '1' then redis.call('HINCRBY', key, 'handovers', 1) end
       redis.call('ZADD', KEYS[1], redis.call('HGET', key, 'score'), id)
       redis.call('HINCRBY', KEYS[3], redis.call('HGET', key, 'priority'), 1)
       table.insert(moved, id)
@@ -180,6 +181,7 @@ class RedisTaskStore:
             score=float(raw["score"]),
             status=TaskStatus(raw["status"]),
             attempts=int(raw.get("attempts", "0")),
+            handovers=int(raw.get("handovers", "0")),
             started_at=_float(raw.get("started_at")),
             finished_at=_float(raw.get("finished_at")),
             result=_load(raw.get("result")),
@@ -232,15 +234,15 @@ class RedisTaskStore:
         before = await self._cancel(keys=keys, args=[task_id, repr(now), self._ttl_ms])
         return None if before is None else TaskStatus(str(before))
 
-    async def _move_back(self, task_ids: list[str]) -> list[str]:
+    async def _move_back(self, task_ids: list[str], *, handover: bool) -> list[str]:
         if not task_ids:
             return []
         keys = [self._pending_key, self._running_key, self._depth_key]
-        moved = await self._requeue(keys=keys, args=[self._prefix + "t:", *task_ids])
+        moved = await self._requeue(keys=keys, args=[self._prefix + "t:", "1" if handover else "0", *task_ids])
         return [str(task_id) for task_id in moved]
 
     async def requeue(self, task_id: str) -> bool:
-        return bool(await self._move_back([task_id]))
+        return bool(await self._move_back([task_id], handover=True))
 
     async def renew(self, task_ids: Iterable[str], *, lease_until: float) -> None:
         ids = list(task_ids)
@@ -254,7 +256,7 @@ class RedisTaskStore:
         if now >= self._next_prune:
             self._next_prune = now + _PRUNE_EVERY_S
             await self._prune_index()
-        return await self._move_back(expired)
+        return await self._move_back(expired, handover=False)  # its gateway died: that start counts
 
     async def _prune_index(self, *, batch: int = 500, batches: int = 20) -> int:
         """Forget index entries whose records have expired, oldest first; how many were forgotten.

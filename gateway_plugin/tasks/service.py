@@ -29,7 +29,9 @@ __all__ = ["MAX_ATTEMPTS", "TaskRunner", "TaskService", "TaskStoreUnavailable", 
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 3  # a task that keeps taking its gateway down is given up after this many starts
+# A task that keeps taking its gateway down is given up after this many starts; starts a stopping
+# gateway handed back (a rolling update) do not count.
+MAX_ATTEMPTS = 3
 
 # (kind, request, task_id) -> the result body.
 TaskRunner = Callable[[str, dict[str, Any], str], Coroutine[Any, Any, dict[str, Any]]]
@@ -164,7 +166,7 @@ class TaskService:
             await self._execute(record)
 
     async def _execute(self, record: TaskRecord) -> None:
-        if record.attempts > MAX_ATTEMPTS:
+        if record.attempts - record.handovers > MAX_ATTEMPTS:
             error = DistinferError(f"given up after {MAX_ATTEMPTS} attempts that did not finish")
             await self._finish(record, TaskStatus.ERROR, error=problem_body(error, record.task_id))
             return

@@ -53,7 +53,7 @@ class TaskStore(Protocol):
         """Cancel a pending or running task; the status it had (None: unknown task)."""
 
     async def requeue(self, task_id: str) -> bool:
-        """A running task back to pending, in its old place (its gateway is stopping)."""
+        """A running task back to pending, in its old place (its gateway is stopping): one more handover."""
 
     async def renew(self, task_ids: Iterable[str], *, lease_until: float) -> None: ...
 
@@ -172,6 +172,7 @@ class MemoryTaskStore:
         if record is None or record.status is not TaskStatus.RUNNING:
             return False
         record.status, record.started_at, record.worker = TaskStatus.PENDING, None, None
+        record.handovers += 1
         self._push(record)
         return True
 

@@ -67,7 +67,7 @@ async def test_order_admission_cancel_requeue_and_reclaim(store: TaskStore) -> N
     assert await store.requeue("t2")  # its gateway stops: back in its old place
     again = await store.claim(now=109.0, lease_until=110.0, worker="w2")
     assert again is not None
-    assert (again.task_id, again.attempts) == ("t2", 2)
+    assert (again.task_id, again.attempts, again.handovers) == ("t2", 2, 1)  # a handover, not a crash
     assert await store.finish("t2", TaskStatus.COMPLETED, now=110.0, result={"ok": 1})
     done = await store.get("t2")
     assert done is not None
@@ -95,6 +95,7 @@ async def test_a_dead_gateways_tasks_are_reclaimed_when_its_lease_runs_out(redis
     retried = await store.claim(now=105.0, lease_until=106.0, worker="alive")
     assert retried is not None
     assert (retried.task_id, retried.attempts, retried.worker) == ("a", 2, "alive")
+    assert retried.handovers == 0  # its gateway died with it: that start counts towards MAX_ATTEMPTS
 
 
 async def test_a_finished_tasks_request_is_dropped_and_listings_read_no_bodies(store: TaskStore) -> None:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from gateway_plugin.errors import BadRequest
 from gateway_plugin.settings import ENVIRONMENT, Settings, TaskSettings
 from gateway_plugin.tasks import (
+    MAX_ATTEMPTS,
     Caller,
     MemoryTaskStore,
     QueueFull,
@@ -127,6 +128,16 @@ async def _until(service: TaskService, task_id: str, status: TaskStatus, caller:
             await asyncio.sleep(0.01)
 
 
+async def _settled(service: TaskService, task_id: str, caller: Caller) -> TaskRecord:
+    """The task once it is neither pending nor running."""
+    async with asyncio.timeout(10):
+        while True:
+            record = await service.get(task_id, caller)
+            if record.status not in (TaskStatus.PENDING, TaskStatus.RUNNING):
+                return record
+            await asyncio.sleep(0.01)
+
+
 class Runner:
     """A task runner whose `block` tasks wait until released, and whose `bad` tasks fail."""
 
@@ -203,6 +214,43 @@ async def test_stopping_the_workers_puts_running_tasks_back_in_the_queue() -> No
     async with running(service):  # the next workers take it again: at least once, attempts show it
         again = await _until(service, task.task_id, TaskStatus.COMPLETED, ME)
     assert again.attempts == 2
+
+
+async def test_a_task_handed_back_by_one_stopping_gateway_after_another_still_runs() -> None:
+    """Regression: every graceful handover counted towards MAX_ATTEMPTS, so a long task caught by a
+    rolling update of three replicas was failed as if it had crashed three gateways."""
+    runner = Runner()
+    store = MemoryTaskStore(max_tasks=100, ttl_s=60)
+    service = TaskService(store, runner, TaskSettings(workers=1), poll_s=0.01)
+    task = await service.submit("inference", {"name": "block-long"}, "normal", ME)
+    for _ in range(MAX_ATTEMPTS + 1):  # each replica stops (SIGTERM) while the task runs on it
+        async with running(service):
+            await _until(service, task.task_id, TaskStatus.RUNNING, ME)
+        assert (await service.get(task.task_id, ME)).status is TaskStatus.PENDING
+    runner.release.set()
+    async with running(service):
+        done = await _until(service, task.task_id, TaskStatus.COMPLETED, ME)
+    assert done.result == {"echo": "block-long"}
+    assert done.attempts == MAX_ATTEMPTS + 2  # every start is still shown
+
+
+@pytest.mark.parametrize(("starts", "handovers", "outcome"), [(3, 0, "given up"), (2, 0, "ran"), (3, 3, "ran")])
+async def test_a_task_whose_starts_never_finished_is_given_up(starts: int, handovers: int, outcome: str) -> None:
+    """Starts that ended with their gateway (a crash, a lost lease) count; handovers do not."""
+    store = MemoryTaskStore(max_tasks=100, ttl_s=60)
+    record = TaskRecord("t", "inference", {"name": "ok"}, "normal", "me", 1.0, 1.0)
+    record.attempts, record.handovers = starts, handovers
+    assert await store.add(record, max_pending=10)
+    service = TaskService(store, Runner(), TaskSettings(workers=1), poll_s=0.01)
+    async with running(service):
+        finished = await _settled(service, "t", ME)
+    if outcome == "given up":
+        assert finished.status is TaskStatus.ERROR
+        assert finished.error is not None
+        assert f"given up after {MAX_ATTEMPTS} attempts" in finished.error["detail"]
+    else:
+        assert finished.status is TaskStatus.COMPLETED
+    assert finished.attempts == starts + 1
 
 
 def test_task_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
