@@ -100,6 +100,10 @@ class MetricBuffer(Collector):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
 
+    def describe(self) -> list[Metric]:
+        """No families of its own; without this, a registry with `auto_describe` would collect (flush) to learn that."""
+        return []
+
     def wrap(self, metric: MetricWrapperBase, child: Any) -> Any:
         """A buffering stand-in for `metric`'s labelled `child` (the child itself for other metric types)."""
         buffered: _BufferedSum | _BufferedHistogram

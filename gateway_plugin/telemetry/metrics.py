@@ -85,15 +85,15 @@ class _LiveCollector(Collector):
         self._queue_depth = queue_depth
         self._panic = panic
 
+    def describe(self) -> Iterator[Metric]:
+        """The families, without reading any state: a registry with `auto_describe` (prometheus_client's
+        global REGISTRY) would otherwise call `collect` at registration, before the plugin is built."""
+        yield from _live_families()
+        yield _panic_family()
+        yield _queue_family()
+
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("distinfer_gateway_node_up", "1 when the node is online and routable", labels=["node"])
-        busy = GaugeMetricFamily(
-            "distinfer_gateway_node_in_flight_requests", "Requests this gateway has on the node now", labels=["node"]
-        )
-        breaker = GaugeMetricFamily(
-            "distinfer_gateway_breaker_state", "1 for the breaker's current state", labels=["node", "state"]
-        )
-        trust = GaugeMetricFamily("distinfer_gateway_node_trust_score", "Node trust score (0..1)", labels=["node"])
+        up, busy, breaker, trust = _live_families()
         for node in self._nodes():
             up.add_metric([node.node_id], 1.0 if node.up else 0.0)
             busy.add_metric([node.node_id], node.in_flight)
@@ -103,17 +103,38 @@ class _LiveCollector(Collector):
             if node.trust is not None:
                 trust.add_metric([node.node_id], node.trust)
         yield from (up, busy, breaker, trust)
-        panic = GaugeMetricFamily(
-            "distinfer_gateway_panic_mode",
-            "1 while the model is in panic mode (too few admitted nodes: routed to the least bad)",
-            labels=["model"],
-        )
+        panic = _panic_family()
         for model, active in self._panic():
             panic.add_metric([model], 1.0 if active else 0.0)
         yield panic
-        yield GaugeMetricFamily(
-            "distinfer_gateway_queue_depth", "Tasks waiting in the queue", value=self._queue_depth()
-        )
+        yield _queue_family(self._queue_depth())
+
+
+def _live_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    up = GaugeMetricFamily("distinfer_gateway_node_up", "1 when the node is online and routable", labels=["node"])
+    busy = GaugeMetricFamily(
+        "distinfer_gateway_node_in_flight_requests", "Requests this gateway has on the node now", labels=["node"]
+    )
+    breaker = GaugeMetricFamily(
+        "distinfer_gateway_breaker_state", "1 for the breaker's current state", labels=["node", "state"]
+    )
+    trust = GaugeMetricFamily("distinfer_gateway_node_trust_score", "Node trust score (0..1)", labels=["node"])
+    return up, busy, breaker, trust
+
+
+def _panic_family() -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "distinfer_gateway_panic_mode",
+        "1 while the model is in panic mode (too few admitted nodes: routed to the least bad)",
+        labels=["model"],
+    )
+
+
+def _queue_family(depth: int | None = None) -> GaugeMetricFamily:
+    help_text = "Tasks waiting in the queue"
+    if depth is None:
+        return GaugeMetricFamily("distinfer_gateway_queue_depth", help_text, labels=[])
+    return GaugeMetricFamily("distinfer_gateway_queue_depth", help_text, value=depth)
 
 
 class GatewayMetrics:
