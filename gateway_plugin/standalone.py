@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.types import ASGIApp
 
 from gateway_plugin.plugin import DistributedInference
@@ -21,5 +21,18 @@ def create_gateway_app(settings: Settings, *, fast_lane: bool = True) -> ASGIApp
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
         return RedirectResponse("/docs")
+
+    # The process's own probes (Kubernetes' /livez and /readyz), outside the plugin's prefix: its
+    # /health answers 404 while the flag is off, and a probe on it would restart every pod whose
+    # flag was switched off at runtime, turning the kill switch back on. Ready once started: with
+    # no node online the gateway still answers (problem+json 503) rather than vanish from its Service.
+    @app.get("/livez", include_in_schema=False)
+    async def livez() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        started = distributed.cluster_summary().get("status") != "not_started"
+        return JSONResponse({"status": "ok" if started else "starting"}, status_code=200 if started else 503)
 
     return distributed.fast_lane(app) if fast_lane else app

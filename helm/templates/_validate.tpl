@@ -16,8 +16,4 @@
 {{- if and (eq .Values.tasks.store "redis") (not .Values.tasks.redisUrl) (not .Values.tasks.redisUrlSecret.name) -}}
 {{- fail "tasks.store=redis needs tasks.redisUrl or tasks.redisUrlSecret.name" -}}
 {{- end -}}
-{{- $flag := toString (index .Values.gateway.settings "ENABLE_DISTRIBUTED_INFERENCE") -}}
-{{- if and .Values.gateway.enabled (eq $flag "false") (not .Values.gateway.probes.livenessPath) -}}
-{{- fail "ENABLE_DISTRIBUTED_INFERENCE=false makes /api/v1/distributed/health answer 404; set gateway.probes.livenessPath/readinessPath to your app's own health endpoints" -}}
-{{- end -}}
 {{- end -}}

@@ -176,7 +176,6 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
         ({"nodes": {"autoscaling": {"enabled": True}}}, "static node list cannot follow"),
         ({"auth": {"createSecret": False}}, "auth is on"),
         ({"tasks": {"store": "redis"}}, "tasks.store=redis needs"),
-        ({"gateway": {"settings": {"ENABLE_DISTRIBUTED_INFERENCE": False}}}, "answer 404"),
         ({"nodes": {"kind": "Deployment"}}, "static discovery has no nodes"),
     ],
 )
@@ -211,9 +210,11 @@ def test_probes_hit_the_v2_and_health_endpoints(rendered: dict[str, Rendered]) -
     out = rendered["default"]
     gateway = _containers(out.one("Deployment", GATEWAY))[0]
     node = _containers(out.one("StatefulSet", NODE))[0]
-    assert gateway["livenessProbe"]["httpGet"]["path"] == "/api/v1/distributed/health/live"
-    assert gateway["readinessProbe"]["httpGet"]["path"] == "/api/v1/distributed/health/ready"
-    assert gateway["startupProbe"]["httpGet"]["path"] == "/api/v1/distributed/health/live"
+    # Not the plugin's <prefix>/health: it answers 404 while the flag is off (a runtime kill switch
+    # once made every pod fail its probes and restart with the flag back on).
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert gateway["startupProbe"]["httpGet"]["path"] == "/livez"
     assert node["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert node["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     for container in (gateway, node):

@@ -36,6 +36,25 @@ def test_standalone_gateway_serves_and_stops_cleanly(two_nodes: list[ServerProce
     assert code in (0, -signal.SIGTERM)
 
 
+def test_the_process_probes_answer_while_the_flag_is_switched_off(two_nodes: list[ServerProcess]) -> None:
+    """Regression: the chart probed the plugin's <prefix>/health, which is 404 while the flag is off, so
+    switching it off at runtime got every pod restarted, with the flag back on from its environment."""
+    gateway = start_gateway(
+        {"DISTINFER_NODES": two_nodes[0].url, "DISTINFER_AUTH_DISABLED": "true", "ENABLE_DISTRIBUTED_INFERENCE": "true"}
+    )
+    try:
+        gateway.wait_ready()
+        with httpx.Client(base_url=gateway.url, timeout=10) as client:
+            assert client.get("/livez").status_code == 200
+            assert client.get("/readyz").json() == {"status": "ok"}
+            assert client.put(f"{PREFIX}/flags", json={"enabled": False}).status_code == 200
+            assert client.get(f"{PREFIX}/health/live").status_code == 404  # the contract: off is 404
+            assert client.get("/livez").status_code == 200
+            assert client.get("/readyz").status_code == 200
+    finally:
+        gateway.stop()
+
+
 def test_every_discovery_source_is_accepted_and_bad_settings_are_refused_at_start() -> None:
     every = DiscoverySettings(sources=["static", "consul", "dns"], dns_srv="_http._tcp.nodes.example")
     DistributedInference(settings=Settings(discovery=every))
