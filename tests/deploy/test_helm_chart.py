@@ -147,7 +147,16 @@ BAD_VALUES = {
     "port": {"gateway": {"port": 70000}},
     "consul url": {"discovery": {"consul": {"url": "consul:8500"}}},
     "a key as a plain setting": {"gateway": {"settings": {"DISTINFER_JWT_SECRET": "hunter2"}}},
+    # The image has the OTLP/HTTP protobuf exporter only: anything else crash-looped every pod at start.
+    "otlp over grpc": {"otel": {"protocol": "grpc"}},
+    "otlp http/json": {"otel": {"protocol": "http/json"}},
 }
+
+
+def test_a_submit_only_gateway_is_accepted() -> None:
+    """DISTINFER_TASK_WORKERS=0 (take submissions, run none: README) was refused by the schema."""
+    env = render({"gateway": {"settings": {"DISTINFER_TASK_WORKERS": 0}}}).gateway_environment()
+    assert env["DISTINFER_TASK_WORKERS"] == "0"
 
 
 @pytest.mark.parametrize("case", sorted(BAD_VALUES))
