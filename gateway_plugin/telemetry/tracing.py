@@ -48,6 +48,10 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {key.decode("latin-1"): value.decode("latin-1") for key, value in scope.get("headers", ())}
 
 
+def _in_span() -> bool:
+    return trace.get_current_span().get_span_context().is_valid
+
+
 class GatewayTracing:
     def __init__(self, provider: TracerProvider) -> None:
         self.provider = provider
@@ -59,7 +63,9 @@ class GatewayTracing:
         self, route: object, template: str, scope: Scope, receive: Receive, send: Send, app: ASGIApp
     ) -> None:
         """Run one request of `route` under a server span (or just the caller's trace context)."""
-        has_parent = any(key == _TRACEPARENT for key, _ in scope.get("headers", ()))
+        # A caller's traceparent counts only where no span is current: under a host that traces its
+        # requests, the host's server span (itself the caller's child) is the parent, not a sibling.
+        has_parent = any(key == _TRACEPARENT for key, _ in scope.get("headers", ())) and not _in_span()
         if not self.enabled:
             if not has_parent:
                 await app(scope, receive, send)

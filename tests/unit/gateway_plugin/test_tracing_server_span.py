@@ -8,7 +8,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode, get_current_span
 from starlette.types import Receive, Scope, Send
 
 from gateway_plugin.telemetry.tracing import GatewayTracing
@@ -70,3 +70,31 @@ async def test_an_exception_is_recorded_on_the_span() -> None:
     (span,) = exporter.get_finished_spans()
     assert span.status.status_code is StatusCode.ERROR
     assert [event.name for event in span.events] == ["exception"]
+
+
+@pytest.mark.parametrize("ours", [True, False], ids=["plugin tracing", "plugin tracing off"])
+async def test_under_a_host_span_the_callers_traceparent_does_not_make_a_sibling(ours: bool) -> None:
+    """Regression: with a traceparent, the plugin parented its span (and, with its tracing off, its
+    node calls) on the remote caller, beside the host's own server span instead of under it."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = GatewayTracing(provider if ours else NoOpTracerProvider())
+    headers = [(b"traceparent", f"00-{CALLER_TRACE}-00f067aa0ba902b7-01".encode())]
+    scope = {"type": "http", "method": "POST", "path": ROUTE, "headers": headers}
+    seen: list[Any] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(get_current_span().get_span_context())
+        await answering(200)(scope, receive, send)
+
+    host = provider.get_tracer("host")
+    with host.start_as_current_span("host server span") as host_span:
+        await tracing.serve(object(), ROUTE, scope, _nothing, _ignore, app)
+    host_id = host_span.get_span_context().span_id
+    if ours:
+        (span,) = [s for s in exporter.get_finished_spans() if s.name != "host server span"]
+        assert span.parent is not None
+        assert span.parent.span_id == host_id
+    else:
+        assert seen[0].span_id == host_id  # what node calls would carry on
