@@ -202,6 +202,10 @@ class GatewayTelemetry:
         elif number > 1:
             m.child(m.retries, self.model_label(model)).inc()
         m.child(m.attempts, node, outcome).inc()
+        if outcome == "cancelled":
+            # A hedge's loser or a departed client's call: cut short by us, it says nothing of the
+            # node's speed or health (the lease reports nothing for it either).
+            return
         m.child(m.attempt_seconds, node).observe(seconds)
         # A node that refuses a bad request is healthy: only its own failures count against it.
         self.stats.attempt(node_id, seconds, outcome in ("ok", "rejected"))
@@ -313,7 +317,7 @@ class _AttemptScope:
             self._record.upstream_end = end
         if span is not None:
             span.set_attribute("distinfer.outcome", outcome)
-            if outcome != "ok":
+            if outcome not in ("ok", "cancelled"):  # cancelled: we cut it short, not the node's error
                 span.set_status(Status(StatusCode.ERROR, outcome))
             span.end()
         model, node_id, number, hedge, seconds = (

@@ -13,7 +13,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import NoOpTracerProvider
+from opentelemetry.trace import NoOpTracerProvider, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
 
@@ -173,6 +173,34 @@ async def test_overlapping_attempts_of_one_call_are_hedges() -> None:
         call.finished("n0", "distributed", 2)
     assert _value(telemetry, "distinfer_gateway_hedges_total", model="m") == 1
     assert _value(telemetry, "distinfer_gateway_retries_total", model="m") == 0
+
+
+async def test_a_hedges_cancelled_loser_is_not_held_against_its_node() -> None:
+    """Regression: the attempt a hedge race cancels counted as a failure in /stats (a healthy node
+    that lost every race showed a 100 % error rate), its cut-short time went into the latency
+    window and histogram, and its span was marked as an error."""
+    telemetry, _, _, _, exporter = _setup()
+    observer = telemetry.observer
+
+    async def attempt(node: str, delay_s: float) -> None:
+        with observer.attempt("m", node, 1):
+            await asyncio.sleep(delay_s)
+
+    with observer.dispatch("m", "r", "round_robin") as call:
+        slow = asyncio.create_task(attempt("n0", 5.0))
+        await asyncio.sleep(0.01)
+        await attempt("n1", 0.0)  # the hedge answers first
+        slow.cancel()
+        await asyncio.gather(slow, return_exceptions=True)
+        call.finished("n1", "distributed", 2)
+    assert _value(telemetry, "distinfer_gateway_attempts_total", node="n0", outcome="cancelled") == 1
+    assert _value(telemetry, "distinfer_gateway_attempt_duration_seconds_count", node="n0") in (None, 0)
+    window = telemetry.stats.node("n0")
+    assert (window.samples, window.error_rate) == (0, None)  # nothing known of n0: it never finished one
+    spans = exporter.get_finished_spans()
+    cancelled = [span for span in spans if (span.attributes or {}).get("distinfer.outcome") == "cancelled"]
+    assert len(cancelled) == 1
+    assert cancelled[0].status.status_code is StatusCode.UNSET
 
 
 async def test_the_request_record_learns_upstream_timing_and_routing() -> None:
