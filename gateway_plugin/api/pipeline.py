@@ -33,6 +33,7 @@ __all__ = ["PipelineRequest", "StageRequest", "pipeline_router", "plan_pipeline"
 
 _ID = r"^[A-Za-z0-9_\-]{1,64}$"
 _MODEL = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+_MAX_EDGES = 256  # per stage: dependencies, mapped inputs, requested outputs
 
 
 class StageRequest(BaseModel):
@@ -41,14 +42,15 @@ class StageRequest(BaseModel):
     id: str = Field(pattern=_ID)
     model: str = Field(min_length=1, max_length=128, pattern=_MODEL)
     inputs: Any = Field(default=None, description="explicit inputs: v2 tensors, or a plain value (one-input model)")
-    depends_on: list[Annotated[str, Field(pattern=_ID)]] = []
-    input_map: dict[str, str] = Field(default={}, description='{"<input>": "<stage>.<output>"}')
+    # Bounded: the graph is checked on the event loop before anything runs.
+    depends_on: list[Annotated[str, Field(pattern=_ID)]] = Field(default=[], max_length=_MAX_EDGES)
+    input_map: dict[str, str] = Field(default={}, max_length=_MAX_EDGES, description='{"<input>": "<stage>.<output>"}')
     timeout_ms: int | None = Field(default=None, gt=0, description="per attempt")
     retries: int = Field(default=0, ge=0, le=5, description="further attempts after a 5xx/timeout")
     dependency: Literal["hard", "soft"] = Field(
         default="hard", description="soft: run even when an upstream failed, without its inputs"
     )
-    outputs: list[str] | None = None
+    outputs: list[str] | None = Field(default=None, max_length=_MAX_EDGES)
     parameters: dict[str, Any] = {}
     strategy: str | None = None
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -48,11 +49,11 @@ class Stage:
 
     def upstreams(self) -> tuple[str, ...]:
         """Explicit dependencies, then every stage `input_map` reads from (once each, in order)."""
-        found = list(self.depends_on)
+        found = dict.fromkeys(self.depends_on)  # ordered and O(1) per lookup: a stage may list thousands
         for reference in self.input_map.values():
             match = _REFERENCE.match(reference)
-            if match and match.group(1) not in found:
-                found.append(match.group(1))
+            if match:
+                found.setdefault(match.group(1))
         return tuple(found)
 
 
@@ -67,32 +68,38 @@ class StageResult:
 
 
 def _cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
-    """One cycle as a path `a -> b -> ... -> a`, or None when the graph is acyclic."""
+    """One cycle as a path `a -> b -> ... -> a`, or None when the graph is acyclic.
+
+    A depth-first walk with its own stack, not recursion: a long chain must not hit Python's
+    recursion limit (a RecursionError was a 500).
+    """
     state: dict[str, int] = {}  # 1 on the current path, 2 done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for nxt in graph.get(node, ()):
-            if state.get(nxt) == 1:
-                return [*path[path.index(nxt) :], nxt]
-            if nxt not in state and nxt in graph and (found := visit(nxt)):
-                return found
-        path.pop()
-        state[node] = 2
-        return None
-
-    for node in graph:
-        if node not in state and (found := visit(node)):
-            return found
+    for root in graph:
+        if root in state:
+            continue
+        path: list[str] = [root]
+        state[root] = 1
+        stack = [iter(graph.get(root, ()))]
+        while stack:
+            for nxt in stack[-1]:
+                if state.get(nxt) == 1:
+                    return [*path[path.index(nxt) :], nxt]
+                if nxt not in state and nxt in graph:
+                    state[nxt] = 1
+                    path.append(nxt)
+                    stack.append(iter(graph.get(nxt, ())))
+                    break
+            else:
+                state[path.pop()] = 2
+                stack.pop()
     return None
 
 
 def _check_inputs(stage: Stage, stages: Mapping[str, Stage], info_of: Callable[[str], ModelInfo | None]) -> list[str]:
     problems: list[str] = []
     given = [tensor.name for tensor in stage.call.inputs]
-    twice = sorted({name for name in given if given.count(name) > 1} | (set(given) & set(stage.input_map)))
+    counts = Counter(given)  # not given.count per name: quadratic in a stage's tensors, on the event loop
+    twice = sorted({name for name, n in counts.items() if n > 1} | (counts.keys() & stage.input_map.keys()))
     if twice:
         problems.append(f"stage {stage.id!r}: inputs {twice} are given more than once")
     provided = set(given) | set(stage.input_map)
@@ -127,8 +134,8 @@ def _check_inputs(stage: Stage, stages: Mapping[str, Stage], info_of: Callable[[
 def validate(stages: Sequence[Stage], info_of: Callable[[str], ModelInfo | None]) -> None:
     """Every problem of the graph at once, as one 422; nothing has run yet."""
     problems: list[str] = []
-    ids = [stage.id for stage in stages]
-    if duplicates := sorted({i for i in ids if ids.count(i) > 1}):
+    counts = Counter(stage.id for stage in stages)
+    if duplicates := sorted(i for i, n in counts.items() if n > 1):
         problems.append(f"stage ids {duplicates} are used more than once")
     by_id = {stage.id: stage for stage in stages}
     for stage in stages:

@@ -7,8 +7,10 @@ from collections.abc import Mapping
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from discovery.node import ModelInfo
+from gateway_plugin.api.pipeline import PipelineRequest
 from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.errors import BadRequest, DistinferError, NoCapacity, Unprocessable
 from gateway_plugin.orchestration import PipelineRunner, Stage, validate
@@ -109,6 +111,39 @@ class FakeCluster:
             raise NoCapacity("try again")
         total = sum(t.data for t in call.inputs)
         return Outcome(call.model, "1", [Tensor.of("y", total * 2)], "n", "distributed", 1, 50.0)
+
+
+def test_a_chain_far_deeper_than_the_recursion_limit_is_checked() -> None:
+    """Regression: the cycle walk recursed per stage; a chain of 1,200 (DISTINFER_MAX_PIPELINE_STAGES
+    has no upper bound) raised RecursionError, a 500."""
+    count = 3 * 1200
+    chain = [_stage("s0")] + [_stage(f"s{n}", given=False, input_map={"x": f"s{n - 1}.y"}) for n in range(1, count)]
+    validate(list(reversed(chain)), MODELS.get)  # listed downstream first: the deepest walk
+    looped = [_stage("s0", given=False, input_map={"x": f"s{count - 1}.y"}), *chain[1:]]
+    problems = _problems(looped)
+    assert any("cycle" in problem for problem in problems)
+
+
+def test_repeated_names_are_found_among_many_tensors_and_references() -> None:
+    many = [Tensor.of(f"t{k}", np.ones((1, 2), np.float32)) for k in range(5000)]
+    many.append(Tensor.of("t7", np.ones((1, 2), np.float32)))
+    stage = Stage("a", InferenceCall("unknown-model", many, "p-a", 5.0), input_map={"t9": "b.y"})
+    problems = _problems([stage, _stage("b")])
+    assert problems[0] == "stage 'a': inputs ['t7', 't9'] are given more than once"
+    references = _stage("c", given=False, input_map={f"x{k}": f"b{k % 3}.y" for k in range(3000)})
+    assert references.upstreams() == ("b0", "b1", "b2")
+
+
+@pytest.mark.parametrize("field", ["depends_on", "input_map", "outputs"])
+def test_a_stages_lists_are_bounded_by_the_schema(field: str) -> None:
+    """The graph is checked on the event loop before anything runs: one stage cannot list without end."""
+    values = {"depends_on": [f"s{k}" for k in range(257)], "outputs": [f"o{k}" for k in range(257)]}
+    values["input_map"] = {f"x{k}": f"s{k}.y" for k in range(257)}  # type: ignore[assignment]
+    stage = {"id": "a", "model": "double", field: values[field]}
+    with pytest.raises(ValidationError, match="at most 256"):
+        PipelineRequest.model_validate({"stages": [stage]})
+    fits = {**stage, field: values[field][:256] if field != "input_map" else dict(list(values[field].items())[:256])}
+    PipelineRequest.model_validate({"stages": [fits]})
 
 
 async def test_independent_stages_overlap_and_outputs_feed_inputs() -> None:
