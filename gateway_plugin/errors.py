@@ -25,7 +25,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from worker.errors import InvalidInput, NodeRejected, WorkerError
+from worker.errors import InvalidInput, ModelNotFound, ModelNotReady, NodeRejected, NodeTimeout, WorkerError
 from worker.errors import PayloadTooLarge as WorkerPayloadTooLarge
 
 __all__ = [
@@ -136,6 +136,12 @@ def from_worker(exc: WorkerError) -> DistinferError:
         if exc.status == 422:
             return Unprocessable(exc.message)
         return BadRequest(exc.message)
+    if isinstance(exc, ModelNotFound):
+        return UnknownModel(exc.message)
+    if isinstance(exc, ModelNotReady):
+        return NoCapacity(exc.message)
+    if isinstance(exc, NodeTimeout):
+        return DeadlineExceeded(exc.message)
     error = DistinferError(exc.message)
     error.status = exc.status
     return error

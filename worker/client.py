@@ -18,7 +18,15 @@ from typing import Any, TypeVar
 import aiohttp
 from pydantic import TypeAdapter, ValidationError
 
-from worker.errors import NodeCallError, NodeRejected, NodeServerError, NodeTimeout, NodeUnreachable, WorkerError
+from worker.errors import (
+    NodeBusy,
+    NodeCallError,
+    NodeRejected,
+    NodeServerError,
+    NodeTimeout,
+    NodeUnreachable,
+    WorkerError,
+)
 from worker.protocol import (
     HEADER_LENGTH,
     DecodedResponse,
@@ -115,6 +123,8 @@ class NodeClient:
         if reply.status in (401, 403):
             # The node refuses the gateway, not the request: a configuration fault, another node may do.
             raise NodeServerError(f"{url}: {reply.status}: the node refused the gateway's node token", node_url=url)
+        if reply.status in (408, 429):  # busy or too slow to read us: not a verdict on the request
+            raise NodeBusy(f"{url}: {reply.status} {_error_text(reply.body)}", node_url=url, status=reply.status)
         if reply.status >= 500:
             raise NodeServerError(f"{url}: {reply.status} {_error_text(reply.body)}", node_url=url, status=reply.status)
         if reply.status >= 400:

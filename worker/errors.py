@@ -95,6 +95,12 @@ class NodeServerError(NodeCallError):
     code = "node_server_error"
 
 
+class NodeBusy(NodeServerError):
+    """The node cannot take the request now (429, 408): another node may; a run of them ejects it."""
+
+    code = "node_busy"
+
+
 class NodeRejected(NodeCallError):
     """The node refused the request itself (4xx): sending it elsewhere would not help."""
 

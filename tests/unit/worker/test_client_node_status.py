@@ -1,0 +1,59 @@
+"""How `NodeClient` reads a node's error statuses, and how the gateway words them for clients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from aiohttp import ClientSession, web
+
+from gateway_plugin.errors import from_worker
+from tests.unit.worker.test_client_large_response import _serving
+from worker.client import NodeClient
+from worker.errors import (
+    ModelNotFound,
+    ModelNotReady,
+    NodeBusy,
+    NodeCallError,
+    NodeRejected,
+    NodeServerError,
+    NodeTimeout,
+)
+from worker.protocol import Tensor
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "retryable"),
+    [(429, NodeBusy, True), (408, NodeBusy, True), (400, NodeRejected, False), (503, NodeServerError, True)],
+)
+async def test_a_busy_node_is_retried_elsewhere_a_refused_request_is_not(
+    status: int, kind: type[NodeCallError], retryable: bool
+) -> None:
+    """Regression: a 429 or 408 (a v2 server behind a proxy sends them) was a verdict on the request:
+    400 "Malformed request" to the client, never retried on another node."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"error": "too many requests"}, status=status)
+
+    app = web.Application()
+    app.router.add_post("/v2/models/m/infer", answer)
+    async with _serving(app) as url, ClientSession() as session:
+        with pytest.raises(NodeCallError) as caught:
+            await NodeClient(session).infer(url, "m", [Tensor.of("x", np.zeros((1, 1), np.float32))], timeout_s=5)
+    assert type(caught.value) is kind
+    assert caught.value.retryable is retryable
+    assert caught.value.status == status
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (ModelNotFound("no model 'x'"), 404, "unknown_model"),
+        (ModelNotReady("model 'x' is loading"), 503, "no_capacity"),
+        (NodeTimeout("no answer within 1s", node_url="http://n:1"), 504, "deadline_exceeded"),
+    ],
+)
+def test_worker_errors_keep_their_meaning_for_the_client(error: Exception, status: int, code: str) -> None:
+    """Regression: these kept their status but became code "internal", title "Internal error"."""
+    mapped = from_worker(error)  # type: ignore[arg-type]
+    assert (mapped.status, mapped.code) == (status, code)
+    assert mapped.detail == error.args[0]
