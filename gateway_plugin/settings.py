@@ -157,7 +157,7 @@ class OrchestrationSettings(_Section):
     """Batch, parallel and pipeline execution (CONTRACT §4)."""
 
     coalesce: bool = True  # merge batch items for one model into multi-row node requests
-    batch_concurrency: int = Field(default=32, ge=1, le=1024)  # default max_concurrency of a batch
+    batch_concurrency: int = Field(default=32, ge=1, le=1024)  # node requests of one batch at once, at most
     max_parallel_models: int = Field(default=16, ge=1, le=256)
 
 

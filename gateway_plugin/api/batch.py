@@ -103,7 +103,10 @@ def _runner(svc: Services) -> BatchRunner:
 
 
 def _options(svc: Services, body: BatchRequest, items: list[InferenceCall | DistinferError]) -> dict[str, Any]:
-    concurrency = body.max_concurrency or svc.settings.orchestration.batch_concurrency
+    # The operator's setting bounds a batch; a client may ask for less, never for more (one request
+    # asking 1,024 once fanned out past DISTINFER_BATCH_CONCURRENCY, admission counting it as one).
+    most = svc.settings.orchestration.batch_concurrency
+    concurrency = min(body.max_concurrency or most, most)
     models = {item.model for item in items if isinstance(item, InferenceCall)}
     nodes = max((len(svc.pool.candidates(model)) for model in models), default=1)
     return {
