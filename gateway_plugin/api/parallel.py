@@ -23,6 +23,7 @@ from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest
 from gateway_plugin.dispatch import InferenceCall
 from gateway_plugin.errors import (
+    BadRequest,
     DeadlineExceeded,
     DistinferError,
     NoCapacity,
@@ -153,15 +154,20 @@ async def run_parallel(svc: Services, body: ParallelRequest, request_id: str) ->
         final=True,
     )
     errors = [answer.error for answer in fanned.answers if answer.error is not None]
-    if answered == 0 and errors and len({e.status for e in errors}) == 1 and errors[0].status < 500:
-        errors[0].extra.update(facts)  # every model refused the request alike: that is the answer
-        raise errors[0]
+    if answered == 0 and errors and all(e.status < 500 for e in errors):
+        # Every model refused the request: a client error, which retrying will not mend (not a 503).
+        if len({e.status for e in errors}) == 1:
+            errors[0].extra.update(facts)  # refused alike: that is the answer
+            raise errors[0]
+        raise BadRequest(f"every model refused the request ({len(errors)} errors; see responses)", **facts)
     if not met:
         detail = f"{answered} of {len(body.models)} models answered"
         if body.min_responses is not None:
             detail += f"; the quorum is {body.min_responses}"
             detail += " agreeing" if body.aggregation == "majority_vote" else ""
-        raise (DeadlineExceeded if fanned.timed_out else NoCapacity)(detail, **facts)
+        # Out of time, whether the fan-out's own deadline ended it or each call's ran out first.
+        late = fanned.timed_out or (answered == 0 and errors and all(e.status == 504 for e in errors))
+        raise (DeadlineExceeded if late else NoCapacity)(detail, **facts)
     result = aggregate(
         body.aggregation, fanned.answers, order=body.models, weights=body.weights, output=body.output, labels=labels
     )
