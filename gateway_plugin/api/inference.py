@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from balancer.pool import UnknownStrategy
+from discovery.node import ModelInfo
 from gateway_plugin.admission import admitted
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest, InferenceResponse
@@ -45,9 +46,15 @@ def outcome_headers(outcome: Outcome, request_id: str) -> dict[str, str]:
     }
 
 
+def model_info(svc: Services, model: str) -> ModelInfo | None:
+    """What the gateway knows of `model`: a sharded model's whole signature (its nodes list only its
+    stages), else what nodes or the local copy say."""
+    return (svc.sharded.info(model) if svc.sharded else None) or svc.catalog.info(model)
+
+
 def unknown_model(svc: Services, model: str) -> UnknownModel | None:
     """A 404 for a model no node lists and no local copy has (only an online cluster can say so)."""
-    if svc.catalog.info(model) is None and svc.pool.any_online() and not svc.pool.knows(model):
+    if model_info(svc, model) is None and svc.pool.any_online() and not svc.pool.knows(model):
         return UnknownModel(f"no node and no local copy has model {model!r}")
     return None
 
@@ -57,7 +64,7 @@ def build_call(
 ) -> InferenceCall:
     """Check and convert one request before any node is called (`affinity_key`: the X-Session-ID header)."""
     # A sharded model (gateway_plugin.sharded) is described by its pipeline; the dispatcher wrapper serves it.
-    info = (services.sharded.info(body.model) if services.sharded else None) or services.catalog.info(body.model)
+    info = model_info(services, body.model)
     if info is None and not is_tensor_list(body.inputs) and (missing := unknown_model(services, body.model)):
         # A plain value cannot be read without the model's metadata: say the model is unknown, not
         # that the value is (v2 tensors go on to the dispatcher, which answers 404 and counts it).

@@ -20,13 +20,14 @@ from starlette.responses import Response
 
 from balancer.pool import UnknownStrategy
 from gateway_plugin.admission import admitted
-from gateway_plugin.api.inference import outcome_body, unknown_model
+from gateway_plugin.api.inference import model_info, outcome_body, unknown_model
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.dispatch import InferenceCall
 from gateway_plugin.errors import UnknownModel, Unprocessable, problem_body
-from gateway_plugin.inputs import to_tensors
+from gateway_plugin.inputs import check_batch_size, to_tensors
 from gateway_plugin.orchestration import PipelineRunner, Stage, StageResult, validate
 from gateway_plugin.services import Services, ServicesDependency
+from worker.engine import check_inputs
 from worker.protocol import Tensor, dumps
 
 __all__ = ["PipelineRequest", "StageRequest", "pipeline_router", "plan_pipeline", "run_pipeline"]
@@ -76,8 +77,16 @@ class PipelineRequest(BaseModel):
 def _stage(svc: Services, spec: StageRequest, request_id: str) -> Stage:
     if (missing := unknown_model(svc, spec.model)) is not None:
         raise UnknownModel(f"stage {spec.id!r}: {missing.detail}")
-    info = svc.catalog.info(spec.model)
+    info = model_info(svc, spec.model)
     tensors: list[Tensor] = [] if spec.inputs is None else to_tensors(spec.inputs, info, svc.limits)
+    if info is not None and tensors:
+        # As /inference checks its inputs, before anything runs (400, 413); the inputs a stage takes
+        # from others are checked by `validate` (422) and by their node.
+        check_batch_size(info, tensors, svc.settings.limits.max_batch_size)
+        given = {tensor.name for tensor in tensors}
+        specs = [input_spec for input_spec in info.inputs if input_spec.name in given]
+        named = {input_spec.name for input_spec in specs}
+        check_inputs(info.name, specs, [t for t in tensors if t.name in named], max_batch_size=info.max_batch_size)
     try:
         svc.pool.check_strategy(spec.strategy)
     except UnknownStrategy as exc:
@@ -126,7 +135,7 @@ def plan_pipeline(svc: Services, body: PipelineRequest, request_id: str) -> list
     if len(body.stages) > limit:
         raise Unprocessable(f"a pipeline has at most {limit} stages (DISTINFER_MAX_PIPELINE_STAGES)")
     stages = [_stage(svc, spec, request_id) for spec in body.stages]
-    validate(stages, svc.catalog.info)
+    validate(stages, lambda model: model_info(svc, model))
     return stages
 
 

@@ -143,6 +143,25 @@ async def test_sharded_model_answers_like_the_whole_model(cluster: Cluster, para
     assert body["attempts"] == chunks * (1 if parameters.get("shard_forwarding") else 2)
 
 
+async def test_batch_parallel_and_pipeline_serve_a_sharded_model(cluster: Cluster) -> None:
+    """Regression: these asked only the catalog (nodes list the stages, not `mlp`): 404 once a node was up."""
+    x = np.random.default_rng(5).standard_normal((1, 256)).astype(np.float32)
+    expected = cluster.reference(x)
+    api = "/api/v1/distributed/inference"
+    async with mounted(_sharded(cluster, [cluster.a, cluster.b])) as (client, _):
+        batch = await client.post(f"{api}/batch", json={"requests": [{"model": "mlp", "inputs": x.tolist()}]})
+        parallel = await client.post(f"{api}/parallel", json={"models": ["mlp"], "inputs": x.tolist()})
+        stages = [{"id": "whole", "model": "mlp", "inputs": x.tolist()}]
+        pipeline = await client.post(f"{api}/pipeline", json={"stages": stages})
+    assert batch.status_code == 200, batch.text
+    assert batch.json()["results"][0]["status"] == "ok", batch.text
+    assert np.max(np.abs(_rows(batch.json()["results"][0]["response"]) - expected)) <= TOLERANCE
+    assert parallel.status_code == 200, parallel.text
+    assert pipeline.status_code == 200, pipeline.text
+    assert pipeline.json()["status"] == "completed", pipeline.text
+    assert np.max(np.abs(_rows(pipeline.json()["output"]) - expected)) <= TOLERANCE
+
+
 async def test_concurrent_callers_get_their_own_rows_back(cluster: Cluster) -> None:
     rng = np.random.default_rng(2)
     batches = [rng.standard_normal((5, 256)).astype(np.float32) for _ in range(8)]
