@@ -23,6 +23,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
 from gateway_plugin.admission import admitted
+from gateway_plugin.api.disconnect import unless_disconnected
 from gateway_plugin.api.inference import SESSION_HEADER, build_call, outcome_body, unknown_model
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest
@@ -181,7 +182,7 @@ def batch_router(services: ServicesDependency, route_class: type[ProblemRoute] =
                 headers={"X-Request-ID": batch_id},
             )
         with admitted(svc.admission):
-            answer = await run_batch(svc, body, batch_id, session)
+            answer = await unless_disconnected(request, run_batch(svc, body, batch_id, session))
         return Response(dumps(answer), media_type="application/json", headers={"X-Request-ID": batch_id})
 
     return router

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response
 
 from gateway_plugin.admission import admitted
+from gateway_plugin.api.disconnect import unless_disconnected
 from gateway_plugin.api.inference import build_call, outcome_body, unknown_model
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest
@@ -198,7 +199,7 @@ def parallel_router(services: ServicesDependency, route_class: type[ProblemRoute
     ) -> Response:
         request_id = request_id_of(request)
         with admitted(svc.admission):
-            answer = await run_parallel(svc, body, request_id)
+            answer = await unless_disconnected(request, run_parallel(svc, body, request_id))
         return Response(dumps(answer), media_type="application/json", headers={"X-Request-ID": request_id})
 
     return router

@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from balancer.pool import UnknownStrategy
 from gateway_plugin.admission import admitted
+from gateway_plugin.api.disconnect import unless_disconnected
 from gateway_plugin.api.inference import model_info, outcome_body, unknown_model
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.dispatch import InferenceCall
@@ -169,7 +170,7 @@ def pipeline_router(services: ServicesDependency, route_class: type[ProblemRoute
     ) -> Response:
         request_id = request_id_of(request)
         with admitted(svc.admission):
-            answer = await run_pipeline(svc, body, request_id)
+            answer = await unless_disconnected(request, run_pipeline(svc, body, request_id))
         return Response(dumps(answer), media_type="application/json", headers={"X-Request-ID": request_id})
 
     return router

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from gateway_plugin.processes import ServerProcess, start_gateway
+from tests.integration.orchestration_helpers import SLOW_MODEL, set_latency, slow_node_fixture
 
 
 def _send_half_a_body(url: str, path: str) -> None:
@@ -47,3 +51,49 @@ def test_node_does_not_treat_a_vanished_client_as_its_own_error(two_nodes: list[
     node = two_nodes[1]
     _send_half_a_body(node.url, "/v2/models/digits/infer")
     assert "Traceback" not in _wait_quiet(node)
+
+
+@pytest.fixture(scope="module")
+def slow_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from slow_node_fixture(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def slow_gateway(slow_node: ServerProcess) -> Iterator[ServerProcess]:
+    process = start_gateway({"DISTINFER_NODES": slow_node.url, "DISTINFER_AUTH_DISABLED": "true"})
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize("route", ["batch", "parallel", "pipeline"])
+def test_a_client_that_leaves_cancels_its_orchestrated_calls(
+    slow_node: ServerProcess, slow_gateway: ServerProcess, route: str
+) -> None:
+    """Regression: Starlette keeps a handler running after its client left; a batch, fan-out or
+    pipeline ran all its node calls to the end (minutes of cluster work and an admission place)."""
+    set_latency(slow_node, 10_000)
+    one = {"model": SLOW_MODEL, "inputs": [[0.0] * 8] * 8, "timeout_ms": 30_000}
+    bodies: dict[str, Any] = {
+        "batch": {"requests": [one] * 4, "max_concurrency": 4, "coalesce": False},
+        "parallel": {"models": [SLOW_MODEL], "inputs": one["inputs"], "timeout_ms": 30_000},
+        "pipeline": {"stages": [{"id": "a", **one}, {"id": "b", **one, "depends_on": ["a"]}]},
+    }
+    try:
+        api = f"{slow_gateway.url}/api/v1/distributed"
+        with httpx.Client(timeout=10) as client:
+            assert client.get(f"{api}/health/ready").status_code == 200
+            with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+                client.post(f"{api}/inference/{route}", json=bodies[route], timeout=1.0)
+            left = time.monotonic()
+            while _in_flight(client, api) and time.monotonic() - left < 5:
+                time.sleep(0.1)
+            assert _in_flight(client, api) == 0  # cancelled: not after the node's 10 s
+    finally:
+        set_latency(slow_node, 0)
+
+
+def _in_flight(client: httpx.Client, api: str) -> int:
+    return sum(node["in_flight"] for node in client.get(f"{api}/nodes").json())
