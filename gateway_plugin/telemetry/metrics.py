@@ -94,14 +94,22 @@ class _LiveCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         up, busy, breaker, trust = _live_families()
+        # Nodes past the label budget share the label `other`: one sample per label, or the
+        # exposition would repeat a series (Prometheus drops such samples). Shared: up if any is,
+        # in-flight summed, nodes counted per breaker state, the lowest trust.
+        by_label: dict[str, list[LiveNode]] = {}
         for node in self._nodes():
-            up.add_metric([node.node_id], 1.0 if node.up else 0.0)
-            busy.add_metric([node.node_id], node.in_flight)
-            if node.breaker is not None:
+            by_label.setdefault(node.node_id, []).append(node)
+        for label, nodes in by_label.items():
+            up.add_metric([label], 1.0 if any(node.up for node in nodes) else 0.0)
+            busy.add_metric([label], sum(node.in_flight for node in nodes))
+            states = [node.breaker for node in nodes if node.breaker is not None]
+            if states:
                 for state in BREAKER_STATES:
-                    breaker.add_metric([node.node_id, state], 1.0 if node.breaker == state else 0.0)
-            if node.trust is not None:
-                trust.add_metric([node.node_id], node.trust)
+                    breaker.add_metric([label, state], float(states.count(state)))
+            trusts = [node.trust for node in nodes if node.trust is not None]
+            if trusts:
+                trust.add_metric([label], min(trusts))
         yield from (up, busy, breaker, trust)
         panic = _panic_family()
         for model, active in self._panic():
