@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -79,9 +80,13 @@ class FeatureFlags:
         except Exception:  # a provider's failure must not take requests down: fall back to local values
             log.exception("flag provider failed; using the local flag values")
             return FlagState(local.enabled, local.rollout_percent, local.mode)
+        share = float(percent)
+        if math.isnan(share):  # min/max keep a NaN: nobody would be in the rollout, and GET /flags says null
+            log.warning("flag provider gave a NaN rollout percent; using the local value")
+            share = local.rollout_percent
         return FlagState(
             enabled=bool(enabled),
-            rollout_percent=min(max(float(percent), 0.0), 100.0),
+            rollout_percent=min(max(share, 0.0), 100.0),
             mode="shadow" if mode == "shadow" else "serve",
             source="provider",
         )

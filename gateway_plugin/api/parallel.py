@@ -63,7 +63,10 @@ class ParallelRequest(BaseModel):
     models: list[Annotated[str, Field(min_length=1, max_length=128, pattern=_MODEL)]] = Field(min_length=1)
     inputs: Any
     aggregation: Aggregation = "all"
-    weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default={}, description="per model; default 1")
+    # Finite and bounded: weights of 1e308 summed to inf, and the average came out NaN.
+    weights: dict[str, Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]] = Field(
+        default={}, description="per model; default 1"
+    )
     min_responses: int | None = Field(default=None, ge=1, description="quorum: answer once k answered (votes: agree)")
     timeout_ms: int | None = Field(default=None, gt=0, description="deadline for the whole fan-out")
     output: str | None = Field(default=None, description="output tensor that votes and ensembles read (default first)")

@@ -6,7 +6,9 @@ import asyncio
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
+from gateway_plugin.api.parallel import ParallelRequest
 from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.errors import NoCapacity, Unprocessable
 from gateway_plugin.orchestration import Answer, aggregate, fan_out
@@ -135,3 +137,11 @@ async def test_fan_out_stops_at_the_quorum_and_cancels_stragglers() -> None:
     fanned = await fan_out(infer, ["slow"], {"slow": calls["slow"]}, {}, reached=lambda a: False, timeout_s=0.05)
     assert fanned.timed_out
     assert fanned.answers[0].status == "error"
+
+
+@pytest.mark.parametrize("weight", [float("inf"), float("nan"), 1e308, -1.0])
+def test_weights_are_finite_and_bounded(weight: float) -> None:
+    """Regression: two weights of 1e308 summed to inf: the weighted average came out NaN."""
+    with pytest.raises(ValidationError):
+        ParallelRequest.model_validate({"models": ["a", "b"], "inputs": [1.0], "weights": {"a": weight, "b": 1.0}})
+    ParallelRequest.model_validate({"models": ["a", "b"], "inputs": [1.0], "weights": {"a": 1e6, "b": 0.0}})

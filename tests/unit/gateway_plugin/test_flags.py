@@ -72,3 +72,17 @@ def test_a_failing_provider_falls_back_to_local_values(caplog: pytest.LogCapture
     state = flags.current()
     assert (state.enabled, state.rollout_percent, state.source) == (True, 40, "settings")
     assert "flag provider failed" in caplog.text
+
+
+class _NotANumber(_Broken):
+    def get_boolean_value(self, flag_key: str, default_value: bool) -> bool:
+        return True
+
+    def get_float_value(self, flag_key: str, default_value: float) -> float:
+        return float("nan")
+
+
+def test_a_nan_rollout_percent_from_a_provider_keeps_the_local_value() -> None:
+    """Regression: clamping kept the NaN: nobody was in the rollout and GET /flags said null."""
+    state = FeatureFlags(FlagSettings(rollout_percent=40), _NotANumber()).current()
+    assert (state.enabled, state.rollout_percent, state.source) == (True, 40.0, "provider")
