@@ -9,6 +9,7 @@ import time: `Settings()` reads when it is called.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -307,17 +308,18 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
 class _ContractEnvironment(PydanticBaseSettingsSource):
     """Reads the contract's flat names from the environment (first) and `.env` (second)."""
 
-    def __init__(self, settings_cls: type[BaseSettings], env_file: Path | None) -> None:
+    def __init__(self, settings_cls: type[BaseSettings], env_files: Sequence[Path]) -> None:
         super().__init__(settings_cls)
-        self._env_file = env_file
+        self._env_files = env_files
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False  # everything is done in __call__
 
     def __call__(self) -> dict[str, Any]:
         found: dict[str, str | None] = {}
-        if self._env_file is not None and self._env_file.is_file():
-            found.update(dotenv_values(self._env_file))
+        for env_file in self._env_files:  # later files win, as in pydantic-settings
+            if env_file.is_file():
+                found.update(dotenv_values(env_file))
         found.update({name: value for name, value in os.environ.items() if name in ENVIRONMENT})
         sections: dict[str, dict[str, Any]] = {}
         for name, (section, key) in ENVIRONMENT.items():
@@ -330,7 +332,7 @@ class _ContractEnvironment(PydanticBaseSettingsSource):
 class Settings(BaseSettings):
     """Everything the plugin needs, built once by the caller (or `from_env`) and passed down."""
 
-    model_config = SettingsConfigDict(extra="forbid", validate_assignment=True)
+    model_config = SettingsConfigDict(extra="forbid", validate_assignment=True, env_file=".env")
 
     flags: FlagSettings = FlagSettings()
     api: ApiSettings = ApiSettings()
@@ -356,4 +358,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, _ContractEnvironment(settings_cls, Path(".env"))
+        # `.env` unless the caller names other files (`Settings(_env_file="prod.env")`) or none (`None`).
+        return init_settings, _ContractEnvironment(settings_cls, _env_files(getattr(dotenv_settings, "env_file", None)))
+
+
+def _env_files(given: object) -> list[Path]:
+    if given is None:
+        return []
+    if isinstance(given, str | os.PathLike):
+        return [Path(given)]
+    return [Path(item) for item in given]  # type: ignore[attr-defined]

@@ -168,3 +168,17 @@ def test_the_gateway_command_names_a_bad_setting_instead_of_a_traceback(
     error = capsys.readouterr().err
     assert error.startswith("distinfer gateway: invalid settings: discovery.nodes:")
     assert "port 1-65535" in error
+
+
+def test_the_env_file_is_the_callers_choice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Regression: `.env` in the working directory was always read: `_env_file` named another file
+    in vain, and `_env_file=None` still read `.env`."""
+    monkeypatch.chdir(tmp_path)
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / ".env").write_text("DISTINFER_MAX_ATTEMPTS=7\n")
+    (tmp_path / "prod.env").write_text("DISTINFER_MAX_ATTEMPTS=2\n")
+    assert Settings().balancer.max_attempts == 7  # the default: ./.env
+    assert Settings(_env_file="prod.env").balancer.max_attempts == 2  # type: ignore[call-arg]
+    assert Settings(_env_file=None).balancer.max_attempts == 3  # type: ignore[call-arg]  # none: the code's default
+    assert Settings(_env_file=(".env", "prod.env")).balancer.max_attempts == 2  # type: ignore[call-arg]  # later wins
