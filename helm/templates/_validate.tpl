@@ -16,4 +16,7 @@
 {{- if and (eq .Values.tasks.store "redis") (not .Values.tasks.redisUrl) (not .Values.tasks.redisUrlSecret.name) -}}
 {{- fail "tasks.store=redis needs tasks.redisUrl or tasks.redisUrlSecret.name" -}}
 {{- end -}}
+{{- if hasKey .Values.gateway.settings "DISTINFER_METRICS_PATH" -}}
+{{- fail "set metrics.path, not gateway.settings.DISTINFER_METRICS_PATH: the ServiceMonitor scrapes metrics.path" -}}
+{{- end -}}
 {{- end -}}

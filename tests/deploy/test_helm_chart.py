@@ -337,19 +337,38 @@ def test_autoscaling_variant_scales_both_workloads_by_cpu(rendered: dict[str, Re
     assert hpas[NODE]["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
 
 
+def _scraped(out: Rendered) -> dict[str, str]:
+    """Service name -> the path a ServiceMonitor scrapes it on."""
+    paths: dict[str, str] = {}
+    for monitor in out.of_kind("ServiceMonitor"):
+        assert monitor.doc["apiVersion"] == "monitoring.coreos.com/v1"
+        selector = monitor.doc["spec"]["selector"]["matchLabels"]
+        [endpoint] = monitor.doc["spec"]["endpoints"]
+        for service in out.of_kind("Service"):
+            if selector.items() <= service.doc["metadata"]["labels"].items():
+                assert service.name not in paths, f"{service.name} scraped twice"
+                assert endpoint["port"] in [port["name"] for port in service.doc["spec"]["ports"]]
+                paths[service.name] = endpoint["path"]
+    return paths
+
+
 def test_the_service_monitor_scrapes_the_gateway_and_every_node(rendered: dict[str, Rendered]) -> None:
     out = rendered["everything"]
-    monitor = out.one("ServiceMonitor")
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert monitor["metadata"]["labels"]["release"] == "prometheus"
-    selector = monitor["spec"]["selector"]["matchLabels"]
-    scraped = {m.name for m in out.of_kind("Service") if selector.items() <= m.doc["metadata"]["labels"].items()}
-    assert scraped == {GATEWAY, HEADLESS}  # not the node ClusterIP Service too: that would scrape twice
-    [endpoint] = monitor["spec"]["endpoints"]
-    assert endpoint["path"] == "/metrics"
-    for name in scraped:
-        assert endpoint["port"] in [port["name"] for port in out.one("Service", name)["spec"]["ports"]]
+    assert all(m.doc["metadata"]["labels"]["release"] == "prometheus" for m in out.of_kind("ServiceMonitor"))
+    # Not the node ClusterIP Service too: that would scrape every node twice.
+    assert _scraped(out) == {GATEWAY: "/metrics", HEADLESS: "/metrics"}
+    assert out.gateway_environment()["DISTINFER_METRICS_PATH"] == "/metrics"
     assert rendered["default"].of_kind("ServiceMonitor") == []
+
+
+def test_metrics_path_moves_the_gateways_metrics_and_its_scrape_not_the_nodes() -> None:
+    """Regression: metrics.path reached only the ServiceMonitor (the gateway kept /metrics), and the
+    one endpoint scraped the nodes on it too (they serve /metrics): every target was a 404."""
+    out = render({**VARIANTS["everything"], "metrics": {"path": "/prom", "serviceMonitor": {"enabled": True}}})
+    assert _scraped(out) == {GATEWAY: "/prom", HEADLESS: "/metrics"}
+    assert out.gateway_environment()["DISTINFER_METRICS_PATH"] == "/prom"
+    with pytest.raises(helm.HelmError, match="set metrics.path"):
+        render({"gateway": {"settings": {"DISTINFER_METRICS_PATH": "/other"}}})
 
 
 def test_own_gateway_image_nodes_file_and_model_volume(rendered: dict[str, Rendered]) -> None:
