@@ -315,6 +315,7 @@ class DistributedInference:
                     max_attempts=settings.balancer.max_attempts,
                     local=local,
                     max_new_tokens=settings.limits.max_new_tokens,
+                    observer=self.telemetry.observer,
                 ),
                 admission=InflightLimiter(settings.limits.max_inflight),
                 tasks=task_service,

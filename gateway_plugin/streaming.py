@@ -24,6 +24,7 @@ import anyio.lowlevel
 from balancer.pool import Lease, NodePool
 from gateway_plugin.errors import DeadlineExceeded, NoCapacity, UnknownModel, from_worker
 from gateway_plugin.local import LocalInference
+from gateway_plugin.telemetry.observer import NO_OBSERVER, DispatchObserver
 from worker.client import NodeClient
 from worker.errors import NodeCallError, NodeServerError, NodeUnreachable, WorkerError
 from worker.generate import GenerateParams
@@ -150,8 +151,10 @@ class StreamRelay:
         local: LocalInference | None = None,
         max_new_tokens: int = 1024,
         clock: Callable[[], float] = time.monotonic,
+        observer: DispatchObserver = NO_OBSERVER,
     ) -> None:
         self._pool = pool
+        self._observer = observer  # the dispatcher's: metrics, spans, stats and trace context, up to the first token
         self._client = client
         self._max_attempts = max_attempts
         self._connect_timeout_s = connect_timeout_s
@@ -170,8 +173,15 @@ class StreamRelay:
 
     async def open(self, call: StreamCall) -> TokenStream:
         params = self.check(call)
-        deadline = self._clock() + call.timeout_s
         strategy = self._pool.check_strategy(call.strategy)
+        # Seen as one logical call whose attempts end at the first token (what is picked and retried).
+        with self._observer.dispatch(call.model, call.request_id, strategy) as seen:
+            stream = await self._open(call, params, strategy)
+            seen.finished(stream.node_id, stream.mode, stream.attempts)
+        return stream
+
+    async def _open(self, call: StreamCall, params: GenerateParams, strategy: str) -> TokenStream:
+        deadline = self._clock() + call.timeout_s
         payload = {"text_input": params.prompt, "parameters": dict(call.parameters), "id": call.request_id}
         tried: set[str] = set()
         attempts = 0
@@ -187,21 +197,23 @@ class StreamRelay:
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     raise DeadlineExceeded(f"deadline of {call.timeout_s * 1000:.0f} ms spent before the stream began")
-                events = await stack.enter_async_context(
-                    self._client.generate_stream(
-                        lease.node.url,
-                        call.model,
-                        payload,
-                        connect_timeout_s=min(self._connect_timeout_s, remaining),
-                        idle_timeout_s=remaining,
-                        request_id=call.request_id,
+                with self._observer.attempt(call.model, lease.node.node_id, attempts) as observed:
+                    events = await stack.enter_async_context(
+                        self._client.generate_stream(
+                            lease.node.url,
+                            call.model,
+                            payload,
+                            connect_timeout_s=min(self._connect_timeout_s, remaining),
+                            idle_timeout_s=remaining,
+                            request_id=call.request_id,
+                            headers=observed.headers,
+                        )
                     )
-                )
-                async with asyncio.timeout(remaining):
-                    first = await anext(events, None)
-                if first is None:
-                    raise NodeServerError("the stream ended before its first event", node_url=lease.node.url)
-                _item(first, lease.node.node_id)  # an error event before any token counts as a failed attempt
+                    async with asyncio.timeout(remaining):
+                        first = await anext(events, None)
+                    if first is None:
+                        raise NodeServerError("the stream ended before its first event", node_url=lease.node.url)
+                    _item(first, lease.node.node_id)  # an error event before any token counts as a failed attempt
             except TimeoutError as exc:
                 await _abandon(stack, lease, error=None)
                 raise DeadlineExceeded(f"no first token within {call.timeout_s * 1000:.0f} ms") from exc

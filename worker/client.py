@@ -249,9 +249,13 @@ class NodeClient:
         connect_timeout_s: float,
         idle_timeout_s: float,
         request_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]:
-        """`POST /v2/models/{m}/generate_stream`: a context whose value iterates the node's events."""
-        headers = {**self._auth, **({"X-Request-ID": request_id} if request_id else {})}
+        """`POST /v2/models/{m}/generate_stream`: a context whose value iterates the node's events.
+
+        `headers`: the attempt's own (trace context, request id), as for `infer`.
+        """
+        headers = {**self._auth, **({"X-Request-ID": request_id} if request_id else {}), **(headers or {})}
         return open_generate_stream(
             self._session,
             f"{base_url}/v2/models/{model}/generate_stream",

@@ -367,7 +367,7 @@ def test_metrics_path_moves_the_gateways_metrics_and_its_scrape_not_the_nodes() 
     out = render({**VARIANTS["everything"], "metrics": {"path": "/prom", "serviceMonitor": {"enabled": True}}})
     assert _scraped(out) == {GATEWAY: "/prom", HEADLESS: "/metrics"}
     assert out.gateway_environment()["DISTINFER_METRICS_PATH"] == "/prom"
-    with pytest.raises(helm.HelmError, match="set metrics.path"):
+    with pytest.raises(helm.HelmError, match=re.escape("set metrics.path")):
         render({"gateway": {"settings": {"DISTINFER_METRICS_PATH": "/other"}}})
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import AsyncIterator
 from types import MappingProxyType
 from typing import Any
 
@@ -23,6 +25,7 @@ from discovery.node import ModelInfo, NodeSpec, NodeStatus
 from discovery.registry import NodeRegistry
 from gateway_plugin.dispatch import Dispatcher, InferenceCall
 from gateway_plugin.errors import BadRequest, NoCapacity, UnknownModel
+from gateway_plugin.streaming import StreamCall, StreamRelay
 from gateway_plugin.telemetry import Telemetry
 from gateway_plugin.telemetry.metrics import OTHER, LabelBudget
 from gateway_plugin.telemetry.recorder import RECORD, RequestRecord, after_response, defer_bookkeeping
@@ -201,6 +204,52 @@ async def test_a_hedges_cancelled_loser_is_not_held_against_its_node() -> None:
     cancelled = [span for span in spans if (span.attributes or {}).get("distinfer.outcome") == "cancelled"]
     assert len(cancelled) == 1
     assert cancelled[0].status.status_code is StatusCode.UNSET
+
+
+class StreamingClient:
+    """`generate_stream` on no network: two tokens and the end, and the headers each stream carried."""
+
+    def __init__(self) -> None:
+        self.headers: list[dict[str, str]] = []
+
+    @contextlib.asynccontextmanager
+    async def generate_stream(
+        self, url: str, model: str, payload: Any, *, headers: Any = None, **_: Any
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        self.headers.append(dict(headers or {}))
+
+        async def events() -> AsyncIterator[dict[str, Any]]:
+            for index in range(2):
+                yield {"model_name": model, "text_output": "a", "index": index}
+            yield {"model_name": model, "text_output": "", "finish_reason": "length", "tokens": 2}
+
+        yield events()
+
+
+async def test_a_stream_is_observed_like_a_call_and_carries_the_trace_context() -> None:
+    """Regression: streams went around the observer: no traceparent reached the node, no attempt span,
+    nothing in requests_total, attempts_total or /stats."""
+    telemetry, dispatcher, _, _, exporter = _setup()
+    client = StreamingClient()
+    relay = StreamRelay(dispatcher._pool, client, max_attempts=2, observer=telemetry.observer)  # type: ignore[arg-type]
+    caller = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    token = otel_context.attach(TraceContextTextMapPropagator().extract(caller))
+    try:
+        stream = await relay.open(StreamCall("m", "ab", {"max_tokens": 2}, "req-s", 5.0))
+    finally:
+        otel_context.detach(token)
+    items = [item async for item in stream.items()]
+    await stream.aclose()
+    assert len(items) == 3
+    [sent] = client.headers
+    assert sent["X-Request-ID"] == "req-s"
+    assert sent["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"  # the caller's trace
+    node = stream.node_id or ""
+    ok = {"model": "m", "node": node, "outcome": "ok", "mode": "distributed"}
+    assert _value(telemetry, "distinfer_gateway_requests_total", **ok) == 1
+    assert _value(telemetry, "distinfer_gateway_attempts_total", node=node, outcome="ok") == 1
+    assert telemetry.stats.node(node).samples == 1
+    assert "node attempt" in [span.name for span in exporter.get_finished_spans()]
 
 
 async def test_the_request_record_learns_upstream_timing_and_routing() -> None:
