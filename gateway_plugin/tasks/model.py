@@ -68,6 +68,9 @@ class TaskRecord:
     # Starts a stopping gateway gave back (SIGTERM, a rolling update): not the task's fault, so not
     # counted towards MAX_ATTEMPTS. Internal: the API shows `attempts`.
     handovers: int = 0
+    # The submitter's trace context (W3C traceparent/tracestate), so the task's spans and node calls
+    # join the trace of the request that queued it. Internal: not in the API view.
+    trace: dict[str, str] | None = None
     started_at: float | None = None
     finished_at: float | None = None
     result: dict[str, Any] | None = None

@@ -156,6 +156,8 @@ class RedisTaskStore:
             "status": record.status.value,
             "attempts": str(record.attempts),
         }
+        if record.trace:
+            fields["trace"] = _dump(record.trace)
         flat = [item for pair in fields.items() for item in pair]
         keys = [self._pending_key, self._index_key, self._key(record.task_id), self._depth_key]
         args: list[str | int] = [max_pending, repr(record.score), repr(record.created_at), record.task_id]
@@ -182,6 +184,7 @@ class RedisTaskStore:
             status=TaskStatus(raw["status"]),
             attempts=int(raw.get("attempts", "0")),
             handovers=int(raw.get("handovers", "0")),
+            trace=_load(raw.get("trace")),
             started_at=_float(raw.get("started_at")),
             finished_at=_float(raw.get("finished_at")),
             result=_load(raw.get("result")),

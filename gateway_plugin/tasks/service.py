@@ -19,6 +19,9 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
 from gateway_plugin.errors import DistinferError, NoCapacity, NotFound, problem_body
 from gateway_plugin.settings import TaskSettings
 from gateway_plugin.tasks.model import Caller, TaskRecord, TaskStatus
@@ -28,6 +31,16 @@ from gateway_plugin.tasks.store import TaskStore
 __all__ = ["MAX_ATTEMPTS", "TaskRunner", "TaskService", "TaskStoreUnavailable", "UnknownTask"]
 
 log = logging.getLogger(__name__)
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def _trace_context() -> dict[str, str] | None:
+    """The current trace context as W3C headers (the submitting request's), None outside any trace."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier or None
+
 
 # A task that keeps taking its gateway down is given up after this many starts; starts a stopping
 # gateway handed back (a rolling update) do not count.
@@ -96,6 +109,7 @@ class TaskService:
             owner=caller.subject,
             created_at=now,
             score=self.queue.score(priority, now),
+            trace=_trace_context(),
         )
         async with _store_errors():
             await self.queue.push(record)
@@ -170,9 +184,15 @@ class TaskService:
             error = DistinferError(f"given up after {MAX_ATTEMPTS} attempts that did not finish")
             await self._finish(record, TaskStatus.ERROR, error=problem_body(error, record.task_id))
             return
-        if self._on_start is not None:
-            self._on_start(record.priority, max(0.0, (record.started_at or self._clock()) - record.created_at))
-        task = asyncio.create_task(self._runner(record.kind, record.request, record.task_id))
+        # In the submitter's trace: the queue-wait span, and the runner's (a task copies the context).
+        token = otel_context.attach(_PROPAGATOR.extract(record.trace)) if record.trace else None
+        try:
+            if self._on_start is not None:
+                self._on_start(record.priority, max(0.0, (record.started_at or self._clock()) - record.created_at))
+            task = asyncio.create_task(self._runner(record.kind, record.request, record.task_id))
+        finally:
+            if token is not None:
+                otel_context.detach(token)
         self._running[record.task_id] = task
         try:
             # asyncio.wait, not await: a user's cancel ends `task`, a shutdown ends this worker.

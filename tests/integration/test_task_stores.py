@@ -137,3 +137,16 @@ async def test_the_redis_index_forgets_expired_tasks_as_fast_as_they_come(tmp_pa
         forgotten = await store._prune_index()
         remaining = await store._redis.zcard(store._index_key)  # type: ignore[misc]
     assert (forgotten, remaining) == (1500, 1)
+
+
+async def test_the_submitters_trace_context_travels_with_the_task(store: TaskStore) -> None:
+    record = _record("traced", "normal", 100.0)
+    record.trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    assert await store.add(record, max_pending=10)
+    assert await store.add(_record("plain", "normal", 101.0), max_pending=10)
+    claimed = await store.claim(now=102.0, lease_until=200.0, worker="w")
+    assert claimed is not None
+    assert (claimed.task_id, claimed.trace) == ("traced", record.trace)
+    plain = await store.get("plain")
+    assert plain is not None
+    assert plain.trace is None

@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry import context as otel_context
+from opentelemetry.trace import get_current_span
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import ValidationError
 
 from gateway_plugin.errors import BadRequest
@@ -251,6 +254,38 @@ async def test_a_task_whose_starts_never_finished_is_given_up(starts: int, hando
     else:
         assert finished.status is TaskStatus.COMPLETED
     assert finished.attempts == starts + 1
+
+
+async def test_a_task_runs_in_the_trace_of_the_request_that_queued_it() -> None:
+    """Regression: the queue-wait span, the dispatch span and the node calls each began a new trace."""
+    caller_trace = "0af7651916cd43dd8448eb211c80319c"
+    seen: dict[str, str | None] = {}
+
+    class TracedRunner(Runner):
+        async def __call__(self, kind: str, request: dict[str, Any], task_id: str) -> dict[str, Any]:
+            seen["runner"] = _trace_id()
+            return await super().__call__(kind, request, task_id)
+
+    def on_start(priority: str, waited_s: float) -> None:
+        seen["queue wait"] = _trace_id()
+
+    store = MemoryTaskStore(max_tasks=100, ttl_s=60)
+    service = TaskService(store, TracedRunner(), TaskSettings(workers=1), poll_s=0.01, on_start=on_start)
+    carrier = {"traceparent": f"00-{caller_trace}-b7ad6b7169203331-01"}
+    token = otel_context.attach(TraceContextTextMapPropagator().extract(carrier))
+    try:
+        task = await service.submit("inference", {"name": "ok"}, "normal", ME)
+    finally:
+        otel_context.detach(token)
+    async with running(service):  # workers start outside any trace, as in the lifespan
+        await _until(service, task.task_id, TaskStatus.COMPLETED, ME)
+    assert seen == {"queue wait": caller_trace, "runner": caller_trace}
+    assert "trace" not in (await service.get(task.task_id, ME)).public()
+
+
+def _trace_id() -> str | None:
+    context = get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
 
 
 def test_task_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
