@@ -142,6 +142,9 @@ BAD_VALUES = {
     "rollout percent": {"gateway": {"settings": {"DISTRIBUTED_INFERENCE_ROLLOUT_PERCENT": 150}}},
     "max attempts": {"gateway": {"settings": {"DISTINFER_MAX_ATTEMPTS": 0}}},
     "unknown setting name": {"gateway": {"settings": {"MAX_ATTEMPTS": 2}}},
+    # Regression: any DISTINFER_* name passed, so a typo was rendered and silently ignored.
+    "misspelt setting name": {"gateway": {"settings": {"DISTINFER_MAX_ATTEMPT": 2}}},
+    "a setting settings.py has no name for": {"gateway": {"settings": {"DISTINFER_HEDGE": "true"}}},
     "negative replicas": {"nodes": {"replicas": -1}},
     "task store": {"tasks": {"store": "postgres"}},
     "port": {"gateway": {"port": 70000}},
@@ -412,6 +415,14 @@ def test_every_setting_is_wired_into_the_gateway(rendered: dict[str, Rendered]) 
     missing = {name: SAMPLES.get(name, "1") for name in sorted(wanted - set(wired))}
     passed = render({"gateway": {"settings": missing}}).gateway_environment()
     assert [name for name, value in missing.items() if passed.get(name) != value] == []
+
+
+def test_the_schema_knows_exactly_the_names_settings_py_reads() -> None:
+    """`gateway.settings` takes the names of the settings table (and OTEL_*), no others: a typo fails
+    the install. A new setting must be added here too, or the chart could not pass it."""
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    names = schema["properties"]["gateway"]["properties"]["settings"]["propertyNames"]["allOf"][1]["anyOf"][1]
+    assert sorted(names["enum"]) == sorted(ENVIRONMENT)
 
 
 def test_keys_and_chart_computed_names_are_refused_as_plain_settings() -> None:
