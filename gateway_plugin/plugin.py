@@ -294,7 +294,9 @@ class DistributedInference:
                 async with asyncio.timeout(settings.balancer.probe_timeout_s * 3):
                     await prober.probe_all()
             task_settings = settings.tasks
-            task_store = open_store(task_settings.store, max_tasks=task_settings.max_tasks, ttl_s=task_settings.ttl_s)
+            task_store = open_store(
+                task_settings.store.get_secret_value(), max_tasks=task_settings.max_tasks, ttl_s=task_settings.ttl_s
+            )
             stack.push_async_callback(task_store.close)
             task_service = TaskService(
                 task_store, task_runner(self.services), task_settings, on_start=self.telemetry.observer.queued

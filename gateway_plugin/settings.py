@@ -165,13 +165,23 @@ class OrchestrationSettings(_Section):
 class TaskSettings(_Section):
     """Asynchronous tasks: the priority queue, its workers and the store (memory, or a shared Redis)."""
 
-    store: str = Field(default="memory", pattern=r"^(memory|(redis|rediss|unix)://.*)$")
+    # A secret: a Redis URL may carry a password (repr, logs and validation errors must not show it).
+    store: SecretStr = SecretStr("memory")
     queue_size: int = Field(default=1000, ge=1)  # pending tasks before 429
     workers: int = Field(default=4, ge=0, le=256)  # tasks run at once by this gateway (0: submit only)
     aging_s: float = Field(default=30.0, gt=0)  # a task waiting this long moves up one priority
     ttl_s: float = Field(default=3600.0, gt=0)  # finished tasks and their results are kept this long
     max_tasks: int = Field(default=10_000, ge=1)  # memory store: records kept at most
     lease_s: float = Field(default=30.0, gt=0)  # redis: a running task whose gateway stops renewing is requeued
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if url != "memory" and not url.startswith(("redis://", "rediss://", "unix://")):
+            scheme = url.split("://", 1)[0][:16] if "://" in url else "(none)"
+            raise ValueError(f"must be 'memory' or a redis://, rediss:// or unix:// URL, not scheme {scheme!r}")
+        return value
 
 
 class AuthSettings(_Section):
@@ -334,7 +344,11 @@ class _ContractEnvironment(PydanticBaseSettingsSource):
 class Settings(BaseSettings):
     """Everything the plugin needs, built once by the caller (or `from_env`) and passed down."""
 
-    model_config = SettingsConfigDict(extra="forbid", validate_assignment=True, env_file=".env")
+    # Errors name the setting and the problem, never the value given: it may be a key, a token or a
+    # URL with a password (the task store's).
+    model_config = SettingsConfigDict(
+        extra="forbid", validate_assignment=True, env_file=".env", hide_input_in_errors=True
+    )
 
     flags: FlagSettings = FlagSettings()
     api: ApiSettings = ApiSettings()

@@ -298,7 +298,8 @@ def test_task_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("DISTINFER_MAX_INFLIGHT", "7")
     monkeypatch.setenv("DISTINFER_BATCH_COALESCE", "false")
     settings = Settings()
-    assert (settings.tasks.store, settings.tasks.workers, settings.tasks.aging_s) == ("redis://cache:6379/2", 0, 2.5)
+    tasks = settings.tasks
+    assert (tasks.store.get_secret_value(), tasks.workers, tasks.aging_s) == ("redis://cache:6379/2", 0, 2.5)
     assert settings.limits.max_inflight == 7
     assert settings.orchestration.coalesce is False
     assert isinstance(open_store("memory", max_tasks=10, ttl_s=1), MemoryTaskStore)
@@ -331,3 +332,20 @@ async def test_workers_stop_even_when_the_store_swallows_the_cancel() -> None:
         stopped, _ = await asyncio.wait({task}, timeout=2)
         assert task in stopped
     assert (await service.get(queued.task_id, ME)).status in (TaskStatus.PENDING, TaskStatus.COMPLETED)
+
+
+def test_a_task_store_url_with_a_password_is_never_shown(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Regression: the Redis URL was a plain string: its password showed in repr(Settings()) and in
+    the ValidationError of a bad value."""
+    monkeypatch.chdir(tmp_path)
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DISTINFER_TASK_STORE", "redis://:hunter2@cache:6379/0")
+    settings = Settings()
+    assert "hunter2" not in repr(settings)
+    assert settings.tasks.store.get_secret_value() == "redis://:hunter2@cache:6379/0"
+    monkeypatch.setenv("DISTINFER_TASK_STORE", "postgres://user:hunter2@db/tasks")
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    assert "hunter2" not in str(refused.value)
+    assert "'postgres'" in str(refused.value)
