@@ -122,10 +122,15 @@ def _run_gateway(args: argparse.Namespace) -> int:
     # The standalone gateway exists to serve the cluster: on unless the operator says otherwise.
     if "ENABLE_DISTRIBUTED_INFERENCE" not in os.environ:
         settings.flags.enabled = True
+    from balancer.pool import UnknownStrategy
     from gateway_plugin.auth_cli import announce_dev_token
 
+    try:
+        app = create_gateway_app(settings, fast_lane=args.fast_lane)
+    except UnknownStrategy as exc:  # DISTINFER_STRATEGY names none of the balancer's strategies
+        print(f"distinfer gateway: invalid settings: DISTINFER_STRATEGY: {exc}", file=sys.stderr)
+        return 2
     announce_dev_token(settings)  # auth stays on: with no key set, a run-only key and a printed token
-    app = create_gateway_app(settings, fast_lane=args.fast_lane)
     _serve(app, args.host, args.port, args.graceful_timeout, args.log_level)
     return 0
 

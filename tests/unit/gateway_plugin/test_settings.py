@@ -170,6 +170,20 @@ def test_the_gateway_command_names_a_bad_setting_instead_of_a_traceback(
     assert "port 1-65535" in error
 
 
+def test_the_gateway_command_names_an_unknown_strategy_instead_of_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from gateway_plugin.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DISTINFER_STRATEGY", "fastest")
+    assert main(["gateway", "--port", "0"]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]  # after any warning the build logged
+    assert error.startswith("distinfer gateway: invalid settings: DISTINFER_STRATEGY:")
+    assert "'fastest'" in error
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_the_env_file_is_the_callers_choice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Regression: `.env` in the working directory was always read: `_env_file` named another file
     in vain, and `_env_file=None` still read `.env`."""
