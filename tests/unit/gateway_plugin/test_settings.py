@@ -178,10 +178,11 @@ def test_the_gateway_command_names_an_unknown_strategy_instead_of_a_traceback(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DISTINFER_STRATEGY", "fastest")
     assert main(["gateway", "--port", "0"]) == 2
-    error = capsys.readouterr().err.splitlines()[-1]  # after any warning the build logged
+    output = capsys.readouterr().err
+    error = output.splitlines()[-1]  # after any warning the build logged
     assert error.startswith("distinfer gateway: invalid settings: DISTINFER_STRATEGY:")
     assert "'fastest'" in error
-    assert "Traceback" not in capsys.readouterr().err
+    assert "Traceback" not in output
 
 
 def test_the_env_file_is_the_callers_choice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
