@@ -16,7 +16,7 @@ from gateway_plugin.inputs import check_batch_size, is_tensor_list, to_tensors
 from gateway_plugin.services import Services, ServicesDependency
 from gateway_plugin.telemetry.recorder import defer_bookkeeping
 from worker.engine import check_inputs
-from worker.protocol import dumps
+from worker.protocol import Tensor, dumps
 from worker.protocol.codec import json_tensor
 
 # Names the session `model_affinity` keeps on one node (else `parameters.session_id`, else the model).
@@ -60,16 +60,25 @@ def unknown_model(svc: Services, model: str) -> UnknownModel | None:
 
 
 def build_call(
-    services: Services, body: InferenceRequest, request_id: str, *, affinity_key: str | None = None
+    services: Services,
+    body: InferenceRequest,
+    request_id: str,
+    *,
+    affinity_key: str | None = None,
+    decoded: list[Tensor] | None = None,
 ) -> InferenceCall:
-    """Check and convert one request before any node is called (`affinity_key`: the X-Session-ID header)."""
+    """Check and convert one request before any node is called (`affinity_key`: the X-Session-ID header).
+
+    `decoded`: `body.inputs` already decoded (v2 tensors, which decode alike for any model), so that
+    a request fanned out to many models holds its tensors once.
+    """
     # A sharded model (gateway_plugin.sharded) is described by its pipeline; the dispatcher wrapper serves it.
     info = model_info(services, body.model)
     if info is None and not is_tensor_list(body.inputs) and (missing := unknown_model(services, body.model)):
         # A plain value cannot be read without the model's metadata: say the model is unknown, not
         # that the value is (v2 tensors go on to the dispatcher, which answers 404 and counts it).
         raise missing
-    tensors = to_tensors(body.inputs, info, services.limits)
+    tensors = decoded if decoded is not None else to_tensors(body.inputs, info, services.limits)
     if info is not None:
         check_batch_size(info, tensors, services.settings.limits.max_batch_size)
         check_inputs(info.name, info.inputs, tensors, max_batch_size=info.max_batch_size)

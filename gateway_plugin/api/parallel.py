@@ -32,11 +32,12 @@ from gateway_plugin.errors import (
     from_worker,
     problem_body,
 )
+from gateway_plugin.inputs import is_tensor_list, to_tensors
 from gateway_plugin.orchestration import Aggregation, Answer, aggregate, fan_out
 from gateway_plugin.orchestration.aggregations import quorum_met, quorum_reached
 from gateway_plugin.services import Services, ServicesDependency
 from worker.errors import WorkerError
-from worker.protocol import dumps
+from worker.protocol import Tensor, dumps
 from worker.protocol.codec import json_tensor
 
 __all__ = ["ParallelRequest", "check_parallel", "parallel_router", "run_parallel"]
@@ -89,9 +90,23 @@ def _prepare(
 ) -> tuple[dict[str, InferenceCall], dict[str, DistinferError]]:
     calls: dict[str, InferenceCall] = {}
     failed: dict[str, DistinferError] = {}
+    # v2 tensors decode alike for every model: once, not once per model (16 models held 16 copies).
+    # Plain values take their shape and type from each model, so they are read per model.
+    shared: list[Tensor] | None = None
+    unreadable: DistinferError | None = None
+    if is_tensor_list(body.inputs):
+        try:
+            shared = to_tensors(body.inputs, None, svc.limits)
+        except DistinferError as exc:  # each model's error, as if each had read them
+            unreadable = exc
+        except WorkerError as exc:
+            unreadable = from_worker(exc)
     for model in body.models:
         if (missing := unknown_model(svc, model)) is not None:
             failed[model] = missing
+            continue
+        if unreadable is not None:
+            failed[model] = unreadable
             continue
         item = InferenceRequest(
             model=model,
@@ -101,7 +116,7 @@ def _prepare(
             timeout_ms=timeout_ms,
         )
         try:
-            calls[model] = build_call(svc, item, f"{request_id}-{model}")
+            calls[model] = build_call(svc, item, f"{request_id}-{model}", decoded=shared)
         except DistinferError as exc:
             failed[model] = exc
         except WorkerError as exc:

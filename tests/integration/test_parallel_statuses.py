@@ -43,3 +43,27 @@ async def test_when_no_model_answers_the_status_says_why(
     assert sorted(entry["error"]["status"] for entry in body["responses"]) == sorted(
         error.status for error in verdicts.values()
     )
+
+
+async def test_v2_tensors_are_decoded_once_for_all_models(repository: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: each model decoded the same input again: 16 models held 16 copies of one body."""
+    tensors = [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}]
+    async with mounted(settings_for([], local=repository)) as (client, distributed):
+        svc = await distributed.services()
+        calls: list[InferenceCall] = []
+        real = svc.dispatcher.infer
+
+        async def seen(call: InferenceCall) -> Outcome:
+            calls.append(call)
+            return await real(call)
+
+        monkeypatch.setattr(svc.dispatcher, "infer", seen)
+        models = ["digits_a", "digits_b", "digits_c"]
+        response = await client.post(f"{API}/inference/parallel", json={"models": models, "inputs": tensors})
+        bad = [{**tensors[0], "data": [0.0] * 63}]  # one value short: each model's 400, as before
+        refused = await client.post(f"{API}/inference/parallel", json={"models": models, "inputs": bad})
+    assert response.status_code == 200, response.text
+    assert len(calls) == 3
+    assert all(call.inputs[0] is calls[0].inputs[0] for call in calls)
+    assert refused.status_code == 400, refused.text
+    assert [entry["error"]["status"] for entry in refused.json()["responses"]] == [400, 400, 400]
