@@ -125,12 +125,13 @@ def _run_gateway(args: argparse.Namespace) -> int:
     from balancer.pool import UnknownStrategy
     from gateway_plugin.auth_cli import announce_dev_token
 
+    # Before the app is built: the plugin's authenticator takes its key from the settings then.
+    announce_dev_token(settings)  # auth stays on: with no key set, a run-only key and a printed token
     try:
         app = create_gateway_app(settings, fast_lane=args.fast_lane)
     except UnknownStrategy as exc:  # DISTINFER_STRATEGY names none of the balancer's strategies
         print(f"distinfer gateway: invalid settings: DISTINFER_STRATEGY: {exc}", file=sys.stderr)
         return 2
-    announce_dev_token(settings)  # auth stays on: with no key set, a run-only key and a printed token
     _serve(app, args.host, args.port, args.graceful_timeout, args.log_level)
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -197,3 +198,29 @@ def test_the_env_file_is_the_callers_choice(monkeypatch: pytest.MonkeyPatch, tmp
     assert Settings(_env_file="prod.env").balancer.max_attempts == 2  # type: ignore[call-arg]
     assert Settings(_env_file=None).balancer.max_attempts == 3  # type: ignore[call-arg]  # none: the code's default
     assert Settings(_env_file=(".env", "prod.env")).balancer.max_attempts == 2  # type: ignore[call-arg]  # later wins
+
+
+def test_the_dev_token_the_gateway_command_prints_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Regression: the run-only key was made after the app was built, whose authenticator had already
+    read the settings: with no key configured (compose's default) every request was 401."""
+    import re
+
+    from starlette.testclient import TestClient
+
+    from gateway_plugin import cli
+
+    monkeypatch.chdir(tmp_path)
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    served: list[Any] = []
+    monkeypatch.setattr(cli, "_serve", lambda app, *args, **kwargs: served.append(app))
+    assert cli.main(["gateway", "--port", "0"]) == 0
+    token = re.search(r"DISTINFER_TOKEN=(\S+)", capsys.readouterr().err)
+    assert token is not None
+    with TestClient(served[0]) as client:
+        accepted = client.get("/api/v1/distributed/nodes", headers={"Authorization": f"Bearer {token.group(1)}"})
+        refused = client.get("/api/v1/distributed/nodes", headers={"Authorization": "Bearer x.y.z"})
+    assert accepted.status_code == 200, accepted.text
+    assert refused.status_code == 401
