@@ -182,7 +182,7 @@ def batch_router(services: ServicesDependency, route_class: type[ProblemRoute] =
                 headers={"X-Request-ID": batch_id},
             )
         with admitted(svc.admission):
-            answer = await unless_disconnected(request, run_batch(svc, body, batch_id, session))
+            answer = await unless_disconnected(request.receive, run_batch(svc, body, batch_id, session))
         return Response(dumps(answer), media_type="application/json", headers={"X-Request-ID": batch_id})
 
     return router

@@ -11,21 +11,29 @@ import contextlib
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
-__all__ = ["unless_disconnected"]
+from gateway_plugin.errors import DistinferError
+
+__all__ = ["ClientLeft", "unless_disconnected"]
 
 T = TypeVar("T")
 
 
-async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    """`work`'s result; if the client disconnects first, `work` is cancelled and ClientDisconnect raised.
+class ClientLeft(DistinferError):
+    """The client disconnected before its answer was ready; the answer is never read (nginx's 499)."""
 
-    Call it once the body is read: the next message the server gives is then `http.disconnect`,
-    sent when the client leaves (or once the response is complete).
+    status, code, title = 499, "client_closed_request", "Client closed request"
+
+
+async def unless_disconnected(receive: Receive, work: Coroutine[Any, Any, T]) -> T:
+    """`work`'s result; if the client disconnects first, `work` is cancelled and ClientLeft raised.
+
+    Call it once the body is read: the next message a server gives is then `http.disconnect`, sent
+    when the client leaves (or once the response is complete).
     """
     task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    watcher = asyncio.ensure_future(_disconnected(receive))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -37,10 +45,20 @@ async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) ->
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(watcher, return_exceptions=True)
     if task.cancelled():
-        raise ClientDisconnect()
+        raise ClientLeft("the client disconnected before the answer was ready")
     return task.result()
 
 
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+async def _disconnected(receive: Receive) -> None:
+    """Returns once the client has left; waits for ever when the next message says nothing of it.
+
+    One message only: a host's middleware may hand the app a `receive` that replays the body on
+    every call (a loop on it would never yield) or that raises once the body is read. Not knowing
+    is no reason to cancel anyone's work.
+    """
+    try:
+        message = await receive()
+    except Exception:
+        message = {}
+    if message.get("type") != "http.disconnect":
+        await asyncio.Event().wait()

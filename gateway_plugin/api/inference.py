@@ -8,6 +8,7 @@ from starlette.responses import Response
 from balancer.pool import UnknownStrategy
 from discovery.node import ModelInfo
 from gateway_plugin.admission import admitted
+from gateway_plugin.api.disconnect import unless_disconnected
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest, InferenceResponse
 from gateway_plugin.dispatch import InferenceCall, Outcome
@@ -114,7 +115,8 @@ def inference_router(services: ServicesDependency, route_class: type[ProblemRout
         request_id = body.request_id or request_id_of(request)
         session = request.headers.get(SESSION_HEADER)
         with admitted(svc.admission):  # 429 + Retry-After beyond DISTINFER_MAX_INFLIGHT
-            outcome = await svc.dispatcher.infer(build_call(svc, body, request_id, affinity_key=session))
+            call = build_call(svc, body, request_id, affinity_key=session)
+            outcome = await unless_disconnected(request.receive, svc.dispatcher.infer(call))
         return Response(
             dumps(outcome_body(outcome, request_id)),
             media_type="application/json",

@@ -217,7 +217,7 @@ def parallel_router(services: ServicesDependency, route_class: type[ProblemRoute
     ) -> Response:
         request_id = request_id_of(request)
         with admitted(svc.admission):
-            answer = await unless_disconnected(request, run_parallel(svc, body, request_id))
+            answer = await unless_disconnected(request.receive, run_parallel(svc, body, request_id))
         return Response(dumps(answer), media_type="application/json", headers={"X-Request-ID": request_id})
 
     return router

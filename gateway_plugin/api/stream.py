@@ -28,6 +28,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
 from gateway_plugin.admission import Place, admitted
+from gateway_plugin.api.disconnect import unless_disconnected
 from gateway_plugin.api.inference import build_call, outcome_body
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest
@@ -210,7 +211,8 @@ def stream_router(services: ServicesDependency, route_class: type[ProblemRoute] 
             request_id=request_id,
         )
         with admitted(svc.admission):
-            outcome = await svc.dispatcher.infer(build_call(svc, single, request_id))
+            call = build_call(svc, single, request_id)
+            outcome = await unless_disconnected(request.receive, svc.dispatcher.infer(call))
         headers = {
             "X-Request-ID": request_id,
             "X-Inference-Node": outcome.node_id or "local",

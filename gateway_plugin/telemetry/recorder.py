@@ -110,6 +110,8 @@ def error_outcome(status: int) -> str:
         return "not_found"
     if status == 429:
         return "rejected"
+    if status == 499:  # the client left first (api.disconnect.ClientLeft)
+        return "cancelled"
     if status == 503:
         return "unavailable"
     if status == 504:

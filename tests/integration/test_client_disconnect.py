@@ -68,7 +68,7 @@ def slow_gateway(slow_node: ServerProcess) -> Iterator[ServerProcess]:
         process.stop()
 
 
-@pytest.mark.parametrize("route", ["batch", "parallel", "pipeline"])
+@pytest.mark.parametrize("route", ["inference", "batch", "parallel", "pipeline", "stream"])
 def test_a_client_that_leaves_cancels_its_orchestrated_calls(
     slow_node: ServerProcess, slow_gateway: ServerProcess, route: str
 ) -> None:
@@ -80,13 +80,16 @@ def test_a_client_that_leaves_cancels_its_orchestrated_calls(
         "batch": {"requests": [one] * 4, "max_concurrency": 4, "coalesce": False},
         "parallel": {"models": [SLOW_MODEL], "inputs": one["inputs"], "timeout_ms": 30_000},
         "pipeline": {"stages": [{"id": "a", **one}, {"id": "b", **one, "depends_on": ["a"]}]},
+        "inference": one,
+        "stream": {"inputs": one["inputs"], "timeout_ms": 30_000},  # a result stream: one node call
     }
+    paths = {"inference": "/inference", "stream": f"/inference/stream/{SLOW_MODEL}"}
     try:
         api = f"{slow_gateway.url}/api/v1/distributed"
         with httpx.Client(timeout=10) as client:
             assert client.get(f"{api}/health/ready").status_code == 200
             with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
-                client.post(f"{api}/inference/{route}", json=bodies[route], timeout=1.0)
+                client.post(api + paths.get(route, f"/inference/{route}"), json=bodies[route], timeout=1.0)
             left = time.monotonic()
             while _in_flight(client, api) and time.monotonic() - left < 5:
                 time.sleep(0.1)
