@@ -155,3 +155,17 @@ OTEL_RESOURCE_ATTRIBUTES: {{ .resourceAttributes | quote }}
   emptyDir:
     sizeLimit: {{ .Values.tmpSizeLimit }}
 {{- end -}}
+{{- /* The gateway's probe paths. `distinfer gateway` (the chart's own command) serves /livez and
+/readyz whatever the flag says; an image of your own (gateway.command or gateway.args) has the
+plugin's <prefix>/health/live and /ready, unless probes.livenessPath/readinessPath say otherwise. */}}
+{{- define "distinfer.gateway.standalone" -}}
+{{- if and (not .Values.gateway.command) (not .Values.gateway.args) }}true{{ end -}}
+{{- end -}}
+{{- define "distinfer.gateway.livePath" -}}
+{{- $prefix := index .Values.gateway.settings "DISTINFER_API_PREFIX" | default "/api/v1/distributed" -}}
+{{- .Values.gateway.probes.livenessPath | default (ternary "/livez" (printf "%s/health/live" $prefix) (eq (include "distinfer.gateway.standalone" .) "true")) -}}
+{{- end -}}
+{{- define "distinfer.gateway.readyPath" -}}
+{{- $prefix := index .Values.gateway.settings "DISTINFER_API_PREFIX" | default "/api/v1/distributed" -}}
+{{- .Values.gateway.probes.readinessPath | default (ternary "/readyz" (printf "%s/health/ready" $prefix) (eq (include "distinfer.gateway.standalone" .) "true")) -}}
+{{- end -}}

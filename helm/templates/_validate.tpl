@@ -16,6 +16,11 @@
 {{- if and (eq .Values.tasks.store "redis") (not .Values.tasks.redisUrl) (not .Values.tasks.redisUrlSecret.name) -}}
 {{- fail "tasks.store=redis needs tasks.redisUrl or tasks.redisUrlSecret.name" -}}
 {{- end -}}
+{{- $flag := lower (toString (index .Values.gateway.settings "ENABLE_DISTRIBUTED_INFERENCE")) -}}
+{{- $off := has $flag (list "false" "0" "off" "no" "f" "n") -}}
+{{- if and .Values.gateway.enabled $off (not (include "distinfer.gateway.standalone" .)) (not .Values.gateway.probes.livenessPath) -}}
+{{- fail "ENABLE_DISTRIBUTED_INFERENCE is off, so your image's /api/v1/distributed/health answers 404: set gateway.probes.livenessPath/readinessPath to your app's own health endpoints" -}}
+{{- end -}}
 {{- if hasKey .Values.gateway.settings "DISTINFER_METRICS_PATH" -}}
 {{- fail "set metrics.path, not gateway.settings.DISTINFER_METRICS_PATH: the ServiceMonitor scrapes metrics.path" -}}
 {{- end -}}

@@ -431,6 +431,25 @@ def test_keys_and_chart_computed_names_are_refused_as_plain_settings() -> None:
             render({"gateway": {"settings": {name: "x"}}})
 
 
+def test_an_image_of_your_own_is_probed_on_the_plugins_health_paths(rendered: dict[str, Rendered]) -> None:
+    """Regression: the /livez and /readyz defaults, which only `distinfer gateway` serves, went to
+    images that mount the plugin in their own app too: their probes failed for ever."""
+    own = _containers(rendered["everything"].one("Deployment", GATEWAY))[0]
+    assert own["args"][0] != "gateway"  # the variant runs its own app
+    assert own["livenessProbe"]["httpGet"]["path"] == "/api/v1/distributed/health/live"
+    assert own["readinessProbe"]["httpGet"]["path"] == "/api/v1/distributed/health/ready"
+    # With the flag off that path is 404: such an image must name its own health endpoints.
+    own_image = {key: VARIANTS["everything"]["gateway"][key] for key in ("image", "command", "args")}
+    for off in ("false", "0", "off", "no"):
+        with pytest.raises(helm.HelmError, match="livenessPath"):
+            render({"gateway": {**own_image, "settings": {"ENABLE_DISTRIBUTED_INFERENCE": off}}})
+    # The chart's own gateway needs nothing: its /livez and /readyz ignore the flag, as does helm test.
+    out = render({"gateway": {"settings": {"ENABLE_DISTRIBUTED_INFERENCE": "false"}}})
+    assert _containers(out.one("Deployment", GATEWAY))[0]["livenessProbe"]["httpGet"]["path"] == "/livez"
+    [pod] = [m.doc for m in out.of_kind("Pod")]
+    assert f"http://{GATEWAY}:80/readyz" in pod["spec"]["containers"][0]["args"]
+
+
 def test_the_helm_test_hook_checks_gateway_and_node_readiness(rendered: dict[str, Rendered]) -> None:
     out = rendered["default"]
     [pod] = [m.doc for m in out.of_kind("Pod")]
