@@ -31,7 +31,7 @@ from balancer.strategies import PickContext, Strategy
 from balancer.trust import TrustLedger, TrustPolicy
 from discovery.node import Node, NodeStatus
 from discovery.registry import NodeEvent, NodeRegistry, NodeRemoved
-from worker.errors import NodeCallError, NodeUnreachable
+from worker.errors import NodeBusy, NodeCallError, NodeUnreachable
 
 __all__ = ["Lease", "NodePool", "PoolConfig", "UnknownStrategy"]
 
@@ -374,6 +374,11 @@ class NodePool:
             state.window.observe(latency_s)
         elif not error.retryable:  # a 4xx: the node judged the request, so the node itself is fine
             state.breaker.record_success(trial=trial)
+        elif isinstance(error, NodeBusy):
+            # Busy (429, 408), not broken: a slower estimate steers picks away while it sheds load;
+            # its breaker is left alone (tripping it would pile its load on the others, who then shed).
+            doubled = min(2 * (state.ewma.value() or latency_s), _FAILURE_LATENCY_CAP_S)
+            state.ewma.observe(max(latency_s, doubled), load)
         else:
             state.breaker.record_failure(trial=trial)
             # A failure is no evidence of speed: a node failing fast must not look attractive. Doubling

@@ -25,7 +25,15 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from worker.errors import InvalidInput, ModelNotFound, ModelNotReady, NodeRejected, NodeTimeout, WorkerError
+from worker.errors import (
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    NodeBusy,
+    NodeRejected,
+    NodeTimeout,
+    WorkerError,
+)
 from worker.errors import PayloadTooLarge as WorkerPayloadTooLarge
 
 __all__ = [
@@ -142,6 +150,8 @@ def from_worker(exc: WorkerError) -> DistinferError:
         return NoCapacity(exc.message)
     if isinstance(exc, NodeTimeout):
         return DeadlineExceeded(exc.message)
+    if isinstance(exc, NodeBusy):
+        return TooManyRequests(exc.message)
     error = DistinferError(exc.message)
     error.status = exc.status
     return error

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from worker.errors import NodeRejected, NodeServerError, NodeTimeout, NodeUnreachable
+from worker.errors import NodeBusy, NodeRejected, NodeServerError, NodeTimeout, NodeUnreachable
 
 __all__ = ["open_generate_stream"]
 
@@ -76,6 +76,8 @@ async def open_generate_stream(
         if response.status >= 400:
             body = await response.content.read(4096)
             text = _error_text(body)
+            if response.status in (408, 429):  # busy, as for infer (worker.client): another node may
+                raise NodeBusy(f"{url}: {response.status} {text}", node_url=url, status=response.status)
             if response.status >= 500 or response.status in (401, 403):
                 raise NodeServerError(f"{url}: {response.status} {text}", node_url=url, status=502)
             raise NodeRejected(text, node_url=url, status=response.status)

@@ -24,7 +24,7 @@ from gateway_plugin.errors import DistinferError
 from gateway_plugin.telemetry.metrics import GatewayMetrics
 from gateway_plugin.telemetry.stats import StatsWindow
 from gateway_plugin.telemetry.tracing import GatewayTracing
-from worker.errors import NodeCallError, NodeRejected, NodeServerError, NodeTimeout, NodeUnreachable
+from worker.errors import NodeBusy, NodeCallError, NodeRejected, NodeServerError, NodeTimeout, NodeUnreachable
 from worker.tracing import retro_span
 
 __all__ = ["RECORD", "GatewayTelemetry", "RequestRecord", "after_response", "defer_bookkeeping", "error_outcome"]
@@ -120,6 +120,8 @@ def error_outcome(status: int) -> str:
 
 
 def _attempt_outcome(exc: NodeCallError) -> str:
+    if isinstance(exc, NodeBusy):
+        return "busy"
     if isinstance(exc, NodeTimeout):
         return "timeout"
     if isinstance(exc, NodeUnreachable):
@@ -209,8 +211,8 @@ class GatewayTelemetry:
             # node's speed or health (the lease reports nothing for it either).
             return
         m.child(m.attempt_seconds, node).observe(seconds)
-        # A node that refuses a bad request is healthy: only its own failures count against it.
-        self.stats.attempt(node_id, seconds, outcome in ("ok", "rejected"))
+        # A node that refuses a bad request, or sheds load, is healthy: only its own failures count.
+        self.stats.attempt(node_id, seconds, outcome in ("ok", "rejected", "busy"))
 
     def queued(self, priority: str, waited_s: float) -> None:
         """A task waited `waited_s` in the queue; call it where the task starts, in its trace context."""

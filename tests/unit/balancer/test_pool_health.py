@@ -14,7 +14,7 @@ from balancer.trust import TrustPolicy
 from discovery.node import NodeSpec, NodeStatus
 from discovery.registry import NodeRegistry
 from tests.unit.balancer.conftest import FakeClock, static_pool
-from worker.errors import NodeRejected, NodeServerError, NodeUnreachable
+from worker.errors import NodeBusy, NodeRejected, NodeServerError, NodeUnreachable
 
 EJECTION = EjectionPolicy(consecutive_failures=3, base_ejection_s=2, max_ejection_s=16)
 BOOM = NodeServerError("500 boom", node_url="http://x", status=500)
@@ -97,6 +97,21 @@ def test_rejections_never_count_and_unreachable_goes_offline(clock: FakeClock) -
     assert node_b is not None
     assert node_b.status is NodeStatus.OFFLINE
     assert b not in {node.key for node in pool.candidates("digits")}
+
+
+def test_a_busy_node_is_steered_around_not_ejected(clock: FakeClock) -> None:
+    """Regression: a node's 429s tripped its breaker like 5xx (DESIGN §10 counts connect failures,
+    timeouts and 5xx only): a node shedding load for a moment was ejected and its load piled on the
+    others, which then shed load in turn."""
+    registry, pool, (a, b, _) = setup(clock)
+    fail(pool, a, 10, NodeBusy("429 queue full", node_url=a, status=429))
+    assert pool.breaker(a).state is BreakerState.CLOSED
+    node_a = registry.get(a)
+    assert node_a is not None
+    assert pool.status(node_a) is NodeStatus.ONLINE
+    assert a in {node.key for node in pool.candidates("digits")}
+    fail(pool, b, 3)  # a 5xx still counts
+    assert pool.breaker(b).state is BreakerState.OPEN
 
 
 def test_panic_routes_to_the_least_bad_when_everything_is_ejected(clock: FakeClock) -> None:

@@ -30,7 +30,7 @@ from gateway_plugin.telemetry import Telemetry
 from gateway_plugin.telemetry.metrics import OTHER, LabelBudget
 from gateway_plugin.telemetry.recorder import RECORD, RequestRecord, after_response, defer_bookkeeping
 from worker.config import TensorSpec
-from worker.errors import NodeRejected, NodeServerError
+from worker.errors import NodeBusy, NodeRejected, NodeServerError
 from worker.protocol import DecodedResponse, Tensor
 
 SPEC = (TensorSpec(name="x", datatype="FP32", shape=(-1, 1)),)
@@ -250,6 +250,14 @@ async def test_a_stream_is_observed_like_a_call_and_carries_the_trace_context() 
     assert _value(telemetry, "distinfer_gateway_attempts_total", node=node, outcome="ok") == 1
     assert telemetry.stats.node(node).samples == 1
     assert "node attempt" in [span.name for span in exporter.get_finished_spans()]
+
+
+def test_a_busy_node_is_counted_as_busy_not_as_failing() -> None:
+    telemetry, *_ = _setup()
+    with pytest.raises(NodeBusy), telemetry.observer.attempt("m", "n0", 1):
+        raise NodeBusy("429 queue full", node_url="http://n0:1", status=429)
+    assert _value(telemetry, "distinfer_gateway_attempts_total", node="n0", outcome="busy") == 1
+    assert telemetry.stats.node("n0").error_rate == 0.0
 
 
 async def test_the_request_record_learns_upstream_timing_and_routing() -> None:

@@ -44,9 +44,29 @@ async def test_a_busy_node_is_retried_elsewhere_a_refused_request_is_not(
     assert caught.value.status == status
 
 
+async def test_a_busy_node_is_retryable_for_token_streams_too() -> None:
+    """Regression: `generate_stream` still read a 429 as the request's fault: a 400, never retried."""
+    from worker.stream_client import open_generate_stream
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"error": "busy"}, status=429)
+
+    app = web.Application()
+    app.router.add_post("/v2/models/m/generate_stream", answer)
+    async with _serving(app) as url, ClientSession() as session:
+        with pytest.raises(NodeBusy) as caught:
+            async with open_generate_stream(
+                session, f"{url}/v2/models/m/generate_stream", {}, headers={}, connect_timeout_s=5, idle_timeout_s=5
+            ):
+                pass
+    assert caught.value.retryable
+    assert caught.value.status == 429
+
+
 @pytest.mark.parametrize(
     ("error", "status", "code"),
     [
+        (NodeBusy("queue full", node_url="http://n:1", status=429), 429, "too_many_requests"),
         (ModelNotFound("no model 'x'"), 404, "unknown_model"),
         (ModelNotReady("model 'x' is loading"), 503, "no_capacity"),
         (NodeTimeout("no answer within 1s", node_url="http://n:1"), 504, "deadline_exceeded"),
