@@ -48,7 +48,8 @@ def _comma_list(value: Any) -> Any:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Built on their own too (code-first hosts): errors never echo the value given (see Settings).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
 
 
 class FlagSettings(_Section):

@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from gateway_plugin.admission import admitted
 from gateway_plugin.api.disconnect import unless_disconnected
-from gateway_plugin.api.inference import build_call, outcome_body, unknown_model
+from gateway_plugin.api.inference import build_call, model_info, outcome_body, unknown_model
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest
 from gateway_plugin.dispatch import InferenceCall
@@ -146,7 +146,7 @@ async def run_parallel(svc: Services, body: ParallelRequest, request_id: str) ->
     timeout_ms = min(body.timeout_ms or dispatch.default_timeout_ms, dispatch.max_timeout_ms)
     started = time.perf_counter()
     calls, failed = _prepare(svc, body, request_id, timeout_ms)
-    labels = {model: info.labels for model in body.models if (info := svc.catalog.info(model)) is not None}
+    labels = {model: info.labels for model in body.models if (info := model_info(svc, model)) is not None}
 
     def reached(answers: list[Answer]) -> bool:
         return quorum_reached(

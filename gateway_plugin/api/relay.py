@@ -70,11 +70,13 @@ class RelayEndpoint:
             await self._guard(headers.get("authorization"))
             svc = await self._services()
             limit = self._limit if self._limit is not None else svc.settings.limits.max_body_bytes
-            limiter = svc.admission  # 429 beyond DISTINFER_MAX_INFLIGHT, like every synchronous route
+            body = await receive_body(receive, limit, headers.get("content-length"))
+            # 429 beyond DISTINFER_MAX_INFLIGHT, like every synchronous route: counted once the body
+            # is in, so that slow uploads cannot hold every place.
+            limiter = svc.admission
             if limiter is not None:
                 limiter.enter()
             try:
-                body = await receive_body(receive, limit, headers.get("content-length"))
                 params = scope["path_params"]
                 answer, sent = await _relay(svc, params["model"], params.get("version"), body, headers, request_id)
             finally:

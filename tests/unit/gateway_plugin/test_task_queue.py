@@ -349,3 +349,10 @@ def test_a_task_store_url_with_a_password_is_never_shown(monkeypatch: pytest.Mon
         Settings()
     assert "hunter2" not in str(refused.value)
     assert "'postgres'" in str(refused.value)
+    # Code-first hosts build the section on its own, or assign to it: no echo there either.
+    with pytest.raises(ValidationError) as alone:
+        TaskSettings(store="postgres://user:hunter2@db/tasks")  # type: ignore[arg-type]
+    assert "hunter2" not in str(alone.value)
+    with pytest.raises(ValidationError) as assigned:
+        settings.tasks.store = "postgres://user:hunter2@db/tasks"  # type: ignore[assignment]
+    assert "hunter2" not in str(assigned.value)
