@@ -33,7 +33,7 @@ from starlette.types import ASGIApp
 
 from balancer import HealthProber, RetryPolicy
 from discovery import NodeRegistry
-from gateway_plugin.admission import InflightLimiter
+from gateway_plugin.admission import InflightLimiter, admitted
 from gateway_plugin.api import (
     batch_router,
     cluster_router,
@@ -156,7 +156,10 @@ class DistributedInference:
             call = build_call(svc, request, request.request_id or uuid.uuid4().hex)
         except WorkerError as exc:
             raise from_worker(exc) from exc
-        return await svc.dispatcher.infer(dataclasses.replace(call, local_fallback=local_fallback))
+        # A place like every request of ours (compat's legacy path too: saturated, it runs the host's
+        # own handler), so DISTINFER_MAX_INFLIGHT bounds all the cluster work this gateway starts.
+        with admitted(svc.admission):
+            return await svc.dispatcher.infer(dataclasses.replace(call, local_fallback=local_fallback))
 
     def cluster_summary(self) -> dict[str, Any]:
         """The `/health` summary, for a host that adds it to its own health endpoint."""

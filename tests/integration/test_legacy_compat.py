@@ -89,6 +89,31 @@ async def test_cluster_unable_to_serve_falls_back_through_the_original_handler()
     assert declined.headers["X-Inference-Mode"] == "local-fallback"
 
 
+async def test_a_saturated_gateway_serves_legacy_requests_through_the_original_handler(
+    two_nodes: list[ServerProcess],
+) -> None:
+    """Regression: the legacy path took no admission place: DISTINFER_MAX_INFLIGHT did not bound the
+    cluster work it started. Saturated, it is the host's own handler that answers, as before distinfer."""
+    settings = settings_for([n.url for n in two_nodes], limits=LimitSettings(max_inflight=1))
+    app, distributed, seen = existing_service(settings)
+    assert distributed is not None
+    async with client_for(app) as client:
+        svc = await distributed.services()
+        assert svc.admission is not None
+        svc.admission.enter()  # the one place is taken (a request in flight)
+        try:
+            response = await client.post("/api/inference", content=BODY, headers=JSON)
+        finally:
+            svc.admission.leave()
+        served = await client.post("/api/inference", content=BODY, headers=JSON)
+    assert response.status_code == 200
+    assert response.headers["X-Inference-Mode"] == "local-fallback"
+    assert response.headers["X-Served-By"] == "legacy-handler"
+    assert len(seen.requests) == 1
+    assert served.headers["X-Inference-Mode"] == "distributed"  # with a place free, the cluster again
+    assert svc.admission.in_flight == 0
+
+
 async def test_a_body_over_the_plugins_limit_reaches_the_original_handler_whole() -> None:
     """Regression: the body's last chunk was replayed as if more were coming, so a body just over
     the limit in one chunk left the original handler waiting for the rest forever."""
