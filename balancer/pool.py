@@ -379,6 +379,8 @@ class NodePool:
             # its breaker is left alone (tripping it would pile its load on the others, who then shed).
             doubled = min(2 * (state.ewma.value() or latency_s), _FAILURE_LATENCY_CAP_S)
             state.ewma.observe(max(latency_s, doubled), load)
+            if trial:  # a half-open breaker's trial that gave no verdict: its slot goes back for the next
+                state.breaker.release_trial()
         else:
             state.breaker.record_failure(trial=trial)
             # A failure is no evidence of speed: a node failing fast must not look attractive. Doubling

@@ -114,6 +114,26 @@ def test_a_busy_node_is_steered_around_not_ejected(clock: FakeClock) -> None:
     assert pool.breaker(b).state is BreakerState.OPEN
 
 
+def test_a_busy_answer_to_a_half_open_trial_leaves_the_next_trial_free(clock: FakeClock) -> None:
+    """Regression: a trial answered 429 gave no verdict and kept its slot: with one trial allowed the
+    breaker stayed half-open with no slot free, and the node was out for good."""
+    _, pool, (a, b, c) = setup(clock)
+    fail(pool, a, 3)
+    clock.advance(2.1)
+    trial = pool.pick("digits", exclude=frozenset({b, c}))
+    assert trial is not None
+    assert trial.trial
+    trial.report(0.001, NodeBusy("429 queue full", node_url=a, status=429))
+    trial.done()
+    assert pool.breaker(a).state is BreakerState.HALF_OPEN
+    again = pool.pick("digits", exclude=frozenset({b, c}))
+    assert again is not None
+    assert again.trial  # the next request is the trial
+    again.report(0.001)
+    again.done()
+    assert pool.breaker(a).state is BreakerState.CLOSED
+
+
 def test_panic_routes_to_the_least_bad_when_everything_is_ejected(clock: FakeClock) -> None:
     registry, pool, (a, b, c) = setup(clock)
     assert pool.panic_models() == []
