@@ -243,7 +243,9 @@ class LegacyInferenceMiddleware:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         started = time.perf_counter()
         try:
-            outcome = await self.distributed.infer(cluster_request, local_fallback=False)
+            # No admission place: shadow copies are background work (bounded by BackgroundWork),
+            # never to take places from real traffic.
+            outcome = await self.distributed.infer(cluster_request, local_fallback=False, admit=False)
         except DistinferError as exc:
             shadow.record_error(request_id=request_id, model=cluster_request.model, detail=f"{exc.code}: {exc.detail}")
             return

@@ -213,6 +213,27 @@ async def test_shadow_mode_answers_as_before_and_compares_in_the_background(two_
         assert health["cluster"]["flags"]["mode"] == "shadow"
 
 
+async def test_shadow_copies_take_no_admission_place(two_nodes: list[ServerProcess]) -> None:
+    """Regression: shadow copies went through `distributed.infer()` with its admission place: with the
+    gateway saturated they were recorded as cluster failures, and in flight they took places from
+    real plugin traffic (429s)."""
+    settings = settings_for([n.url for n in two_nodes], limits=LimitSettings(max_inflight=1))
+    settings.flags = FlagSettings(enabled=True, mode="shadow")
+    app, distributed, _ = existing_service(settings)
+    assert distributed is not None
+    async with client_for(app) as client:
+        svc = await distributed.services()
+        assert svc.admission is not None
+        svc.admission.enter()  # real traffic holds the one place
+        try:
+            response = await client.post("/api/inference", content=BODY, headers=JSON)
+            snap = await _wait_compared(distributed, 1)
+        finally:
+            svc.admission.leave()
+    assert response.status_code == 200
+    assert (snap["compared"], snap["cluster_errors"]) == (1, 0)
+
+
 async def test_shadow_mode_with_a_dead_cluster_never_touches_the_real_answer() -> None:
     local, _ = await plain_answer()
     settings = settings_for([f"http://127.0.0.1:{free_port()}"])
