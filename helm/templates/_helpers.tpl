@@ -159,7 +159,8 @@ OTEL_RESOURCE_ATTRIBUTES: {{ .resourceAttributes | quote }}
 /readyz whatever the flag says; an image of your own (gateway.command or gateway.args) has the
 plugin's <prefix>/health/live and /ready, unless probes.livenessPath/readinessPath say otherwise. */}}
 {{- define "distinfer.gateway.standalone" -}}
-{{- if and (not .Values.gateway.command) (not .Values.gateway.args) }}true{{ end -}}
+{{- /* The image's own entrypoint (`distinfer`) running `gateway`: args may change its flags. */ -}}
+{{- if and (not .Values.gateway.command) (or (not .Values.gateway.args) (eq (toString (first .Values.gateway.args)) "gateway")) }}true{{ end -}}
 {{- end -}}
 {{- define "distinfer.gateway.livePath" -}}
 {{- $prefix := index .Values.gateway.settings "DISTINFER_API_PREFIX" | default "/api/v1/distributed" -}}

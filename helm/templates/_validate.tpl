@@ -18,8 +18,9 @@
 {{- end -}}
 {{- $flag := lower (toString (index .Values.gateway.settings "ENABLE_DISTRIBUTED_INFERENCE")) -}}
 {{- $off := has $flag (list "false" "0" "off" "no" "f" "n") -}}
-{{- if and .Values.gateway.enabled $off (not (include "distinfer.gateway.standalone" .)) (not .Values.gateway.probes.livenessPath) -}}
-{{- fail "ENABLE_DISTRIBUTED_INFERENCE is off, so your image's /api/v1/distributed/health answers 404: set gateway.probes.livenessPath/readinessPath to your app's own health endpoints" -}}
+{{- $prefix := index .Values.gateway.settings "DISTINFER_API_PREFIX" | default "/api/v1/distributed" -}}
+{{- if and .Values.gateway.enabled $off (not (include "distinfer.gateway.standalone" .)) (not (and .Values.gateway.probes.livenessPath .Values.gateway.probes.readinessPath)) -}}
+{{- fail (printf "ENABLE_DISTRIBUTED_INFERENCE is off, so your image's %s/health answers 404: set gateway.probes.livenessPath and readinessPath to your app's own health endpoints" $prefix) -}}
 {{- end -}}
 {{- if hasKey .Values.gateway.settings "DISTINFER_METRICS_PATH" -}}
 {{- fail "set metrics.path, not gateway.settings.DISTINFER_METRICS_PATH: the ServiceMonitor scrapes metrics.path" -}}

@@ -443,11 +443,26 @@ def test_an_image_of_your_own_is_probed_on_the_plugins_health_paths(rendered: di
     for off in ("false", "0", "off", "no"):
         with pytest.raises(helm.HelmError, match="livenessPath"):
             render({"gateway": {**own_image, "settings": {"ENABLE_DISTRIBUTED_INFERENCE": off}}})
-    # The chart's own gateway needs nothing: its /livez and /readyz ignore the flag, as does helm test.
-    out = render({"gateway": {"settings": {"ENABLE_DISTRIBUTED_INFERENCE": "false"}}})
-    assert _containers(out.one("Deployment", GATEWAY))[0]["livenessProbe"]["httpGet"]["path"] == "/livez"
-    [pod] = [m.doc for m in out.of_kind("Pod")]
-    assert f"http://{GATEWAY}:80/readyz" in pod["spec"]["containers"][0]["args"]
+    with pytest.raises(helm.HelmError, match="livenessPath and readinessPath"):  # both: readiness is 404 too
+        render(
+            {
+                "gateway": {
+                    **own_image,
+                    "probes": {"livenessPath": "/healthz"},
+                    "settings": {"ENABLE_DISTRIBUTED_INFERENCE": "0"},
+                }
+            }
+        )
+    # The chart's own gateway needs nothing: its /livez and /readyz ignore the flag, as does helm test,
+    # also when args only change its flags (the image's entrypoint still runs `distinfer gateway`).
+    off = {"ENABLE_DISTRIBUTED_INFERENCE": "false"}
+    for gateway in ({"settings": off}, {"settings": off, "args": ["gateway", "--log-level=debug"]}):
+        out = render({"gateway": gateway})
+        container = _containers(out.one("Deployment", GATEWAY))[0]
+        assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        [pod] = [m.doc for m in out.of_kind("Pod")]
+        assert f"http://{GATEWAY}:80/readyz" in pod["spec"]["containers"][0]["args"]
 
 
 def test_the_helm_test_hook_checks_gateway_and_node_readiness(rendered: dict[str, Rendered]) -> None:
