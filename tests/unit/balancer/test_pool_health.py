@@ -9,7 +9,7 @@ import pytest
 
 from balancer.breaker import BreakerState
 from balancer.outlier import EjectionPolicy
-from balancer.pool import NodePool
+from balancer.pool import Lease, NodePool
 from balancer.trust import TrustPolicy
 from discovery.node import NodeSpec, NodeStatus
 from discovery.registry import NodeRegistry
@@ -74,13 +74,19 @@ def test_a_failed_trial_ejects_for_longer(clock: FakeClock) -> None:
     assert pool.breaker(a).open_for_s == pytest.approx(4.0)
 
 
-def test_cancelled_trial_frees_the_slot(clock: FakeClock) -> None:
-    _, pool, (a, b, c) = setup(clock)
-    fail(pool, a, 3)
+def _half_open_trial(pool: NodePool, clock: FakeClock, key: str, others: frozenset[str]) -> Lease:
+    """`key` tripped (3 failures), its ejection over: the lease of its half-open trial."""
+    fail(pool, key, 3)
     clock.advance(2.1)
-    lease = pool.pick("digits", exclude=frozenset({b, c}))
+    lease = pool.pick("digits", exclude=others)
     assert lease is not None
     assert lease.trial
+    return lease
+
+
+def test_cancelled_trial_frees_the_slot(clock: FakeClock) -> None:
+    _, pool, (a, b, c) = setup(clock)
+    lease = _half_open_trial(pool, clock, a, frozenset({b, c}))
     assert pool.pick("digits", exclude=frozenset({b, c})) is not None  # panic: the only one left
     lease.done()  # cancelled (a hedge that lost): no outcome
     again = pool.pick("digits", exclude=frozenset({b, c}))
@@ -118,11 +124,7 @@ def test_a_busy_answer_to_a_half_open_trial_leaves_the_next_trial_free(clock: Fa
     """Regression: a trial answered 429 gave no verdict and kept its slot: with one trial allowed the
     breaker stayed half-open with no slot free, and the node was out for good."""
     _, pool, (a, b, c) = setup(clock)
-    fail(pool, a, 3)
-    clock.advance(2.1)
-    trial = pool.pick("digits", exclude=frozenset({b, c}))
-    assert trial is not None
-    assert trial.trial
+    trial = _half_open_trial(pool, clock, a, frozenset({b, c}))
     trial.report(0.001, NodeBusy("429 queue full", node_url=a, status=429))
     trial.done()
     assert pool.breaker(a).state is BreakerState.HALF_OPEN
