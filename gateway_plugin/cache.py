@@ -21,6 +21,7 @@ import numpy as np
 
 from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.services import InferenceDispatcher
+from gateway_plugin.telemetry.observer import NO_OBSERVER, DispatchObserver
 from worker.protocol import Tensor
 
 __all__ = ["CachingDispatcher", "ResponseCache", "cache_key"]
@@ -103,8 +104,10 @@ class CachingDispatcher:
         models: frozenset[str],
         version_of: Callable[[str], str | None],
         observe: Callable[[str, bool], None] = lambda model, hit: None,
+        observer: DispatchObserver = NO_OBSERVER,
     ) -> None:
         self._inner = inner
+        self._observer = observer  # a hit is a logical call too: requests_total, latency, /stats
         self.cache = cache
         self._models = models
         self._version_of = version_of
@@ -121,6 +124,8 @@ class CachingDispatcher:
         cached = self.cache.get(key)
         self._observe(call.model, cached is not None)
         if cached is not None:
+            with self._observer.dispatch(call.model, call.request_id, "cache") as seen:
+                seen.finished(None, "cache", 0)  # mode `cache`: no node was asked
             return replace(cached, attempts=0, latency_ms=(time.perf_counter() - started) * 1000)
         outcome = await self._inner.infer(call)
         # Only cluster answers are kept: a local-fallback answer must not outlive the outage. And

@@ -283,6 +283,7 @@ class DistributedInference:
                     models=frozenset(settings.cache.models),
                     version_of=lambda model: info.version if (info := catalog.info(model)) else None,
                     observe=self.telemetry.cache_observer(settings.cache.models),
+                    observer=self.telemetry.observer,
                 )
             sharded = sharded_models(settings.sharding, dispatcher, self.pool)  # models cut into stages
             if sharded is not None:

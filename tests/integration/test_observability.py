@@ -140,6 +140,10 @@ async def test_response_cache_misses_and_hits_are_counted_per_model(two_nodes: l
         return hits[(("model", "digits"),)], misses[(("model", "digits"),)]
 
     assert [counts(text) for text in scrapes] == [(0, 0), (0, 1), (1, 1), (1, 1)]
+    # Regression: an answer from the cache was no logical call at all (requests_total, /stats).
+    requests = _samples(scrapes[-1], "distinfer_gateway_requests_total")
+    by_mode = {dict(labels)["mode"]: value for labels, value in requests.items() if dict(labels)["model"] == "digits"}
+    assert by_mode == {"distributed": 1, "cache": 1}
 
 
 async def test_one_trace_spans_gateway_and_node_with_parent_links(repository: Path) -> None:
