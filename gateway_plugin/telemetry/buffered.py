@@ -122,6 +122,11 @@ class MetricBuffer(Collector):
         self._children.append(buffered)
         return buffered
 
+    def discard(self, buffered: Any) -> None:
+        """Stop flushing `buffered` (its series is being removed): its pending updates are dropped with it."""
+        with contextlib.suppress(ValueError):
+            self._children.remove(buffered)
+
     def flush(self) -> None:
         """Add every buffered update to its metric; from another thread, on the updating loop."""
         loop = self._loop

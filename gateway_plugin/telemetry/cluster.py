@@ -1,7 +1,8 @@
 """The cluster as telemetry sees it: ejections from registry events, and each node's live state.
 
 `ClusterWatch` follows the registry's events (synchronously, as the registry requires): a node
-that leaves `online` is an ejection; a removed node is forgotten by the stats window. `live()`
+that leaves `online` is an ejection; a removed node is forgotten by the stats window, and once no
+listed node has its id, the metrics drop its series after a grace period. `live()`
 is what the scrape-time collector and `/stats` read: status, in-flight, breaker and trust, the
 last two from optional readers wired by the plugin (the balancer owns them); `panic()` is which
 models are in panic mode, and `panic_pick` counts each pick made in it (the pool calls it).
@@ -44,10 +45,12 @@ class ClusterWatch:
         self._stats = stats
         self.readers = readers or NodeReaders()
         self._status: dict[str, NodeStatus] = {node.key: node.status for node in registry.nodes()}
+        self._ids: dict[str, str] = {node.key: node.node_id for node in registry.nodes()}  # key -> node id
         registry.subscribe(self._on_event)
 
     def _on_event(self, event: NodeEvent) -> None:
         node = event.node
+        self._follow_id(node, removed=isinstance(event, NodeRemoved))
         if isinstance(event, NodeRemoved):
             self._status.pop(node.key, None)
             self._stats.forget(node.node_id)
@@ -56,6 +59,15 @@ class ClusterWatch:
         self._status[node.key] = node.status
         if before is NodeStatus.ONLINE and node.status in (NodeStatus.OFFLINE, NodeStatus.ERROR):
             self._metrics.child(self._metrics.ejections, self._metrics.node_label(node.node_id)).inc()
+
+    def _follow_id(self, node: Node, *, removed: bool) -> None:
+        """Tell the metrics when an id stops naming any listed node (removed or renamed), or names one again."""
+        before = self._ids.pop(node.key, None) if removed else self._ids.get(node.key)
+        if not removed:
+            self._ids[node.key] = node.node_id
+            self._metrics.node_returned(node.node_id)
+        if before is not None and before != (None if removed else node.node_id) and before not in self._ids.values():
+            self._metrics.node_departed(before)
 
     def nodes(self) -> list[Node]:
         return sorted(self._registry.nodes(), key=lambda n: n.node_id)

@@ -3,7 +3,10 @@
 Names follow Prometheus conventions (base units in the name, `_total` counters). Labels are
 bounded: routes are route templates, node and model labels come from a `LabelBudget` that admits
 a fixed number of distinct values and folds the rest into `other`, so no caller can grow the
-series without limit by inventing model names.
+series without limit by inventing model names. A node that leaves the registry keeps its series
+for `DEPARTED_NODE_SERIES_S` (late answers, the scrapes after its end), then they are removed and
+its label goes back to the budget: pods that come and go under new names would otherwise fill it
+and every later node would be `other`.
 
     distinfer_gateway_http_request_duration_seconds{route,method,status}   ASGI entry to response sent
     distinfer_gateway_http_requests_in_flight{route}
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,9 +40,13 @@ from prometheus_client.registry import Collector
 from gateway_plugin.telemetry.buffered import MetricBuffer
 from worker.telemetry import LATENCY_BUCKETS, Exposition
 
-__all__ = ["OTHER", "GatewayMetrics", "LabelBudget", "LiveNode", "OVERHEAD_BUCKETS"]
+__all__ = ["DEPARTED_NODE_SERIES_S", "OTHER", "GatewayMetrics", "LabelBudget", "LiveNode", "OVERHEAD_BUCKETS"]
 
 OTHER = "other"
+# How long a departed node's series stay: a few scrape intervals, and far longer than any call to it.
+DEPARTED_NODE_SERIES_S = 300.0
+# Values of the `node` label that are not nodes (`requests_total`'s local fallback, no node at all).
+_NOT_NODES = frozenset({OTHER, "local", "none"})
 # The gateway's own share of a request: tens of microseconds to tens of milliseconds.
 OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -61,6 +69,14 @@ class LabelBudget:
                 self._seen.add(value)
                 return value
         return OTHER
+
+    def release(self, value: str) -> None:
+        """Give `value`'s place back: a later newcomer may take it."""
+        with self._lock:
+            self._seen.discard(value)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +171,13 @@ class GatewayMetrics:
         live_panic: Callable[[], Iterable[tuple[str, bool]]] = tuple,
         node_limit: int = 1000,
         model_limit: int = 256,
+        departed_series_s: float = DEPARTED_NODE_SERIES_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
+        self._departed_series_s = departed_series_s
+        self._clock = clock
+        self._departed: dict[str, float] = {}  # node id -> when it left the registry
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         # Hot-path children count into plain numbers, flushed when the registry collects; registered
         # first so that it runs before the metrics it feeds. Multiprocess files need every update.
@@ -253,6 +274,12 @@ class GatewayMetrics:
             "distinfer_gateway_cache_misses", "Cacheable calls not found in the response cache", ["model"], registry=r
         )
         self._names = {id(metric): name for name, metric in vars(self).items() if isinstance(metric, MetricWrapperBase)}
+        # Per metric with a `node` label: the metric and that label's position, for removing a node's series.
+        self._node_position = {
+            name: (metric, metric._labelnames.index("node"))
+            for name, metric in vars(self).items()
+            if isinstance(metric, MetricWrapperBase) and "node" in metric._labelnames
+        }
         live = _LiveCollector(live_nodes, queue_depth, live_panic)
         r.register(live)
         self.exposition = Exposition.for_environment(r, [live])
@@ -262,6 +289,43 @@ class GatewayMetrics:
         restricted with `name[]` collects only the named metrics); `watch_event_loop` calls it."""
         if self._buffer is not None:
             self._buffer.flush()
+
+    def node_departed(self, node_id: str) -> None:
+        """No node in the registry has this id any more: its series go after the grace period."""
+        self._departed.setdefault(node_id, self._clock())
+
+    def node_returned(self, node_id: str) -> None:
+        """A node with this id is listed again: its series stay."""
+        self._departed.pop(node_id, None)
+
+    def expire_departed(self) -> None:
+        """Remove the series of nodes departed longer than the grace period; free their labels.
+
+        On the event loop (the updating thread), so that no update races the removal.
+        """
+        if not self._departed:
+            return
+        now = self._clock()
+        for node_id, since in list(self._departed.items()):
+            if now - since >= self._departed_series_s:
+                del self._departed[node_id]
+                self._forget_node(node_id)
+
+    def _forget_node(self, node_id: str) -> None:
+        if node_id in _NOT_NODES or node_id not in self.node_label:
+            return  # folded into `other` (shared with live nodes) or never counted: nothing of its own
+        for key in [key for key in self._children if self._labels_node(key, node_id)]:
+            child = self._children.pop(key)
+            if self._buffer is None:
+                continue  # multiprocess files: prometheus_client cannot remove series from them
+            self._buffer.discard(child)
+            metric, _ = self._node_position[key[0]]
+            metric.remove(*key[1])
+        self.node_label.release(node_id)
+
+    def _labels_node(self, key: tuple[str, tuple[str, ...]], node_id: str) -> bool:
+        found = self._node_position.get(key[0])
+        return found is not None and key[1][found[1]] == node_id
 
     def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
         """`metric.labels(*labels)`, cached: a dict hit per request instead of a validating call under a lock.

@@ -229,6 +229,7 @@ class GatewayTelemetry:
             await asyncio.sleep(interval_s)
             self.metrics.loop_lag_seconds.observe(max(loop.time() - due, 0.0))
             self.metrics.flush()  # so that no reader of the registry sees counts older than this tick
+            self.metrics.expire_departed()
 
 
 # The two scopes below are plain context managers rather than `@contextmanager` generators: they
