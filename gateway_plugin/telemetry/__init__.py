@@ -42,6 +42,7 @@ class Telemetry:
             live_nodes=lambda: self.cluster.live(),
             queue_depth=lambda: self.queue_depth(),
             live_panic=lambda: self.cluster.panic(),
+            listed_node=lambda node_id: self.cluster.lists(node_id),
         )
         self.tracing = GatewayTracing(gateway_tracer_provider(tracer_provider))
         self.stats = StatsWindow()

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import threading
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -96,7 +96,8 @@ class MetricBuffer(Collector):
     """Hands out buffering children and flushes them when its registry collects (register it first)."""
 
     def __init__(self) -> None:
-        self._children: list[_BufferedSum | _BufferedHistogram] = []
+        self._children: list[_BufferedSum | _BufferedHistogram] = []  # replaced, never changed, by `discard`
+        self._lock = threading.Lock()  # `wrap` may run in a scraping thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
 
@@ -119,13 +120,16 @@ class MetricBuffer(Collector):
             with contextlib.suppress(RuntimeError):  # none running here (yet)
                 self._loop = asyncio.get_running_loop()
                 self._thread = threading.get_ident()
-        self._children.append(buffered)
+        with self._lock:
+            self._children.append(buffered)
         return buffered
 
-    def discard(self, buffered: Any) -> None:
-        """Stop flushing `buffered` (its series is being removed): its pending updates are dropped with it."""
-        with contextlib.suppress(ValueError):
-            self._children.remove(buffered)
+    def discard(self, removed: Iterable[Any]) -> None:
+        """Stop flushing these children (their series are being removed): pending updates go with them."""
+        gone = {id(child) for child in removed}
+        if gone:
+            with self._lock:  # one pass for many; a child wrapped meanwhile in another thread is kept
+                self._children = [child for child in self._children if id(child) not in gone]
 
     def flush(self) -> None:
         """Add every buffered update to its metric; from another thread, on the updating loop."""

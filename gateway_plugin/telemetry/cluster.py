@@ -69,6 +69,10 @@ class ClusterWatch:
         if before is not None and before != (None if removed else node.node_id) and before not in self._ids.values():
             self._metrics.node_departed(before)
 
+    def lists(self, node_id: str) -> bool:
+        """Whether a node with this id is in the registry now."""
+        return node_id in self._ids.values()
+
     def nodes(self) -> list[Node]:
         return sorted(self._registry.nodes(), key=lambda n: n.node_id)
 

@@ -56,8 +56,9 @@ BREAKER_STATES = ("closed", "open", "half_open")
 class LabelBudget:
     """Admits up to `limit` distinct label values; later newcomers are reported as `other`."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_admit: Callable[[str], None] | None = None) -> None:
         self._limit = limit
+        self._on_admit = on_admit  # told of each value given a place
         self._seen: set[str] = set()
         self._lock = threading.Lock()
 
@@ -65,10 +66,12 @@ class LabelBudget:
         if value in self._seen:
             return value
         with self._lock:
-            if len(self._seen) < self._limit:
-                self._seen.add(value)
-                return value
-        return OTHER
+            if value in self._seen or len(self._seen) >= self._limit:
+                return value if value in self._seen else OTHER
+            self._seen.add(value)
+        if self._on_admit is not None:
+            self._on_admit(value)
+        return value
 
     def release(self, value: str) -> None:
         """Give `value`'s place back: a later newcomer may take it."""
@@ -171,20 +174,23 @@ class GatewayMetrics:
         live_panic: Callable[[], Iterable[tuple[str, bool]]] = tuple,
         node_limit: int = 1000,
         model_limit: int = 256,
+        listed_node: Callable[[str], bool] = lambda _: True,
         departed_series_s: float = DEPARTED_NODE_SERIES_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
+        self._listed_node = listed_node  # whether the registry lists a node with this id now
         self._departed_series_s = departed_series_s
         self._clock = clock
         self._departed: dict[str, float] = {}  # node id -> when it left the registry
+        self._node_keys: dict[str, list[tuple[str, tuple[str, ...]]]] = {}  # node label -> its children's keys
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         # Hot-path children count into plain numbers, flushed when the registry collects; registered
         # first so that it runs before the metrics it feeds. Multiprocess files need every update.
         self._buffer = None if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else MetricBuffer()
         if self._buffer is not None:
             registry.register(self._buffer)
-        self.node_label = LabelBudget(node_limit)
+        self.node_label = LabelBudget(node_limit, on_admit=self._admitted_node)
         self.model_label = LabelBudget(model_limit)
         r = registry
         self.http_seconds = Histogram(
@@ -291,41 +297,53 @@ class GatewayMetrics:
             self._buffer.flush()
 
     def node_departed(self, node_id: str) -> None:
-        """No node in the registry has this id any more: its series go after the grace period."""
-        self._departed.setdefault(node_id, self._clock())
+        """No listed node has this id any more: its series go after the grace period.
+
+        Not with multiprocess files, from which prometheus_client cannot remove series: there the
+        label keeps its place, so that the budget still bounds them.
+        """
+        if self._buffer is not None:
+            self._departed.setdefault(node_id, self._clock())
 
     def node_returned(self, node_id: str) -> None:
         """A node with this id is listed again: its series stay."""
         self._departed.pop(node_id, None)
 
+    def _admitted_node(self, node_id: str) -> None:
+        # A late answer from a node already forgotten (its bookkeeping waits for a slow client)
+        # brings its label back: it departs again at once, or it would stay for good.
+        if not self._listed_node(node_id):
+            self.node_departed(node_id)
+
     def expire_departed(self) -> None:
         """Remove the series of nodes departed longer than the grace period; free their labels.
 
-        On the event loop (the updating thread), so that no update races the removal.
+        On the event loop (the updating thread), so that no update of ours races the removal.
         """
         if not self._departed:
             return
         now = self._clock()
-        for node_id, since in list(self._departed.items()):
-            if now - since >= self._departed_series_s:
-                del self._departed[node_id]
-                self._forget_node(node_id)
+        due = [node_id for node_id, since in list(self._departed.items()) if now - since >= self._departed_series_s]
+        if due:
+            self._forget_nodes(due)
+            for node_id in due:
+                self._departed.pop(node_id, None)
 
-    def _forget_node(self, node_id: str) -> None:
-        if node_id in _NOT_NODES or node_id not in self.node_label:
-            return  # folded into `other` (shared with live nodes) or never counted: nothing of its own
-        for key in [key for key in self._children if self._labels_node(key, node_id)]:
-            child = self._children.pop(key)
-            if self._buffer is None:
-                continue  # multiprocess files: prometheus_client cannot remove series from them
-            self._buffer.discard(child)
-            metric, _ = self._node_position[key[0]]
-            metric.remove(*key[1])
-        self.node_label.release(node_id)
-
-    def _labels_node(self, key: tuple[str, tuple[str, ...]], node_id: str) -> bool:
-        found = self._node_position.get(key[0])
-        return found is not None and key[1][found[1]] == node_id
+    def _forget_nodes(self, node_ids: list[str]) -> None:
+        # `other` is shared with live nodes; "local" and "none" also label calls no node served.
+        owned = [node_id for node_id in node_ids if node_id not in _NOT_NODES and node_id in self.node_label]
+        removed = []
+        for node_id in owned:
+            for key in self._node_keys.pop(node_id, ()):
+                child = self._children.pop(key, None)
+                if child is not None:
+                    removed.append(child)
+                    metric, _ = self._node_position[key[0]]
+                    metric.remove(*key[1])
+        if self._buffer is not None:
+            self._buffer.discard(removed)
+        for node_id in owned:
+            self.node_label.release(node_id)
 
     def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
         """`metric.labels(*labels)`, cached: a dict hit per request instead of a validating call under a lock.
@@ -339,4 +357,7 @@ class GatewayMetrics:
             if self._buffer is not None:
                 found = self._buffer.wrap(metric, found)
             self._children[key] = found
+            by_node = self._node_position.get(key[0])
+            if by_node is not None:  # indexed by node, for removing a departed node's series
+                self._node_keys.setdefault(labels[by_node[1]], []).append(key)
         return found

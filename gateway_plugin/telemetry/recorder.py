@@ -10,6 +10,7 @@ same way, without a record.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
@@ -28,6 +29,8 @@ from worker.errors import NodeBusy, NodeCallError, NodeRejected, NodeServerError
 from worker.tracing import retro_span
 
 __all__ = ["RECORD", "GatewayTelemetry", "RequestRecord", "after_response", "defer_bookkeeping", "error_outcome"]
+
+log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
 
@@ -229,7 +232,10 @@ class GatewayTelemetry:
             await asyncio.sleep(interval_s)
             self.metrics.loop_lag_seconds.observe(max(loop.time() - due, 0.0))
             self.metrics.flush()  # so that no reader of the registry sees counts older than this tick
-            self.metrics.expire_departed()
+            try:
+                self.metrics.expire_departed()
+            except Exception:  # housekeeping: the watch (and the flushes above) must go on
+                log.exception("removing departed nodes' series failed")
 
 
 # The two scopes below are plain context managers rather than `@contextmanager` generators: they

@@ -8,7 +8,9 @@ every later node as `other`.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import pytest
 from opentelemetry.trace import NoOpTracerProvider
 from prometheus_client import CollectorRegistry
 
@@ -38,7 +40,11 @@ class _Fleet:
         self.clock = _Clock()
         self.registry = NodeRegistry()
         self.metrics = GatewayMetrics(
-            CollectorRegistry(), node_limit=node_limit, departed_series_s=GRACE_S, clock=self.clock
+            CollectorRegistry(),
+            node_limit=node_limit,
+            listed_node=lambda node_id: self.watch.lists(node_id),
+            departed_series_s=GRACE_S,
+            clock=self.clock,
         )
         self.watch = ClusterWatch(self.registry, self.metrics, StatsWindow())
         self.observer = GatewayTelemetry(self.metrics, GatewayTracing(NoOpTracerProvider()))
@@ -152,3 +158,58 @@ async def test_the_event_loop_watch_expires_departed_nodes() -> None:
     finally:
         watch.cancel()
     assert fleet.attempts("pod-a") is None
+
+
+def test_a_late_answer_after_the_series_went_departs_again() -> None:
+    """Regression (review): bookkeeping that waits for a slow client to read its answer can come
+    after the node's series were removed; it brought the label back for good."""
+    fleet = _Fleet(node_limit=2)
+    fleet.list("pod-a")
+    fleet.attempt("pod-a")
+    fleet.list("pod-b")
+    fleet.later(GRACE_S)
+    fleet.attempt("pod-a")  # the late one
+    assert fleet.attempts("pod-a") == 1
+    fleet.later(GRACE_S)
+    assert fleet.attempts("pod-a") is None
+    fleet.list("pod-b", "pod-c")
+    fleet.attempt("pod-c")
+    assert fleet.attempts("pod-c") == 1
+
+
+def test_multiprocess_files_keep_their_series_and_the_budget_still_bounds_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (review): prometheus_client cannot remove series from multiprocess files, yet the
+    labels were given back, so every rollout added series without bound."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    fleet = _Fleet(node_limit=2)
+    for rollout in range(3):
+        pods = [f"pod-{rollout}-{i}" for i in range(2)]
+        fleet.list(*pods)
+        for pod in pods:
+            fleet.attempt(pod)
+        fleet.later(GRACE_S)
+    labels = {pod for pod in (f"pod-{r}-{i}" for r in range(3) for i in range(2)) if pod in fleet.metrics.node_label}
+    assert labels == {"pod-0-0", "pod-0-1"}  # the first two kept their places; later pods are `other`
+
+
+async def test_a_failing_expiry_does_not_stop_the_event_loop_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet = _Fleet()
+    expiries = 0
+
+    def broken() -> None:
+        nonlocal expiries
+        expiries += 1
+        raise RuntimeError("dictionary changed size during iteration")
+
+    monkeypatch.setattr(fleet.metrics, "expire_departed", broken)
+    watch = asyncio.create_task(fleet.observer.watch_event_loop(interval_s=0.01))
+    try:
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if expiries >= 3:
+                break
+    finally:
+        watch.cancel()
+    assert expiries >= 3
