@@ -132,6 +132,21 @@ CHARLM = [
         ("/v2/models/digits/versions/9/infer", {"inputs": [_tensor([1, 1, 8, 8])]}, 404, "version"),
         # Values only the runtime can judge (a token id beyond the vocabulary): still the caller's 400.
         ("/v2/models/charlm/infer", {"inputs": [*CHARLM, {**CHARLM[0], "data": [100_000]}][1:]}, 400, "input values"),
+        # TorchScript words the same refusal as a RuntimeError: was a 500, which ejects a healthy node.
+        pytest.param(
+            "/v2/models/charlm_torchscript/infer",
+            {"inputs": [*CHARLM, {**CHARLM[0], "data": [100_000]}][1:]},
+            400,
+            "input values",
+            marks=pytest.mark.torch,
+        ),
+        pytest.param(
+            "/v2/models/charlm_torchscript/infer",
+            {"inputs": [*CHARLM, {**CHARLM[0], "data": [-5000]}][1:]},
+            400,
+            "out of bounds",
+            marks=pytest.mark.torch,
+        ),
         (
             "/v2/models/charlm/infer",
             {"inputs": [CHARLM[0], {**CHARLM[1], "shape": [2, 192], "data": [0.0] * 384}]},

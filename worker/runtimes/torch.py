@@ -6,6 +6,7 @@ from the node's own model repository; nothing is ever unpickled from the network
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,6 +70,12 @@ class TorchRuntime:
                 result = self._module(*args)
             except IndexError as exc:  # an embedding index out of range: the input values, not the model
                 raise InvalidInput(f"the model refused the input values: {str(exc)[:200]}") from exc
+            except RuntimeError as exc:
+                # TorchScript re-raises the same index error as a RuntimeError, its message last.
+                reason = str(exc).strip().rsplit("\n", 1)[-1]
+                if _OUT_OF_RANGE.search(reason) is None:
+                    raise
+                raise InvalidInput(f"the model refused the input values: {reason[:200]}") from exc
         if isinstance(result, torch.Tensor):
             result = (result,)
         elif isinstance(result, dict):
@@ -79,6 +86,10 @@ class TorchRuntime:
 
     def close(self) -> None:
         del self._module
+
+
+# How torch words an index beyond a table's size (eager: IndexError; TorchScript: RuntimeError).
+_OUT_OF_RANGE = re.compile(r"index -?\d+ is out of bounds for dimension|index out of range in self")
 
 
 def _writable(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
