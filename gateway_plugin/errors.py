@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from worker.errors import (
@@ -58,16 +59,32 @@ __all__ = [
 ]
 
 
-class DistinferError(Exception):
+class DistinferError(HTTPException):
+    """Our routes render it as problem+json. An HTTPException, so that where one escapes into the
+    host's own routes (`require_infer` as a dependency there) the host's handler answers with its
+    status and headers (401 and its challenge), not with a 500."""
+
     status: int = 500
     code: str = "internal"
     title: str = "Internal error"
+    headers: dict[str, str]
 
     def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
-        super().__init__(detail)
+        Exception.__init__(self, detail)  # not HTTPException's: `status_code` follows `status`
         self.detail = detail
         self.headers = headers or {}
         self.extra = extra
+
+    @property
+    def status_code(self) -> int:
+        return self.status
+
+    @status_code.setter
+    def status_code(self, value: int) -> None:
+        self.status = value
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 class BadRequest(DistinferError):

@@ -19,10 +19,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from pydantic import SecretStr
 
-from gateway_plugin.auth import ADMIN, INFER, mint_token
+from gateway_plugin import DistributedInference
+from gateway_plugin.auth import ADMIN, INFER, Principal, mint_token
 from gateway_plugin.settings import AuthSettings
 from tests.integration.conftest import TEST_JWT_SECRET, bearer, mounted, settings_for
 from tests.integration.legacy_service import serving
@@ -263,3 +264,36 @@ async def test_tls_to_nodes_with_a_private_ca_and_client_certificates(tmp_path: 
         async with mounted(settings_for([url], auth=without_cert)) as (client, _):
             nodes = (await client.get(f"{PREFIX}/nodes")).json()
         assert nodes[0]["status"] != "online"  # the node refuses a gateway without a client certificate
+
+
+async def test_the_auth_dependencies_on_the_hosts_own_routes_answer_401_and_403_not_500() -> None:
+    """Regression (review): on a host route, a refusal left the plugin's routes' problem handling and
+    reached the host as an unknown exception: 500 Internal Server Error."""
+    app = FastAPI()
+    distributed = DistributedInference(settings=settings_for([]))
+    app.include_router(distributed.router)
+
+    # Dependencies as defaults: the annotations of a function in a function cannot name `distributed`.
+    @app.get("/mine")
+    async def mine(principal: Principal = Depends(distributed.require_infer)) -> dict[str, str | None]:  # noqa: B008
+        return {"sub": principal.sub}
+
+    @app.get("/operate")
+    async def operate(principal: Principal = Depends(distributed.require_admin)) -> dict[str, bool]:  # noqa: B008
+        return {"admin": principal.is_admin}
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://host") as client:
+        missing = await client.get("/mine")
+        junk = await client.get("/mine", headers={"Authorization": "Bearer junk"})
+        not_admin = await client.get("/operate", headers=bearer(INFER))
+        fine = await client.get("/mine", headers=bearer(INFER, sub="ana"))
+        admin = await client.get("/operate", headers=bearer(INFER, ADMIN))
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert junk.status_code == 401
+    assert "invalid_token" in junk.headers["www-authenticate"]
+    assert not_admin.status_code == 403
+    assert 'scope="admin"' in not_admin.headers["www-authenticate"]
+    assert (fine.status_code, fine.json()) == (200, {"sub": "ana"})
+    assert (admin.status_code, admin.json()) == (200, {"admin": True})
