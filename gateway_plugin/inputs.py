@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from discovery.node import ModelInfo
-from gateway_plugin.errors import BadRequest, PayloadTooLarge
+from gateway_plugin.errors import BadRequest, NoCapacity, PayloadTooLarge
 from worker.protocol import Limits, Tensor, tensor_from_json
 from worker.protocol.checked import TensorMeta
 from worker.protocol.models import WireTensor
@@ -67,7 +67,8 @@ def check_batch_size(info: ModelInfo, tensors: Sequence[TensorMeta], limit: int)
 
 
 def to_tensors(value: Any, info: ModelInfo | None, limits: Limits) -> list[Tensor]:
-    """The request's inputs as tensors; BadRequest (or PayloadTooLarge) when they cannot be."""
+    """The request's inputs as tensors; BadRequest (or PayloadTooLarge) when they cannot be, NoCapacity
+    when a plain value needs metadata no reachable node gave."""
     if is_tensor_list(value):
         try:
             wires = [WireTensor.model_validate(item) for item in value]
@@ -79,5 +80,10 @@ def to_tensors(value: Any, info: ModelInfo | None, limits: Limits) -> list[Tenso
     if value is None or value == [] or isinstance(value, dict):
         raise BadRequest("inputs must be a list of v2 tensors or a plain value (string, number, nested list)")
     if info is None:
-        raise BadRequest("the model's metadata is not known here: send inputs as v2 tensors")
+        # Only when no node that could describe the model is reachable (callers answer 404 for a
+        # model nobody has first): the request is fine, the cluster cannot read it now.
+        raise NoCapacity(
+            "the model's metadata is not known now (no node that serves it can be reached): "
+            "retry, or send inputs as v2 tensors"
+        )
     return [_plain_value(value, info, limits)]

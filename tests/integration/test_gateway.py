@@ -164,6 +164,20 @@ async def test_no_node_and_no_local_copy_is_503() -> None:
     assert ready.status_code == 503
 
 
+async def test_plain_inputs_during_an_outage_are_503_like_tensors() -> None:
+    """Regression (review): a plain value needs the model's metadata, which no reachable node gave,
+    and the client was told its valid request was malformed (400)."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    image = [[0.0] * 8] * 8
+    async with mounted(settings_for([dead])) as (client, _):
+        single = await client.post(f"{PREFIX}/inference", json={"model": "digits", "inputs": image})
+        pipeline = await client.post(
+            f"{PREFIX}/inference/pipeline", json={"stages": [{"id": "a", "model": "digits", "inputs": image}]}
+        )
+    assert _problem(single, 503)["code"] == "no_capacity"
+    assert _problem(pipeline, 503)["code"] == "no_capacity"
+
+
 async def test_flag_off_answers_404_everywhere(two_nodes: list[ServerProcess]) -> None:
     async with mounted(settings_for([n.url for n in two_nodes], enabled=False)) as (client, _):
         for method, path in [("POST", "/inference"), ("GET", "/models"), ("GET", "/nodes"), ("GET", "/health")]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from discovery.node import ModelInfo
-from gateway_plugin.errors import BadRequest, PayloadTooLarge
+from gateway_plugin.errors import BadRequest, NoCapacity, PayloadTooLarge
 from gateway_plugin.inputs import is_tensor_list, to_tensors
 from gateway_plugin.local import model_info
 from worker.config import TensorSpec
@@ -109,8 +109,8 @@ def test_plain_values_that_do_not_fit_are_bad_requests(digits: ModelInfo, value:
         to_tensors(value, digits, Limits())
 
 
-def test_plain_value_without_metadata_is_a_bad_request() -> None:
-    with pytest.raises(BadRequest):
+def test_plain_value_without_metadata_is_no_capacity_not_the_callers_fault() -> None:
+    with pytest.raises(NoCapacity):
         to_tensors([[0.0] * 8] * 8, None, Limits())
 
 
