@@ -26,7 +26,7 @@ from gateway_plugin.errors import DeadlineExceeded, NoCapacity, UnknownModel, fr
 from gateway_plugin.local import LocalInference
 from gateway_plugin.telemetry.observer import NO_OBSERVER, DispatchObserver
 from worker.client import NodeClient
-from worker.errors import NodeCallError, NodeServerError, NodeUnreachable, WorkerError
+from worker.errors import NodeCallError, NodeServerError, NodeTimeout, NodeUnreachable, WorkerError
 from worker.generate import GenerateParams
 
 __all__ = ["StreamCall", "StreamEnd", "StreamInterrupted", "StreamRelay", "StreamToken", "TokenStream"]
@@ -258,6 +258,9 @@ class StreamRelay:
     ) -> TokenStream:
         generator = self._local.generator(call.model) if self._local is not None else None
         if generator is None:
+            # As the dispatcher: a node that timed out at the deadline spent it (504), not the capacity (503).
+            if deadline - self._clock() < 0.001 and (last_error is None or isinstance(last_error, NodeTimeout)):
+                raise DeadlineExceeded(f"no first token within {call.timeout_s * 1000:.0f} ms")
             if last_error is None and not self._pool.knows(call.model) and self._pool.any_online():
                 raise UnknownModel(f"no node and no local copy has model {call.model!r}")
             reason = last_error.message if last_error else "no healthy node serves it"

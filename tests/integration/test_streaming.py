@@ -159,6 +159,18 @@ async def test_the_stream_deadline_ends_it_with_an_error_event(two_nodes: list[S
     assert events[-2][1]["code"] == "deadline_exceeded"
 
 
+async def test_a_deadline_spent_before_the_first_token_is_504_not_503(start_nodes: StartNodes) -> None:
+    """Regression (review): the node's timeout at the deadline was retried, found no other node, and
+    ended as "no capacity" (503), where /inference answers the same wait with 504."""
+    (slow,) = start_nodes("stream-slow", extra_args=["--models", "charlm", "--fault-latency-ms", "800"])
+    async with gateway([slow.url]) as client:
+        body = {"prompt": "a", "parameters": {"max_tokens": 3}, "timeout_ms": 300}
+        response = await client.post(f"{PREFIX}/inference/stream/charlm", json=body)
+    assert response.status_code == 504, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "deadline_exceeded"
+
+
 async def test_retry_before_the_first_token_and_an_error_event_when_the_node_dies_mid_stream(
     start_nodes: StartNodes,
 ) -> None:
