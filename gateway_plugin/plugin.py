@@ -53,6 +53,7 @@ from gateway_plugin.api.routing import record_routes
 from gateway_plugin.api.schemas import InferenceRequest
 from gateway_plugin.api.stats import stats_router
 from gateway_plugin.api.tasks import task_runner, tasks_router
+from gateway_plugin.api.v2_metadata import v2_health_router, v2_metadata_router
 from gateway_plugin.auth import INFER, Authenticator, node_ssl_context
 from gateway_plugin.balancing import build_pool, build_resilience
 from gateway_plugin.cache import CachingDispatcher, ResponseCache
@@ -188,6 +189,8 @@ class DistributedInference:
         # No enabled-check here: with the flag off, PUT /flags is how it comes back on.
         include(flags_router(self.flags, self.require_infer, self.require_admin, route_class))
         include(health_router(self.services, route_class), enabled)
+        include(v2_health_router(self.services, route_class), enabled)
+        include(v2_metadata_router(self.services, route_class), enabled, infer)  # with the relay: one v2 server
         for build in (stream_router, cluster_router):
             include(build(self.services, route_class), enabled, infer)
         include(nodes_admin_router(self.services, route_class, admin=self.require_admin), enabled)  # POST/PATCH/DELETE

@@ -33,7 +33,7 @@ from worker.protocol import (
 )
 from worker.protocol.checked import check_request
 
-__all__ = ["RelayEndpoint", "relay_router"]
+__all__ = ["RelayEndpoint", "relay_router", "with_v2_error"]
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,9 @@ class RelayEndpoint:
                     limiter.leave()
             start = _response_start(answer, sent)  # a node's header we cannot pass on is an error here, not a 500
         except WorkerError as exc:
-            response: Response = problem(_with_v2_error(from_worker(exc)), request_id)
+            response: Response = problem(with_v2_error(from_worker(exc)), request_id)
         except DistinferError as exc:
-            response = problem(_with_v2_error(exc), request_id)
+            response = problem(with_v2_error(exc), request_id)
         except Exception as exc:
             response = problem_for(exc, request_id)
         else:
@@ -191,6 +191,7 @@ def _node_parameters(parameters: Mapping[str, Any]) -> Mapping[str, Any]:
     return {k: v for k, v in parameters.items() if k not in _ENCODING_PARAMETERS}
 
 
-def _with_v2_error(error: DistinferError) -> DistinferError:
+def with_v2_error(error: DistinferError) -> DistinferError:
+    """`error` with the v2 `error` member its problem body carries, for v2 clients to show."""
     error.extra.setdefault("error", error.detail)
     return error

@@ -11,7 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
-from gateway_plugin.processes import ServerProcess, start_gateway
+from gateway_plugin.processes import ServerProcess, free_port, start_gateway
+from tests.integration.conftest import StartNodes, mounted, settings_for
+from tests.integration.polling import until
 
 httpclient = pytest.importorskip("tritonclient.http")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
@@ -86,6 +88,44 @@ def test_tritonclient_calls_the_gateway_relay(
     np.testing.assert_allclose(logits, onnx_digits(digits_images), atol=1e-5)
 
 
+def test_tritonclient_reads_the_gateways_health_and_model_metadata(
+    gateway: ServerProcess, two_nodes: list[ServerProcess]
+) -> None:
+    """Regression (review): only `infer` existed under the prefix; tritonclient's readiness checks
+    said False and `get_model_metadata` failed to decode FastAPI's 404."""
+    with _client(gateway.url + PREFIX) as client:
+        assert client.is_server_live()
+        assert client.is_server_ready()
+        assert client.is_model_ready("digits")
+        assert client.is_model_ready("digits", model_version="1")
+        assert not client.is_model_ready("no-such-model")
+        assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+        metadata = client.get_model_metadata("digits")
+        with _client(two_nodes[0].url) as direct:
+            assert metadata["inputs"] == direct.get_model_metadata("digits")["inputs"]
+        assert metadata["outputs"][0]["name"] == "logits"
+        with pytest.raises(InferenceServerException, match="no node and no local copy"):
+            client.get_model_metadata("no-such-model")
+        with pytest.raises(InferenceServerException, match="no version"):
+            client.get_model_metadata("digits", model_version="9")
+
+
+def test_the_gateway_is_not_ready_for_tritonclient_while_no_node_can_serve() -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    process = start_gateway({"DISTINFER_NODES": dead, "DISTINFER_AUTH_DISABLED": "true"})
+    try:
+        process.wait_ready()
+        with _client(process.url + PREFIX) as client:
+            assert client.is_server_live()
+            assert not client.is_server_ready()
+            assert not client.is_model_ready("digits")  # nobody describes it: 404
+        ready = httpx.get(f"{process.url}{PREFIX}/v2/models/digits/ready")
+        assert ready.status_code == 404
+        assert ready.headers["content-type"] == "application/problem+json"
+    finally:
+        process.stop()
+
+
 def test_relay_errors_reach_tritonclient_with_their_message(gateway: ServerProcess) -> None:
     tensor = httpclient.InferInput("image", [1, 1, 4, 4], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, 1, 4, 4), dtype=np.float32))
@@ -124,3 +164,22 @@ def test_relay_refuses_a_batch_over_the_gateway_limit(two_nodes: list[ServerProc
             client.infer("digits", [tensor])
     finally:
         process.stop()
+
+
+async def test_a_known_model_whose_nodes_are_gone_is_not_ready_503(start_nodes: StartNodes) -> None:
+    (node,) = start_nodes("v2-ready")
+    async with mounted(settings_for([node.url])) as (client, _):
+        ready = f"{PREFIX}/v2/models/digits/ready"
+        await until(lambda: _status(client, ready, 200))
+        node.kill()
+        await until(lambda: _status(client, ready, 503))
+        response = await client.get(ready)
+        metadata = await client.get(f"{PREFIX}/v2/models/digits")  # still described: the node listed it
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "no_capacity"
+    assert response.json()["error"] == response.json()["detail"]
+    assert metadata.status_code == 200
+
+
+async def _status(client: httpx.AsyncClient, path: str, status: int) -> bool:
+    return (await client.get(path)).status_code == status
