@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
 
-from balancer.breaker import BreakerSnapshot, CircuitBreaker
+from balancer.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
 from balancer.latency import Clock, LatencyWindow, PeakEwma
 from balancer.outlier import EjectionPolicy
 from balancer.picker import EMPTY_PICKER, Picker, in_panic
@@ -116,6 +116,7 @@ class NodePool:
         self._pickers: dict[str, Picker] = {}  # by model; only models some online node serves
         self._trust_version = self.trust.version
         self._panic_listeners: list[Callable[[str], None]] = []
+        self._ejection_listeners: list[Callable[[str], None]] = []
         self.panic_picks = 0
         registry.subscribe(self._on_event)
 
@@ -138,8 +139,15 @@ class NodePool:
     def _state(self, key: str) -> _NodeState:
         state = self._states.get(key)
         if state is None:
-            state = self._states[key] = _NodeState(self.config, self._clock, partial(self._invalidate, key))
+            state = self._states[key] = _NodeState(self.config, self._clock, partial(self._breaker_changed, key))
         return state
+
+    def _breaker_changed(self, key: str) -> None:
+        self._invalidate(key)
+        state = self._states.get(key)
+        if state is not None and state.breaker.state is BreakerState.OPEN:  # a trip: the node is ejected
+            for listener in self._ejection_listeners:
+                listener(key)
 
     def _invalidate(self, key: str) -> None:
         """Something about `key`'s admission changed: drop the pickers of the models it serves."""
@@ -252,6 +260,10 @@ class NodePool:
 
     def _admits(self, key: str) -> bool:
         return self._state(key).breaker.allows() and not self.trust.quarantined(key)
+
+    def add_ejection_listener(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(node key)` each time a node's breaker trips (synchronously: it must not block)."""
+        self._ejection_listeners.append(listener)
 
     def add_panic_listener(self, listener: Callable[[str], None]) -> None:
         """Call `listener(model)` on every pick made in panic mode (synchronously: it must not block)."""

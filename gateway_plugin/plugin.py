@@ -218,6 +218,7 @@ class DistributedInference:
             panic=pool.panic_states,
         )
         pool.add_panic_listener(telemetry.cluster.panic_pick)
+        pool.add_ejection_listener(telemetry.cluster.breaker_tripped)
         return telemetry
 
     def _known_model(self, model: str) -> bool:

@@ -1,8 +1,9 @@
 """The cluster as telemetry sees it: ejections from registry events, and each node's live state.
 
 `ClusterWatch` follows the registry's events (synchronously, as the registry requires): a node
-that leaves `online` is an ejection; a removed node is forgotten by the stats window, and once no
-listed node has its id, the metrics drop its series after a grace period. `live()`
+that leaves `online` is an ejection, and so is a breaker trip (`breaker_tripped`, from the pool);
+a removed node is forgotten by the stats window, and once no listed node has its id, the metrics
+drop its series after a grace period. `live()`
 is what the scrape-time collector and `/stats` read: status, in-flight, breaker and trust, the
 last two from optional readers wired by the plugin (the balancer owns them); `panic()` is which
 models are in panic mode, and `panic_pick` counts each pick made in it (the pool calls it).
@@ -89,6 +90,12 @@ class ClusterWatch:
             folded[label] = folded.get(label, False) or active
             m.child(m.panic_picks, label)
         return sorted(folded.items())
+
+    def breaker_tripped(self, key: str) -> None:
+        """The balancer ejected a node (its breaker tripped): an ejection, as a probe's is."""
+        node = self._registry.get(key)
+        if node is not None:
+            self._metrics.child(self._metrics.ejections, self._metrics.node_label(node.node_id)).inc()
 
     def panic_pick(self, model: str) -> None:
         """One pick made in panic mode for `model`."""

@@ -30,9 +30,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway_plugin import DistributedInference, Settings
 from gateway_plugin.monitor import add_monitor_parser
 from gateway_plugin.processes import ServerProcess, free_port, start_gateway, start_node
-from gateway_plugin.settings import AuthSettings, CacheSettings
+from gateway_plugin.settings import AuthSettings, BalancerSettings, CacheSettings
 from gateway_plugin.telemetry.logs import JsonFormatter
-from tests.integration.conftest import STARTUP_TIMEOUT_S, settings_for
+from tests.integration.conftest import STARTUP_TIMEOUT_S, StartNodes, settings_for
 
 PREFIX = "/api/v1/distributed"
 IMAGE = [[0.5] * 8] * 8
@@ -108,6 +108,23 @@ async def test_metrics_counters_move_with_the_requests_sent(two_nodes: list[Serv
         _value(node_after[n.name], "distinfer_node_batch_rows_count", model="digits") for n in two_nodes
     )
     assert runtime_calls >= 6
+
+
+async def test_a_breaker_trip_counts_as_an_ejection(start_nodes: StartNodes) -> None:
+    """Regression (review): `node_ejections_total` counted nodes leaving `online` by probe only; a
+    node the breaker ejected (status `error` in /nodes) never showed."""
+    (failing,) = start_nodes("eject-me", extra_args=["--fault-error-rate", "1.0"])
+    (healthy,) = start_nodes("stay")
+    settings = _settings([failing.url, healthy.url], balancer=BalancerSettings(strategy="round_robin"))
+    async with _gateway(settings) as (client, _):
+        for _ in range(12):  # every request succeeds, on `stay`, once `eject-me` has failed it
+            ok = await client.post(f"{PREFIX}/inference", json={"model": "digits", "inputs": IMAGE})
+            assert ok.status_code == 200, ok.text
+        nodes = (await client.get(f"{PREFIX}/nodes")).json()
+        text = (await client.get("/metrics")).text
+    assert {node["node_id"]: node["status"] for node in nodes}["eject-me"] == "error"
+    assert _value(text, "distinfer_gateway_node_ejections_total", node="eject-me") >= 1
+    assert _value(text, "distinfer_gateway_node_ejections_total", node="stay") == 0
 
 
 async def test_metrics_path_is_outside_the_prefix_unauthenticated_and_configurable(
