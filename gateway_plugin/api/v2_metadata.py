@@ -33,7 +33,7 @@ def v2_health_router(services: ServicesDependency, route_class: type[ProblemRout
     router = APIRouter(route_class=route_class, tags=["open inference protocol"])
 
     @router.get("/v2/health/live", summary="v2 liveness: the plugin is serving")
-    async def live() -> Response:
+    async def live(svc: Annotated[Services, Depends(services)]) -> Response:  # 503 until started, as /health/live
         return Response(status_code=200)
 
     @router.get("/v2/health/ready", summary="v2 readiness: a node or the local fallback can serve")

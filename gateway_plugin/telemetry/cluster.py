@@ -58,7 +58,8 @@ class ClusterWatch:
             return
         before = None if isinstance(event, NodeAdded) else self._status.get(node.key)
         self._status[node.key] = node.status
-        if before is NodeStatus.ONLINE and node.status in (NodeStatus.OFFLINE, NodeStatus.ERROR):
+        left = before is NodeStatus.ONLINE and node.status in (NodeStatus.OFFLINE, NodeStatus.ERROR)
+        if left and self.readers.breaker(node.key) != "open":  # an open breaker counted it already
             self._metrics.child(self._metrics.ejections, self._metrics.node_label(node.node_id)).inc()
 
     def _follow_id(self, node: Node, *, removed: bool) -> None:
@@ -94,7 +95,7 @@ class ClusterWatch:
     def breaker_tripped(self, key: str) -> None:
         """The balancer ejected a node (its breaker tripped): an ejection, as a probe's is."""
         node = self._registry.get(key)
-        if node is not None:
+        if node is not None and node.status is NodeStatus.ONLINE:  # one that left `online` counted already
             self._metrics.child(self._metrics.ejections, self._metrics.node_label(node.node_id)).inc()
 
     def panic_pick(self, model: str) -> None:

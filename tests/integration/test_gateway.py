@@ -324,7 +324,11 @@ async def test_not_started_plugin_answers_503_not_500(two_nodes: list[ServerProc
     transport = httpx.ASGITransport(app=app)  # no lifespan: the host forgot to run it
     async with httpx.AsyncClient(transport=transport, base_url="http://host", headers=bearer()) as client:
         response = await client.get(f"{PREFIX}/nodes")
+        live = await client.get(f"{PREFIX}/health/live")
+        v2_live = await client.get(f"{PREFIX}/v2/health/live")  # the v2 twin says the same
     _problem(response, 503)
+    _problem(live, 503)
+    _problem(v2_live, 503)
 
 
 async def test_probes_bring_a_restarted_node_back(start_nodes: StartNodes, repository: Path) -> None:

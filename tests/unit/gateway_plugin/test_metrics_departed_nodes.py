@@ -1,4 +1,4 @@
-"""Nodes that leave the registry give their series and their place in the label budget back.
+"""Nodes that leave: their series and label-budget places go back; their ejection is counted once.
 
 Regression: labels were admitted for good, so a fleet whose pods come back under new names (every
 rollout in Kubernetes) kept every departed pod's series and, once the budget was spent, reported
@@ -14,13 +14,17 @@ import pytest
 from opentelemetry.trace import NoOpTracerProvider
 from prometheus_client import CollectorRegistry
 
-from discovery.node import NodeSpec
+from balancer.breaker import BreakerState
+from discovery.node import ModelInfo, NodeSpec, NodeStatus
 from discovery.registry import NodeRegistry
+from gateway_plugin import DistributedInference
+from gateway_plugin.settings import BalancerSettings, Settings
 from gateway_plugin.telemetry.cluster import ClusterWatch
 from gateway_plugin.telemetry.metrics import OTHER, GatewayMetrics, LabelBudget
 from gateway_plugin.telemetry.recorder import GatewayTelemetry
 from gateway_plugin.telemetry.stats import StatsWindow
 from gateway_plugin.telemetry.tracing import GatewayTracing
+from worker.errors import NodeUnreachable
 
 GRACE_S = 60.0
 
@@ -213,3 +217,25 @@ async def test_a_failing_expiry_does_not_stop_the_event_loop_watch(monkeypatch: 
     finally:
         watch.cancel()
     assert expiries >= 3
+
+
+@pytest.mark.parametrize(("consecutive", "in_flight"), [(1, 1), (5, 5)])
+def test_a_node_that_dies_is_one_ejection_though_probe_and_breaker_both_see_it(
+    consecutive: int, in_flight: int
+) -> None:
+    """Regression (review): a refused connection both trips the breaker and takes the node offline,
+    and each counted an ejection."""
+    settings = Settings(balancer=BalancerSettings(eject_consecutive_failures=consecutive))
+    distributed = DistributedInference(settings=settings, metrics_registry=CollectorRegistry())
+    node = distributed.registry.add("test", NodeSpec(url="http://10.0.0.9:8000", node_id="n1"))
+    info = ModelInfo("m", "1", "onnx", (), ())
+    distributed.registry.update(node.key, status=NodeStatus.ONLINE, models={"m": info})
+    leases = [distributed.pool.pick("m") for _ in range(in_flight)]  # in flight when the node died
+    for lease in leases:
+        assert lease is not None
+        lease.report(0.01, NodeUnreachable("connection refused", node_url=node.url))
+        lease.done()
+    assert distributed.pool.breaker(node.key).state is BreakerState.OPEN
+    assert distributed.registry.get(node.key).status is NodeStatus.OFFLINE  # type: ignore[union-attr]
+    ejections = distributed.metrics_registry.get_sample_value("distinfer_gateway_node_ejections_total", {"node": "n1"})
+    assert ejections == 1
