@@ -24,24 +24,17 @@ from gateway_plugin.telemetry.metrics import OTHER, GatewayMetrics, LabelBudget
 from gateway_plugin.telemetry.recorder import GatewayTelemetry
 from gateway_plugin.telemetry.stats import StatsWindow
 from gateway_plugin.telemetry.tracing import GatewayTracing
+from tests.unit.balancer.conftest import FakeClock
 from worker.errors import NodeUnreachable
 
 GRACE_S = 60.0
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class _Fleet:
     """The real registry, metrics, cluster watch and call observer, with a clock the test moves."""
 
     def __init__(self, node_limit: int = 2) -> None:
-        self.clock = _Clock()
+        self.clock = FakeClock()
         self.registry = NodeRegistry()
         self.metrics = GatewayMetrics(
             CollectorRegistry(),
