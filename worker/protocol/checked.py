@@ -4,8 +4,9 @@ A relay passes the client's body to a node unread, so building numpy arrays for 
 is wasted work on its hottest path. `check_request` refuses exactly what `decode_request`
 refuses. Fixed-size binary tensors are checked from the header alone (datatype, shape against the
 element limit, byte sizes, framing) and built lazily, on first read (local fallback, the cache key,
-a node without the binary extension). JSON data and BYTES tensors can only be checked by decoding
-them, so a request holding any is decoded at once, as before.
+a node without the binary extension). Small JSON tensors of plain numbers are proven to decode by
+`json_proof` (a loop over the values, without numpy) and built lazily too; any other JSON data,
+and BYTES tensors, can only be checked by decoding them, so such a request is decoded at once.
 
 A client's binary header repeats for as long as its tensors' names and shapes do (only the bytes
 after it change), so what the header alone decides is remembered per header (`_header_verdict`,
@@ -35,6 +36,7 @@ from worker.protocol.codec import (
     _split,
 )
 from worker.protocol.datatypes import DATATYPES, element_size
+from worker.protocol.json_proof import decodes_cleanly
 from worker.protocol.models import InferenceRequestHeader, WireTensor
 
 __all__ = ["LazyTensors", "TensorMeta", "check_request"]
@@ -119,6 +121,8 @@ def check_request(body: bytes, header_length: int | None, limits: Limits) -> tup
     if verdict.fixed:
         _check_framing(verdict, blob)
         inputs = LazyTensors(wires, lambda: _decode_tensors(wires, blob, limits))
+    elif not blob and _json_proven(wires, limits):
+        inputs = LazyTensors(wires, lambda: _decode_tensors(wires, blob, limits))
     else:
         inputs = LazyTensors.decoded(wires, _decode_tensors(wires, blob, limits))
     parameters = dict(header.parameters) if header.parameters else {}
@@ -169,6 +173,20 @@ def _tensor_fault(wire: WireTensor, size: int, limits: Limits) -> _Fault | None:
             f"tensor {wire.name!r}: shape {wire.shape} of {wire.datatype} needs {expected} bytes, got {size}",
         )
     return None
+
+
+def _json_proven(wires: Sequence[WireTensor], limits: Limits) -> bool:
+    """Every tensor has JSON data that `json_proof` proves decodes: building them can wait."""
+    for wire in wires:
+        try:
+            if _binary_size(wire) is not None or wire.datatype not in DATATYPES:
+                return False
+            count = _element_count(wire.shape, limits, wire.name)
+        except WorkerError:
+            return False
+        if not decodes_cleanly(wire.datatype, count, wire.data):
+            return False
+    return True
 
 
 def _refusal(fault: _Fault) -> WorkerError:
