@@ -27,6 +27,7 @@ from gateway_plugin.api.disconnect import unless_disconnected
 from gateway_plugin.api.inference import SESSION_HEADER, build_call, outcome_body, unknown_model
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest
+from gateway_plugin.api.served import served_headers
 from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.errors import DistinferError, PayloadTooLarge, UnknownModel, from_worker, problem_body
 from gateway_plugin.orchestration import BatchRunner, ItemResult
@@ -183,6 +184,7 @@ def batch_router(services: ServicesDependency, route_class: type[ProblemRoute] =
             )
         with admitted(svc.admission):
             answer = await unless_disconnected(request.receive, run_batch(svc, body, batch_id, session))
-        return Response(dumps(answer), media_type="application/json", headers={"X-Request-ID": batch_id})
+        served = served_headers(batch_id, (result.get("response") for result in answer["results"]))
+        return Response(dumps(answer), media_type="application/json", headers=served)
 
     return router

@@ -11,12 +11,14 @@ from gateway_plugin.admission import admitted
 from gateway_plugin.api.disconnect import unless_disconnected
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest, InferenceResponse
+from gateway_plugin.api.served import not_served
 from gateway_plugin.dispatch import InferenceCall, Outcome
-from gateway_plugin.errors import UnknownModel, Unprocessable
+from gateway_plugin.errors import DistinferError, UnknownModel, Unprocessable, from_worker
 from gateway_plugin.inputs import check_batch_size, is_tensor_list, to_tensors
 from gateway_plugin.services import Services, ServicesDependency
 from gateway_plugin.telemetry.recorder import defer_bookkeeping
 from worker.engine import check_inputs
+from worker.errors import WorkerError
 from worker.protocol import Tensor, dumps
 from worker.protocol.codec import json_tensor
 
@@ -114,9 +116,14 @@ def inference_router(services: ServicesDependency, route_class: type[ProblemRout
         defer_bookkeeping()  # one call per request: its metrics may wait for the answer
         request_id = body.request_id or request_id_of(request)
         session = request.headers.get(SESSION_HEADER)
-        with admitted(svc.admission):  # 429 + Retry-After beyond DISTINFER_MAX_INFLIGHT
-            call = build_call(svc, body, request_id, affinity_key=session)
-            outcome = await unless_disconnected(request.receive, svc.dispatcher.infer(call))
+        try:
+            with admitted(svc.admission):  # 429 + Retry-After beyond DISTINFER_MAX_INFLIGHT
+                call = build_call(svc, body, request_id, affinity_key=session)
+                outcome = await unless_disconnected(request.receive, svc.dispatcher.infer(call))
+        except WorkerError as exc:
+            raise not_served(from_worker(exc)) from exc
+        except DistinferError as exc:
+            raise not_served(exc) from None
         return Response(
             dumps(outcome_body(outcome, request_id)),
             media_type="application/json",

@@ -16,6 +16,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway_plugin.api.inference import outcome_headers
 from gateway_plugin.api.routing import ProblemRoute, problem_for, raw_route, scope_request_id
+from gateway_plugin.api.served import not_served
 from gateway_plugin.dispatch import InferenceCall
 from gateway_plugin.errors import DistinferError, UnknownModel, from_worker, problem
 from gateway_plugin.inputs import check_batch_size
@@ -84,9 +85,9 @@ class RelayEndpoint:
                     limiter.leave()
             start = _response_start(answer, sent)  # a node's header we cannot pass on is an error here, not a 500
         except WorkerError as exc:
-            response: Response = problem(with_v2_error(from_worker(exc)), request_id)
+            response: Response = problem(with_v2_error(not_served(from_worker(exc))), request_id)
         except DistinferError as exc:
-            response = problem(with_v2_error(exc), request_id)
+            response = problem(with_v2_error(not_served(exc)), request_id)
         except Exception as exc:
             response = problem_for(exc, request_id)
         else:

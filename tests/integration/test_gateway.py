@@ -159,9 +159,15 @@ async def test_no_node_and_no_local_copy_is_503() -> None:
     tensor = {"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}
     async with mounted(settings_for([dead])) as (client, _):
         response = await client.post(f"{PREFIX}/inference", json={"model": "digits", "inputs": [tensor]})
+        relayed = await client.post(f"{PREFIX}/v2/models/digits/infer", json={"inputs": [tensor]})
         ready = await client.get(f"{PREFIX}/health/ready")
     _problem(response, 503)
     assert ready.status_code == 503
+    # CONTRACT §4, headers on every response: an answer nobody served says so.
+    for failed in (response, relayed):
+        assert failed.status_code == 503
+        assert failed.headers["X-Request-ID"]
+        assert (failed.headers["X-Inference-Node"], failed.headers["X-Inference-Mode"]) == ("none", "none")
 
 
 async def test_plain_inputs_during_an_outage_are_503_like_tensors() -> None:

@@ -99,6 +99,10 @@ async def test_batch_keeps_order_and_one_bad_item_fails_only_itself(
         np.testing.assert_allclose(_logits(result), expected[index : index + 1], atol=1e-4)
     assert good[0]["response"]["request_id"] == "mine-0"
     assert {r["response"]["node_id"] for r in good} <= {"node-a", "node-b"}
+    # CONTRACT §4, headers on every response: every node that served an item, once each.
+    served = list(dict.fromkeys(r["response"]["node_id"] for r in good))
+    assert response.headers["X-Inference-Node"].split(", ") == served
+    assert response.headers["X-Inference-Mode"] == "distributed"
 
 
 async def test_items_for_one_model_are_coalesced_into_multi_row_node_requests(
@@ -162,7 +166,11 @@ async def test_majority_vote_ensemble_and_weighted_average_on_real_variants(
     image = images[index].reshape(8, 8).tolist()
     winner, loser = (str(int(variant_logits[m][index].argmax())) for m in ("digits_a", "digits_c"))
     body = {"models": list(VARIANTS), "inputs": image, "aggregation": "majority_vote"}
-    vote = (await client.post(f"{API}/inference/parallel", json=body)).json()
+    voted = await client.post(f"{API}/inference/parallel", json=body)
+    vote = voted.json()
+    nodes = list(dict.fromkeys(entry["response"]["node_id"] for entry in vote["responses"]))
+    assert voted.headers["X-Inference-Node"].split(", ") == nodes
+    assert voted.headers["X-Inference-Mode"] == "distributed"
     assert vote["label"] == winner
     assert vote["votes"] == {winner: 2, loser: 1}
     assert vote["answered"] == 3
@@ -333,3 +341,6 @@ async def test_pipeline_runs_independent_stages_at_once_and_failures_stop_at_har
     np.testing.assert_allclose(probs["response"]["outputs"][0]["data"], expected, atol=1e-5)
     assert body["output"] is not None
     assert body["output"]["model"] == "digits"
+    ran = [stage["response"]["node_id"] for stage in result.values() if "response" in stage]
+    assert set(response.headers["X-Inference-Node"].split(", ")) == set(ran)
+    assert response.headers["X-Inference-Mode"] == "distributed"

@@ -1,0 +1,32 @@
+"""`served_headers`: the routing headers of answers made of many calls (CONTRACT §4)."""
+
+from __future__ import annotations
+
+from gateway_plugin.api.served import not_served, served_headers
+from gateway_plugin.errors import NoCapacity, TooManyRequests
+
+
+def test_every_node_and_mode_that_served_a_call_is_listed_once_in_order() -> None:
+    responses = [
+        {"node_id": "node-b", "mode": "distributed"},
+        None,  # a failed item
+        {"node_id": "node-a", "mode": "distributed"},
+        {"node_id": "node-b", "mode": "distributed"},
+        {"node_id": None, "mode": "local"},
+    ]
+    assert served_headers("r-1", responses) == {
+        "X-Request-ID": "r-1",
+        "X-Inference-Node": "node-b, node-a, local",
+        "X-Inference-Mode": "distributed, local",
+    }
+
+
+def test_an_answer_no_call_served_says_none() -> None:
+    headers = served_headers("r-2", [None, None])
+    assert (headers["X-Inference-Node"], headers["X-Inference-Mode"]) == ("none", "none")
+
+
+def test_a_failed_call_keeps_its_own_headers_and_says_none() -> None:
+    busy = not_served(TooManyRequests("full", retry_after_s=3))
+    assert busy.headers == {"Retry-After": "3", "X-Inference-Node": "none", "X-Inference-Mode": "none"}
+    assert not_served(NoCapacity("down")).headers["X-Inference-Node"] == "none"
