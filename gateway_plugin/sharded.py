@@ -79,6 +79,9 @@ class ShardedModels:
     def names(self) -> list[str]:
         return sorted(self._runners)
 
+    def runners(self) -> list[ShardRunner]:
+        return [self._runners[name] for name in sorted(self._runners)]
+
 
 class ShardedDispatcher:
     """An `InferenceDispatcher`: sharded models go to their runner, everything else to `inner`."""

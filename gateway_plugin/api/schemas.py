@@ -71,6 +71,9 @@ class ModelEntry(BaseModel):
     nodes: list[str] = Field(description="ids of the nodes that list the model")
     ready_nodes: int = Field(description="how many of them are online now")
     local: bool = Field(description="whether the gateway can run it itself as a fallback")
+    stages: list[str] | None = Field(
+        default=None, description="a sharded model's stage models, in order (the nodes list these, not it)"
+    )
 
 
 class NodeEntry(BaseModel):

@@ -29,6 +29,7 @@ from gateway_plugin.settings import BalancerSettings, ShardingSettings
 from tests.integration.conftest import mounted, settings_for
 
 INFER = "/api/v1/distributed/inference"
+MODELS = "/api/v1/distributed/models"
 TOLERANCE = 1e-5
 CAP_MB = "7"  # the whole model is ~9.5 MB; each stage about half
 
@@ -115,6 +116,16 @@ async def test_memory_cap_refuses_the_whole_model_and_serves_its_stages(cluster:
         served = await client.post(INFER, json={"model": "mlp", "inputs": x.tolist()})
         assert served.status_code == 200, served.text
         assert np.max(np.abs(_rows(served.json()) - cluster.reference(x))) <= TOLERANCE
+        listed = {entry["name"]: entry for entry in (await client.get(MODELS)).json()}
+    # Regression (review): GET /models listed the stages but not the model /inference serves.
+    whole = listed["mlp"]
+    assert whole["stages"] == ["mlp.stage0of2", "mlp.stage1of2"]
+    assert (whole["nodes"], whole["ready_nodes"], whole["local"]) == (["node-a", "node-b"], 2, False)
+    assert [spec["name"] for spec in whole["inputs"]] == ["x"]
+    assert listed["mlp.stage0of2"]["stages"] is None
+    async with mounted(_sharded(cluster, [cluster.a])) as (client, _):
+        half = {entry["name"]: entry for entry in (await client.get(MODELS)).json()}["mlp"]
+    assert (half["nodes"], half["ready_nodes"]) == (["node-a"], 0)  # its second stage has no node
 
 
 def _tensor(x: np.ndarray) -> dict[str, Any]:
