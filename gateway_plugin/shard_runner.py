@@ -33,7 +33,7 @@ import numpy as np
 from balancer.pool import Lease, NodePool
 from discovery.node import ModelInfo
 from gateway_plugin.dispatch import InferenceCall, Outcome
-from gateway_plugin.errors import BadRequest, DeadlineExceeded, DistinferError, from_worker
+from gateway_plugin.errors import BadRequest, DeadlineExceeded, DistinferError, NoCapacity, UnknownModel, from_worker
 from gateway_plugin.services import InferenceDispatcher
 from worker.engine import check_inputs
 from worker.errors import WorkerError
@@ -192,6 +192,10 @@ class ShardRunner:
                         local_fallback=call.local_fallback,
                     )
                 )
+            except UnknownModel as exc:
+                # The sharded model exists (the gateway serves it): a stage no node lists is an outage.
+                where = f"stage {index} ({stage.model}) of sharded model {self.spec.name!r}"
+                raise NoCapacity(f"{where}: no online node lists the stage") from exc
             except DistinferError as exc:
                 exc.detail = f"stage {index} ({stage.model}) of sharded model {self.spec.name!r}: {exc.detail}"
                 exc.args = (exc.detail,)

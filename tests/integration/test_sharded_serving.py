@@ -125,6 +125,11 @@ async def test_memory_cap_refuses_the_whole_model_and_serves_its_stages(cluster:
     assert listed["mlp.stage0of2"]["stages"] is None
     async with mounted(_sharded(cluster, [cluster.a])) as (client, _):
         half = {entry["name"]: entry for entry in (await client.get(MODELS)).json()}["mlp"]
+        outage = await client.post(INFER, json={"model": "mlp", "inputs": x.tolist()})
+    # Regression: a stage no node lists answered 404, as if the model the gateway serves did not exist.
+    assert outage.status_code == 503, outage.text
+    assert outage.json()["code"] == "no_capacity"
+    assert "stage 1 (mlp.stage1of2)" in outage.json()["detail"]
     assert (half["nodes"], half["ready_nodes"]) == (["node-a"], 0)  # its second stage has no node
 
 
