@@ -27,7 +27,7 @@ from gateway_plugin.api.disconnect import unless_disconnected
 from gateway_plugin.api.inference import SESSION_HEADER, build_call, outcome_body, unknown_model
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest
-from gateway_plugin.api.served import served_headers
+from gateway_plugin.api.served import served_headers, serving
 from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.errors import DistinferError, PayloadTooLarge, UnknownModel, from_worker, problem_body
 from gateway_plugin.orchestration import BatchRunner, ItemResult
@@ -173,16 +173,17 @@ def batch_router(services: ServicesDependency, route_class: type[ProblemRoute] =
         batch_id = request_id_of(request)
         session = request.headers.get(SESSION_HEADER)
         if stream:
-            items, ids = _prepare(svc, body, batch_id, session)
-            if svc.admission is not None:
-                svc.admission.check()  # a 429 must come before the 200 of an event stream
+            with serving():
+                items, ids = _prepare(svc, body, batch_id, session)
+                if svc.admission is not None:
+                    svc.admission.check()  # a 429 must come before the 200 of an event stream
             return EventSourceResponse(
                 _events(svc, items, ids, _options(svc, body, items), batch_id),
                 ping=PING_S,
                 send_timeout=SEND_TIMEOUT_S,
                 headers={"X-Request-ID": batch_id},
             )
-        with admitted(svc.admission):
+        with serving(), admitted(svc.admission):
             answer = await unless_disconnected(request.receive, run_batch(svc, body, batch_id, session))
         served = served_headers(batch_id, (result.get("response") for result in answer["results"]))
         return Response(dumps(answer), media_type="application/json", headers=served)

@@ -11,14 +11,13 @@ from gateway_plugin.admission import admitted
 from gateway_plugin.api.disconnect import unless_disconnected
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest, InferenceResponse
-from gateway_plugin.api.served import not_served
+from gateway_plugin.api.served import node_header, serving
 from gateway_plugin.dispatch import InferenceCall, Outcome
-from gateway_plugin.errors import DistinferError, UnknownModel, Unprocessable, from_worker
+from gateway_plugin.errors import UnknownModel, Unprocessable
 from gateway_plugin.inputs import check_batch_size, is_tensor_list, to_tensors
 from gateway_plugin.services import Services, ServicesDependency
 from gateway_plugin.telemetry.recorder import defer_bookkeeping
 from worker.engine import check_inputs
-from worker.errors import WorkerError
 from worker.protocol import Tensor, dumps
 from worker.protocol.codec import json_tensor
 
@@ -44,7 +43,7 @@ def outcome_body(outcome: Outcome, request_id: str) -> dict[str, Any]:
 def outcome_headers(outcome: Outcome, request_id: str) -> dict[str, str]:
     return {
         "X-Request-ID": request_id,
-        "X-Inference-Node": outcome.node_id or "local",
+        "X-Inference-Node": node_header(outcome.node_id),
         "X-Inference-Mode": outcome.mode,
     }
 
@@ -116,14 +115,9 @@ def inference_router(services: ServicesDependency, route_class: type[ProblemRout
         defer_bookkeeping()  # one call per request: its metrics may wait for the answer
         request_id = body.request_id or request_id_of(request)
         session = request.headers.get(SESSION_HEADER)
-        try:
-            with admitted(svc.admission):  # 429 + Retry-After beyond DISTINFER_MAX_INFLIGHT
-                call = build_call(svc, body, request_id, affinity_key=session)
-                outcome = await unless_disconnected(request.receive, svc.dispatcher.infer(call))
-        except WorkerError as exc:
-            raise not_served(from_worker(exc)) from exc
-        except DistinferError as exc:
-            raise not_served(exc) from None
+        with serving(), admitted(svc.admission):  # 429 + Retry-After beyond DISTINFER_MAX_INFLIGHT
+            call = build_call(svc, body, request_id, affinity_key=session)
+            outcome = await unless_disconnected(request.receive, svc.dispatcher.infer(call))
         return Response(
             dumps(outcome_body(outcome, request_id)),
             media_type="application/json",

@@ -22,7 +22,7 @@ from gateway_plugin.api.disconnect import unless_disconnected
 from gateway_plugin.api.inference import build_call, model_info, outcome_body, unknown_model
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest
-from gateway_plugin.api.served import served_headers
+from gateway_plugin.api.served import served_headers, serving
 from gateway_plugin.dispatch import InferenceCall
 from gateway_plugin.errors import (
     BadRequest,
@@ -217,7 +217,7 @@ def parallel_router(services: ServicesDependency, route_class: type[ProblemRoute
         body: ParallelRequest, request: Request, svc: Annotated[Services, Depends(services)]
     ) -> Response:
         request_id = request_id_of(request)
-        with admitted(svc.admission):
+        with serving(), admitted(svc.admission):
             answer = await unless_disconnected(request.receive, run_parallel(svc, body, request_id))
         served = served_headers(request_id, (entry.get("response") for entry in answer["responses"]))
         return Response(dumps(answer), media_type="application/json", headers=served)

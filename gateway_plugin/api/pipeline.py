@@ -23,7 +23,7 @@ from gateway_plugin.admission import admitted
 from gateway_plugin.api.disconnect import unless_disconnected
 from gateway_plugin.api.inference import model_info, outcome_body, unknown_model
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
-from gateway_plugin.api.served import served_headers
+from gateway_plugin.api.served import served_headers, serving
 from gateway_plugin.dispatch import InferenceCall
 from gateway_plugin.errors import UnknownModel, Unprocessable, problem_body
 from gateway_plugin.inputs import check_batch_size, to_tensors
@@ -170,7 +170,7 @@ def pipeline_router(services: ServicesDependency, route_class: type[ProblemRoute
         body: PipelineRequest, request: Request, svc: Annotated[Services, Depends(services)]
     ) -> Response:
         request_id = request_id_of(request)
-        with admitted(svc.admission):
+        with serving(), admitted(svc.admission):
             answer = await unless_disconnected(request.receive, run_pipeline(svc, body, request_id))
         served = served_headers(request_id, (stage.get("response") for stage in answer["stages"].values()))
         return Response(dumps(answer), media_type="application/json", headers=served)

@@ -2,21 +2,36 @@
 
 CONTRACT §4 puts them on every inference response. A batch, a parallel request or a pipeline is
 served by several calls, so its headers list every node and mode that answered one, in order of
-first appearance and without repeats (HTTP list syntax: `node-1, node-2`). A call nobody served
-(an error, or a composite whose every call failed) says `none`, as the metrics' node and mode
-labels do; so do the problem responses of `/inference` and the v2 relay.
+first appearance and without repeats (HTTP list syntax: `node-1, node-2`). An answer no call
+served says `none`, as the metrics' node and mode labels do: a batch or pipeline whose every call
+failed, and the error raised while an inference route serves (`serving`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
+from urllib.parse import quote
 
-from gateway_plugin.errors import DistinferError
+from gateway_plugin.errors import DistinferError, from_worker
+from worker.errors import WorkerError
 
-__all__ = ["NOT_SERVED", "not_served", "served_headers"]
+__all__ = ["NOT_SERVED", "node_header", "not_served", "served_headers", "serving"]
 
 NOT_SERVED = "none"
+# What a node id may hold as is in a header: ids come from discovery (a nodes file, Consul meta) and
+# are free text. Anything else is percent-encoded as in a URL, so that a non-Latin-1 id cannot make
+# the server fail the answer, and a comma in an id cannot split a list. `>` and `+` join a sharded
+# model's stage nodes (`node-a>node-b+node-c`).
+_SAFE_IN_HEADER = "-._~:@/>+!$&'()*;=[]"
+
+
+@lru_cache(maxsize=1024)  # on the relay's path; node ids are few
+def node_header(node_id: str | None) -> str:
+    """A node id (None: served locally) as a header value."""
+    return "local" if not node_id else quote(node_id, safe=_SAFE_IN_HEADER)
 
 
 def served_headers(request_id: str, responses: Iterable[Mapping[str, Any] | None]) -> dict[str, str]:
@@ -27,7 +42,8 @@ def served_headers(request_id: str, responses: Iterable[Mapping[str, Any] | None
         if response is None:
             continue
         mode = str(response.get("mode") or NOT_SERVED)
-        nodes.setdefault(str(response.get("node_id") or ("local" if mode == "local" else NOT_SERVED)))
+        node_id = response.get("node_id")
+        nodes.setdefault(node_header(str(node_id)) if node_id else ("local" if mode == "local" else NOT_SERVED))
         modes.setdefault(mode)
     return {
         "X-Request-ID": request_id,
@@ -41,3 +57,19 @@ def not_served(error: DistinferError) -> DistinferError:
     error.headers.setdefault("X-Inference-Node", NOT_SERVED)
     error.headers.setdefault("X-Inference-Mode", NOT_SERVED)
     return error
+
+
+@contextmanager
+def serving() -> Iterator[None]:
+    """Around an inference route's work: an error raised in it says that no node served the request.
+
+    Errors refused before the handler runs (auth, the flag, the body cap, the schema) carry only
+    `X-Request-ID`: the route never started serving.
+    """
+    try:
+        yield
+    except WorkerError as exc:
+        raise not_served(from_worker(exc)) from exc
+    except DistinferError as exc:
+        not_served(exc)
+        raise

@@ -32,6 +32,7 @@ from gateway_plugin.api.disconnect import unless_disconnected
 from gateway_plugin.api.inference import build_call, outcome_body
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest
+from gateway_plugin.api.served import node_header
 from gateway_plugin.errors import DistinferError, NoCapacity, problem_body
 from gateway_plugin.services import Services, ServicesDependency
 from gateway_plugin.streaming import StreamCall, StreamEnd, TokenStream
@@ -156,7 +157,7 @@ async def _stream(
         raise
     headers = {
         "X-Request-ID": request_id,
-        "X-Inference-Node": stream.node_id or "local",
+        "X-Inference-Node": node_header(stream.node_id),
         "X-Inference-Mode": stream.mode,
     }
     return _response(_token_events(stream, request_id, started, place), headers, stream, place)
@@ -215,7 +216,7 @@ def stream_router(services: ServicesDependency, route_class: type[ProblemRoute] 
             outcome = await unless_disconnected(request.receive, svc.dispatcher.infer(call))
         headers = {
             "X-Request-ID": request_id,
-            "X-Inference-Node": outcome.node_id or "local",
+            "X-Inference-Node": node_header(outcome.node_id),
             "X-Inference-Mode": outcome.mode,
         }
         return _response(_one_result(outcome_body(outcome, request_id), request_id), headers)

@@ -160,11 +160,12 @@ async def test_no_node_and_no_local_copy_is_503() -> None:
     async with mounted(settings_for([dead])) as (client, _):
         response = await client.post(f"{PREFIX}/inference", json={"model": "digits", "inputs": [tensor]})
         relayed = await client.post(f"{PREFIX}/v2/models/digits/infer", json={"inputs": [tensor]})
+        parallel = await client.post(f"{PREFIX}/inference/parallel", json={"models": ["digits"], "inputs": [tensor]})
         ready = await client.get(f"{PREFIX}/health/ready")
     _problem(response, 503)
     assert ready.status_code == 503
     # CONTRACT §4, headers on every response: an answer nobody served says so.
-    for failed in (response, relayed):
+    for failed in (response, relayed, parallel):
         assert failed.status_code == 503
         assert failed.headers["X-Request-ID"]
         assert (failed.headers["X-Inference-Node"], failed.headers["X-Inference-Mode"]) == ("none", "none")
