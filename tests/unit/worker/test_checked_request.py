@@ -60,12 +60,17 @@ def test_check_request_refuses_exactly_what_decode_request_refuses(
     """Whatever the body: the same verdict (and class of error), and inputs that read without fail."""
     encoded = encode_request(inputs, binary=binary)
     body, length = data.draw(_mutations(encoded.body, encoded.header_length))
-    decoding = _outcome(lambda: decode_request(body, length, SMALL))
-    checking = _outcome(lambda: check_request(body, length, SMALL))
+    assert_check_agrees_with_decoding(body, length, SMALL)
+
+
+def assert_check_agrees_with_decoding(body: bytes, length: int | None, limits: Limits) -> None:
+    """`check_request` and `decode_request` give the same verdict, and the checked inputs read as decoded."""
+    decoding = _outcome(lambda: decode_request(body, length, limits))
+    checking = _outcome(lambda: check_request(body, length, limits))
     assert checking is decoding
     if checking is None:
-        _, lazy = check_request(body, length, SMALL)
-        expected = decode_request(body, length, SMALL).inputs
+        _, lazy = check_request(body, length, limits)
+        expected = decode_request(body, length, limits).inputs
         for want, got in zip(expected, list(lazy), strict=True):
             assert_same_tensor(want, got, bitwise=True)
 
