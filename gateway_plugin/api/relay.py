@@ -8,23 +8,22 @@ that v2 clients show the message.
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from functools import lru_cache
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway_plugin.api.inference import outcome_headers
 from gateway_plugin.api.routing import ProblemRoute, problem_for, raw_route, scope_request_id
-from gateway_plugin.api.served import not_served
-from gateway_plugin.dispatch import InferenceCall
+from gateway_plugin.api.served import node_header, not_served
+from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.errors import DistinferError, UnknownModel, from_worker, problem
-from gateway_plugin.inputs import check_batch_size
 from gateway_plugin.services import Services, ServicesDependency
+from gateway_plugin.signature import SignatureChecks
 from gateway_plugin.telemetry.recorder import defer_bookkeeping
 from worker.bodies import receive_body
 from worker.client import RawMessage
-from worker.engine import check_signature
 from worker.errors import WorkerError
 from worker.protocol import (
     HEADER_LENGTH,
@@ -42,6 +41,7 @@ log = logging.getLogger(__name__)
 _ENCODING_PARAMETERS = frozenset({"binary_data_output"})
 # The request headers the relay reads; ASGI servers give header names in lower case.
 _LENGTH = HEADER_LENGTH.lower()
+_LENGTH_BYTES = _LENGTH.encode("latin-1")
 _READ = frozenset(
     name.encode() for name in ("authorization", "x-request-id", "content-type", "content-length", _LENGTH)
 )
@@ -62,6 +62,7 @@ class RelayEndpoint:
         self._services = services
         self._guard = guard
         self._limit = max_body_bytes
+        self._signatures = SignatureChecks()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         defer_bookkeeping()  # one call per request: its metrics may wait for the answer
@@ -79,11 +80,12 @@ class RelayEndpoint:
                 limiter.enter()
             try:
                 params = scope["path_params"]
-                answer, sent = await _relay(svc, params["model"], params.get("version"), body, headers, request_id)
+                model, version = params["model"], params.get("version")
+                answer, outcome = await _relay(svc, self._signatures, model, version, body, headers, request_id)
             finally:
                 if limiter is not None:
                     limiter.leave()
-            start = _response_start(answer, sent)  # a node's header we cannot pass on is an error here, not a 500
+            start = _response_start(answer, outcome, request_id)  # a header we cannot send is a problem, not a crash
         except WorkerError as exc:
             response: Response = problem(with_v2_error(not_served(from_worker(exc))), request_id)
         except DistinferError as exc:
@@ -99,19 +101,27 @@ class RelayEndpoint:
 
 def _headers(scope: Scope) -> dict[str, str]:
     """The request headers the relay reads, by lower-case name; the first of repeated ones, as Starlette."""
-    found: dict[str, str] = {}
-    for name, value in scope["headers"]:
-        if name in _READ:
-            found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
-    return found
+    # Built from the last to the first, so that the first of repeated ones wins (ASGI allows any iterable).
+    given = reversed(list(scope["headers"]))
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in given if name in _READ}
 
 
-def _response_start(answer: RawMessage, headers: Mapping[str, str]) -> Message:
+@lru_cache(maxsize=1024)  # node ids are few
+def _node_value(node_id: str | None) -> bytes:
+    return node_header(node_id).encode("latin-1")
+
+
+def _response_start(answer: RawMessage, outcome: Outcome, request_id: str) -> Message:
+    """The 200's status and headers: the node's content type and framing, and CONTRACT §4's routing headers."""
     raw = [
         (b"content-type", answer.content_type.encode("latin-1")),
         (b"content-length", str(len(answer.data)).encode("latin-1")),
-        *((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()),
+        (b"x-request-id", request_id.encode("latin-1")),
+        (b"x-inference-node", _node_value(outcome.node_id)),
+        (b"x-inference-mode", outcome.mode.encode("latin-1")),
     ]
+    if answer.header_length is not None:
+        raw.append((_LENGTH_BYTES, str(answer.header_length).encode("latin-1")))
     return {"type": "http.response.start", "status": 200, "headers": raw}
 
 
@@ -144,8 +154,14 @@ def relay_router(
 
 
 async def _relay(
-    svc: Services, model: str, version: str | None, body: bytes, headers: Mapping[str, str], request_id: str
-) -> tuple[RawMessage, dict[str, str]]:
+    svc: Services,
+    signatures: SignatureChecks,
+    model: str,
+    version: str | None,
+    body: bytes,
+    headers: Mapping[str, str],
+    request_id: str,
+) -> tuple[RawMessage, Outcome]:
     """Checked like `/inference` (decoding is cheap next to a node call); the body goes to the node as sent."""
     header_length = parse_header_length(headers.get(_LENGTH))
     # Checked from the header; the tensors are built only if something must read them (local
@@ -155,8 +171,7 @@ async def _relay(
     if info is not None:
         if version is not None and version != info.version:
             raise UnknownModel(f"model {model!r} has no version {version!r}")
-        check_batch_size(info, inputs.meta, svc.settings.limits.max_batch_size)
-        check_signature(info.name, info.inputs, inputs.meta, max_batch_size=info.max_batch_size)
+        signatures.check(info, inputs, svc.settings.limits.max_batch_size)
     dispatch = svc.settings.dispatch
     outcome = await svc.dispatcher.infer(
         InferenceCall(
@@ -179,10 +194,7 @@ async def _relay(
             binary=binary_outputs(decoded),
         )
         answer = RawMessage(encoded.body, encoded.content_type, encoded.header_length)
-    sent = outcome_headers(outcome, request_id)
-    if answer.header_length is not None:
-        sent[HEADER_LENGTH] = str(answer.header_length)
-    return answer, sent
+    return answer, outcome
 
 
 def _node_parameters(parameters: Mapping[str, Any]) -> Mapping[str, Any]:

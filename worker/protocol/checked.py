@@ -56,10 +56,18 @@ class TensorMeta(Protocol):
 
 
 class LazyTensors(Sequence[Tensor]):
-    """Tensors decoded on first read, once; `meta` describes them without decoding."""
+    """Tensors decoded on first read, once; `meta` describes them without decoding.
 
-    def __init__(self, meta: Sequence[WireTensor], decode: Callable[[], list[Tensor]]) -> None:
+    `same_meta`, when not None, is shared by every request whose tensors have the same names,
+    datatypes and shapes (a remembered binary header), so a check of `meta` may be remembered
+    under it, by identity.
+    """
+
+    def __init__(
+        self, meta: Sequence[WireTensor], decode: Callable[[], list[Tensor]], same_meta: object | None = None
+    ) -> None:
         self.meta = meta
+        self.same_meta = same_meta
         self._decode: Callable[[], list[Tensor]] | None = decode
         self._tensors: list[Tensor] = []
 
@@ -105,22 +113,21 @@ class _HeaderVerdict:
     sizes: tuple[int, ...] = ()  # each tensor's binary byte count (when `fixed`)
     tensor_faults: tuple[_Fault | None, ...] = ()  # each tensor's own refusal, found from the header (when `fixed`)
     early: bool = False  # the last tensor's fault (a bad binary_data_size) comes before its bytes are looked at
+    clean_size: int | None = None  # with no fault at all: the bytes the tensors take, which the body must carry
 
 
 def check_request(body: bytes, header_length: int | None, limits: Limits) -> tuple[DecodedRequest, LazyTensors]:
     """`decode_request`, with fixed-size binary tensors checked from the header and decoded lazily."""
     head, blob = _split(body, header_length)
-    if header_length is not None and len(head) <= _REMEMBERED_HEADER_BYTES:
-        verdict = _remembered_verdict(head, limits)
-    else:
-        verdict = _header_verdict(head, limits)
+    remembered = header_length is not None and len(head) <= _REMEMBERED_HEADER_BYTES
+    verdict = _remembered_verdict(head, limits) if remembered else _header_verdict(head, limits)
     if verdict.fault is not None:
         raise _refusal(verdict.fault)
     header = verdict.header
     wires = list(header.inputs)
     if verdict.fixed:
         _check_framing(verdict, blob)
-        inputs = LazyTensors(wires, lambda: _decode_tensors(wires, blob, limits))
+        inputs = LazyTensors(wires, lambda: _decode_tensors(wires, blob, limits), verdict if remembered else None)
     elif not blob and _json_proven(wires, limits):
         inputs = LazyTensors(wires, lambda: _decode_tensors(wires, blob, limits))
     else:
@@ -152,7 +159,10 @@ def _header_verdict(head: bytes, limits: Limits) -> _HeaderVerdict:
             return _HeaderVerdict(header, None, fixed=False)
         sizes.append(size)
         faults.append(_tensor_fault(wire, size, limits))
-    return _HeaderVerdict(header, None, fixed=True, sizes=tuple(sizes), tensor_faults=tuple(faults))
+    clean_size = sum(sizes) if not any(faults) else None
+    return _HeaderVerdict(
+        header, None, fixed=True, sizes=tuple(sizes), tensor_faults=tuple(faults), clean_size=clean_size
+    )
 
 
 _remembered_verdict = lru_cache(maxsize=_REMEMBERED_HEADERS)(_header_verdict)
@@ -196,6 +206,8 @@ def _refusal(fault: _Fault) -> WorkerError:
 
 def _check_framing(verdict: _HeaderVerdict, blob: memoryview) -> None:
     """What decoding fixed-size binary tensors checks, without building them, in `_decode_tensors`' order."""
+    if verdict.clean_size == len(blob):  # the usual request: nothing to refuse, and the bytes all there
+        return
     offset = 0
     last = len(verdict.sizes) - 1
     # Not strict: an early verdict holds the tensors up to the faulty one only.
