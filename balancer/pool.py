@@ -324,7 +324,9 @@ class NodePool:
         affinity_key: str | None = None,
     ) -> Lease | None:
         """A lease on a node for `model`, avoiding `exclude`d keys; None when there is none."""
-        strategy_obj = self._strategies[self.check_strategy(strategy)]
+        strategy_obj = self._strategies.get(strategy or self.default_strategy)
+        if strategy_obj is None:
+            strategy_obj = self._strategies[self.check_strategy(strategy)]  # raises UnknownStrategy
         picker = self.picker(model)
         if exclude and not exclude.isdisjoint(picker.keys):
             picker = self._without(picker, exclude)

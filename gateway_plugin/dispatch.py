@@ -32,6 +32,8 @@ __all__ = ["Dispatcher", "InferenceCall", "Outcome"]
 
 log = logging.getLogger(__name__)
 
+_NONE: frozenset[str] = frozenset()
+
 
 @dataclass(frozen=True, slots=True)
 class InferenceCall:
@@ -75,7 +77,7 @@ class _Run:
     attempts: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Answer:
     node: Node
     response: DecodedResponse | ForwardedAnswer
@@ -173,7 +175,7 @@ class Dispatcher:
         return self._budget is None or self._budget.withdraw()
 
     def _pick(self, run: _Run, exclude: frozenset[str] | None = None) -> Lease | None:
-        skip = frozenset(run.tried) if exclude is None else exclude
+        skip = (frozenset(run.tried) if run.tried else _NONE) if exclude is None else exclude
         return self._pool.pick(run.call.model, strategy=run.strategy, exclude=skip, affinity_key=run.affinity)
 
     async def _attempt(self, run: _Run, lease: Lease) -> _Answer:

@@ -24,6 +24,8 @@ SESSION_PARAMETERS = ("session_id", "session", "affinity_key")
 
 
 def session_key(parameters: Mapping[str, Any]) -> str | None:
+    if not parameters:  # most requests: nothing to look up
+        return None
     for name in SESSION_PARAMETERS:
         value = parameters.get(name)
         if isinstance(value, str | int) and not isinstance(value, bool) and str(value):

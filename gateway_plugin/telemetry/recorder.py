@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 
 from opentelemetry import trace
@@ -78,33 +78,15 @@ def after_response(work: Callable[[], None]) -> None:
     hook runs this work after the last byte is handed to the server, off the caller's critical path
     (what a one-client benchmark measures) while costing the same CPU.
     """
-    record = RECORD.get()
+    _after(RECORD.get(), work)
+
+
+def _after(record: RequestRecord | None, work: Callable[[], None]) -> None:
+    """`after_response` for the request `record` (the scopes below look it up once per call)."""
     if record is not None and record.after is not None:
         record.after.append(work)
     else:
         work()
-
-
-@dataclass(slots=True)
-class _Call:
-    model: str
-    request_id: str
-    strategy: str
-    node: str | None = None
-    mode: str = "none"
-    attempts: int = 0
-    in_flight: int = 0  # attempts running now: one starting while another runs is a hedge
-
-    def finished(self, node_id: str | None, mode: str, attempts: int) -> None:
-        self.node, self.mode, self.attempts = node_id, mode, attempts
-
-
-@dataclass(frozen=True, slots=True)
-class _Attempt:
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-_CALL: ContextVar[_Call | None] = ContextVar("distinfer_dispatch_call", default=None)
 
 
 def error_outcome(status: int) -> str:
@@ -160,20 +142,17 @@ class GatewayTelemetry:
     def later(self, work: Callable[[], None]) -> None:
         after_response(work)
 
-    def dispatch(self, model: str, request_id: str, strategy: str) -> _DispatchScope:
-        return _DispatchScope(self, _Call(model, request_id, strategy))
+    def dispatch(self, model: str, request_id: str, strategy: str) -> _Call:
+        return _Call(self, model, request_id, strategy)
 
-    def _finish_call(self, call: _Call, outcome: str, seconds: float) -> None:
-        record = RECORD.get()
+    def _count_call(self, call: _Call, outcome: str, seconds: float, ended: float) -> None:
+        record = call.record
         if record is not None:
             record.calls += 1
             record.request_id = call.request_id
             record.model, record.node, record.mode = call.model, call.node, call.mode
             record.attempts += call.attempts
             record.outcome = outcome
-        after_response(lambda: self._count_call(call, outcome, seconds, time.time()))
-
-    def _count_call(self, call: _Call, outcome: str, seconds: float, ended: float) -> None:
         m = self.metrics
         label = self.model_label(call.model, served=outcome == "ok")
         node = m.node_label(call.node) if call.node else ("local" if call.mode == "local" else "none")
@@ -195,8 +174,8 @@ class GatewayTelemetry:
             ok=outcome == "ok",
         )
 
-    def attempt(self, model: str, node_id: str, number: int, *, hedge: bool = False) -> _AttemptScope:
-        return _AttemptScope(self, model, node_id, number, hedge)
+    def attempt(self, model: str, node_id: str, number: int, *, hedge: bool = False) -> _Attempt:
+        return _Attempt(self, model, node_id, number, hedge)
 
     def _count_attempt(
         self, call: _Call | None, model: str, node_id: str, number: int, hedge: bool, outcome: str, seconds: float
@@ -239,53 +218,98 @@ class GatewayTelemetry:
 
 
 # The two scopes below are plain context managers rather than `@contextmanager` generators: they
-# bracket every call and attempt, and a generator's machinery costs more than their own work.
+# bracket every call and attempt, and a generator's machinery costs more than their own work. Each is
+# also what its `with` gives (`DispatchScope`, `AttemptScope`), and its counting waits for the
+# response as a bound method (`after_response`): one object per call and per attempt.
 
 
-class _DispatchScope:
+class _Call:
     """Around one logical call: its context (`_CALL`), its span when tracing records, its counts."""
 
-    __slots__ = ("_call", "_span", "_start", "_telemetry", "_token", "_use")
+    __slots__ = (
+        "_span",
+        "_start",
+        "_telemetry",
+        "_token",
+        "_use",
+        "attempts",
+        "in_flight",
+        "mode",
+        "model",
+        "node",
+        "outcome",
+        "record",
+        "request_id",
+        "seconds",
+        "strategy",
+    )
 
-    def __init__(self, telemetry: GatewayTelemetry, call: _Call) -> None:
+    def __init__(self, telemetry: GatewayTelemetry, model: str, request_id: str, strategy: str) -> None:
         self._telemetry = telemetry
-        self._call = call
+        self.model, self.request_id, self.strategy = model, request_id, strategy
+        self.node: str | None = None
+        self.mode = "none"
+        self.attempts = 0
+        self.in_flight = 0  # attempts running now: one starting while another runs is a hedge
+        self.record = RECORD.get()  # the plugin request making the call, if any
         self._span: Span | None = None
         self._use: AbstractContextManager[object] | None = None
 
+    def finished(self, node_id: str | None, mode: str, attempts: int) -> None:
+        self.node, self.mode, self.attempts = node_id, mode, attempts
+
     def __enter__(self) -> _Call:
-        telemetry, call = self._telemetry, self._call
+        telemetry = self._telemetry
         self._start = telemetry._clock()
-        self._token = _CALL.set(call)
+        self._token = _CALL.set(self)
         if telemetry.tracing.enabled:  # a no-op span would still cost its context switches
-            attributes = {"distinfer.model": call.model, "distinfer.strategy": call.strategy}
+            attributes = {"distinfer.model": self.model, "distinfer.strategy": self.strategy}
             self._span = telemetry._tracer.start_span("dispatch", attributes=attributes)
             self._use = trace.use_span(self._span, end_on_exit=True)
             self._use.__enter__()
-        return call
+        return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
-        call = self._call
         if kind is None:
-            outcome = "ok"
+            self.outcome = "ok"
             if self._span is not None:
-                self._span.set_attributes({"distinfer.node.id": call.node or "local", "distinfer.mode": call.mode})
+                self._span.set_attributes({"distinfer.node.id": self.node or "local", "distinfer.mode": self.mode})
         elif isinstance(error, DistinferError):
-            outcome = error_outcome(error.status)
+            self.outcome = error_outcome(error.status)
         else:
-            outcome = "error" if isinstance(error, Exception) else "cancelled"
+            self.outcome = "error" if isinstance(error, Exception) else "cancelled"
         try:
             if self._use is not None:
                 self._use.__exit__(kind, error, tb)
         finally:
             _CALL.reset(self._token)
-            self._telemetry._finish_call(call, outcome, self._telemetry._clock() - self._start)
+            self.seconds = self._telemetry._clock() - self._start
+            _after(self.record, self._count)
+
+    def _count(self) -> None:
+        self._telemetry._count_call(self, self.outcome, self.seconds, time.time())
 
 
-class _AttemptScope:
+_CALL: ContextVar[_Call | None] = ContextVar("distinfer_dispatch_call", default=None)
+
+
+class _Attempt:
     """Around one call to one node: the headers it carries, its span, the request's upstream timing."""
 
-    __slots__ = ("_call", "_hedge", "_model", "_node_id", "_number", "_record", "_span", "_start", "_telemetry")
+    __slots__ = (
+        "_call",
+        "_hedge",
+        "_model",
+        "_node_id",
+        "_number",
+        "_outcome",
+        "_record",
+        "_seconds",
+        "_span",
+        "_start",
+        "_telemetry",
+        "headers",
+    )
 
     def __init__(self, telemetry: GatewayTelemetry, model: str, node_id: str, number: int, hedge: bool) -> None:
         self._telemetry = telemetry
@@ -294,12 +318,19 @@ class _AttemptScope:
     def __enter__(self) -> _Attempt:
         telemetry = self._telemetry
         call = self._call = _CALL.get()
-        self._hedge = self._hedge or (call is not None and call.in_flight > 0)
-        record = self._record = RECORD.get()
         start = self._start = telemetry._clock()
+        self._span = None
+        request_id = None
+        if call is not None:
+            self._hedge = self._hedge or call.in_flight > 0
+            call.in_flight += 1
+            request_id = call.request_id
+            record = call.record
+        else:
+            record = RECORD.get()
+        self._record = record
         if record is not None and record.upstream_start is None:
             record.upstream_start = start
-        self._span = None
         if telemetry.tracing.enabled:
             attributes: dict[str, str | int | bool] = {
                 "distinfer.node.id": self._node_id,
@@ -308,34 +339,33 @@ class _AttemptScope:
                 "distinfer.model": self._model,
             }
             self._span = telemetry._tracer.start_span("node attempt", kind=SpanKind.CLIENT, attributes=attributes)
-        if call is not None:
-            call.in_flight += 1
         # No span of ours: the caller's trace context (an incoming traceparent) still goes on to the node.
-        return _Attempt(telemetry.tracing.headers(self._span, call.request_id if call is not None else None))
+        self.headers = telemetry.tracing.headers(self._span, request_id)
+        return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
-        telemetry, call, span = self._telemetry, self._call, self._span
-        end = telemetry._clock()
+        call, span = self._call, self._span
+        end = self._telemetry._clock()
         if kind is None:
             outcome = "ok"
         elif isinstance(error, NodeCallError):
             outcome = _attempt_outcome(error)
         else:
             outcome = "error" if isinstance(error, Exception) else "cancelled"
+        record = self._record
         if call is not None:
             call.in_flight -= 1
-        if outcome == "ok" and self._record is not None:
-            self._record.upstream_end = end
+        if outcome == "ok" and record is not None:
+            record.upstream_end = end
         if span is not None:
             span.set_attribute("distinfer.outcome", outcome)
             if outcome not in ("ok", "cancelled"):  # cancelled: we cut it short, not the node's error
                 span.set_status(Status(StatusCode.ERROR, outcome))
             span.end()
-        model, node_id, number, hedge, seconds = (
-            self._model,
-            self._node_id,
-            self._number,
-            self._hedge,
-            end - self._start,
+        self._outcome, self._seconds = outcome, end - self._start
+        _after(record, self._count)
+
+    def _count(self) -> None:
+        self._telemetry._count_attempt(
+            self._call, self._model, self._node_id, self._number, self._hedge, self._outcome, self._seconds
         )
-        after_response(lambda: telemetry._count_attempt(call, model, node_id, number, hedge, outcome, seconds))
