@@ -79,10 +79,16 @@ class RouteTelemetry:
 
         in_flight = self._metrics.child(self._metrics.http_in_flight, template)
         in_flight.inc()
+        untraced = not self._tracing.involved(scope)
         try:
-            await self._tracing.serve(route, template, scope, receive, send_timed, traced)
+            if untraced:  # no span of ours and no caller's context: the context the request sees is this one
+                await app(scope, receive, send_timed)
+            else:
+                await self._tracing.serve(route, template, scope, receive, send_timed, traced)
         finally:
             RECORD.reset(token)
+            if untraced:
+                record.trace_id = trace_id_of()  # a host's span, if it traces its requests itself
             end = sent if sent is not None else self._clock()
             self._run_after(record)
             in_flight.dec()

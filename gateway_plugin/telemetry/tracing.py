@@ -59,6 +59,10 @@ class GatewayTracing:
         self.tracer = provider.get_tracer("distinfer.gateway")
         self._propagator = TraceContextTextMapPropagator()
 
+    def involved(self, scope: Scope) -> bool:
+        """Whether `serve` does anything for this request: it makes spans, or the caller sent a traceparent."""
+        return self.enabled or any(key == _TRACEPARENT for key, _ in scope.get("headers", ()))
+
     async def serve(
         self, route: object, template: str, scope: Scope, receive: Receive, send: Send, app: ASGIApp
     ) -> None:
