@@ -22,10 +22,15 @@ async def receive_body(receive: Receive, max_bytes: int, declared: str | None) -
             raise InvalidInput("Content-Length must be a non-negative integer")
         if int(declared) > max_bytes:
             raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {max_bytes}")
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):  # the usual body: one message
+        body: bytes = message.get("body", b"")
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"body is over the limit of {max_bytes} bytes")
+        return body
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             # The caller went away mid-body: a bad request of theirs, not a server error.
             raise InvalidInput(f"client disconnected after {size} bytes of the body")
@@ -36,3 +41,4 @@ async def receive_body(receive: Receive, max_bytes: int, declared: str | None) -
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        message = await receive()

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import aiohttp
@@ -37,7 +39,7 @@ from worker.protocol import (
     encode_request,
     parse_header_length,
 )
-from worker.protocol.models import ModelMetadata, RepositoryEntry, ServerMetadata
+from worker.protocol.models import InferenceResponseHeader, ModelMetadata, RepositoryEntry, ServerMetadata
 from worker.stream_client import open_generate_stream
 
 __all__ = ["ForwardedAnswer", "NodeClient", "RawMessage"]
@@ -106,7 +108,7 @@ class NodeClient:
         payload: bytes | io.BytesIO | None = io.BytesIO(data) if data is not None and len(data) > _RAW_LIMIT else data
         try:
             async with self._session.request(
-                method, url, data=payload, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+                method, url, data=payload, headers=headers, timeout=_timeout(math.ceil(timeout_s * 1000))
             ) as response:
                 declared = response.content_length
                 if declared is not None and declared > self._max_response_bytes:
@@ -222,8 +224,7 @@ class NodeClient:
         binary parts fill the body), so a node answering 200 with garbage is still a sick node.
         """
         reply = await self._post_infer(base_url, model, body, timeout_s=timeout_s, headers=headers)
-        header = _read_answer(reply, base_url, check_response_frame)
-        length = parse_header_length(reply.headers.get(HEADER_LENGTH))  # valid: _read_answer parsed it
+        header, length = _read_answer(reply, base_url, _framed)
         message = RawMessage(reply.body, reply.headers.get("Content-Type", "application/json"), length)
         return ForwardedAnswer(header.model_name, header.model_version, message)
 
@@ -266,6 +267,12 @@ class NodeClient:
         )
 
 
+@lru_cache(maxsize=1024)  # a frozen attrs object of five fields per call showed in the relay's profile
+def _timeout(total_ms: int) -> aiohttp.ClientTimeout:
+    """The timeout for a call of at most `total_ms` (a millisecond more than asked, at most: never less)."""
+    return aiohttp.ClientTimeout(total=total_ms / 1000)
+
+
 def _read_answer(reply: _Reply, base_url: str, read: Callable[[bytes, int | None], _T]) -> _T:
     """`read(body, header length)` of a 200 answer; what it cannot read is the node's fault."""
     try:
@@ -273,6 +280,11 @@ def _read_answer(reply: _Reply, base_url: str, read: Callable[[bytes, int | None
     except WorkerError as exc:
         # A node that answers 200 with garbage is a sick node, not a bad request.
         raise NodeServerError(f"{base_url}: undecodable inference answer: {exc}", node_url=base_url) from exc
+
+
+def _framed(body: bytes, header_length: int | None) -> tuple[InferenceResponseHeader, int | None]:
+    """`check_response_frame`, and the header length that framed it."""
+    return check_response_frame(body, header_length), header_length
 
 
 def _json(body: bytes, url: str) -> Any:

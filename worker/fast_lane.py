@@ -41,7 +41,8 @@ class FastLane:
                 match = pattern.match(path)
                 if match is not None:
                     params = {name: convertors[name].convert(value) for name, value in match.groupdict().items()}
-                    await handler({**scope, "path_params": params}, receive, send)
+                    scope["path_params"] = params  # in place, as Starlette's router sets what a match found
+                    await handler(scope, receive, send)
                     return
         await self.app(scope, receive, send)
 
