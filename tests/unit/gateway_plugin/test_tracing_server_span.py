@@ -98,3 +98,56 @@ async def test_under_a_host_span_the_callers_traceparent_does_not_make_a_sibling
         assert span.parent.span_id == host_id
     else:
         assert seen[0].span_id == host_id  # what node calls would carry on
+
+
+class _Route:
+    path_format = ROUTE
+
+
+def _logged_trace_id(caplog: pytest.LogCaptureFixture) -> str | None:
+    (line,) = [record for record in caplog.records if record.name == "distinfer.requests"]
+    trace_id: str | None = line.distinfer["trace_id"]  # type: ignore[attr-defined]
+    return trace_id
+
+
+@pytest.mark.parametrize(
+    ("ours", "traceparent", "host_span", "expected"),
+    [
+        (False, False, False, None),
+        (False, True, False, CALLER_TRACE),
+        (False, False, True, "ab" * 16),
+        (True, False, False, "ours"),
+        (True, True, False, CALLER_TRACE),
+    ],
+    ids=["no trace", "caller's traceparent", "host's span", "our span", "our span under the caller"],
+)
+async def test_the_request_line_names_the_trace_the_request_ran_in(
+    caplog: pytest.LogCaptureFixture, ours: bool, traceparent: bool, host_span: bool, expected: str | None
+) -> None:
+    """Regression guard for the hook's untraced path, which skips the tracing wrappers and reads the
+    trace id after the answer: the line must still name the caller's or the host's trace."""
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+    from prometheus_client import CollectorRegistry
+
+    from discovery.registry import NodeRegistry
+    from gateway_plugin.telemetry import Telemetry
+
+    exporter = InMemorySpanExporter()
+    provider: Any = TracerProvider() if ours else NoOpTracerProvider()
+    if ours:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = Telemetry(NodeRegistry(), api_prefix="", registry=CollectorRegistry(), tracer_provider=provider)
+    headers = [(b"traceparent", f"00-{CALLER_TRACE}-00f067aa0ba902b7-01".encode())] if traceparent else []
+    scope = {"type": "http", "method": "POST", "path": ROUTE, "headers": headers}
+    host = SpanContext(int("ab" * 16, 16), int("cd" * 8, 16), is_remote=False, trace_flags=TraceFlags(1))
+    caplog.set_level("INFO", logger="distinfer.requests")
+    if host_span:
+        with trace.use_span(NonRecordingSpan(host)):
+            await telemetry.route_hook(_Route(), scope, _nothing, _ignore, answering(200))
+    else:
+        await telemetry.route_hook(_Route(), scope, _nothing, _ignore, answering(200))
+    if expected == "ours":
+        (span,) = exporter.get_finished_spans()
+        expected = format(span.context.trace_id, "032x")
+    assert _logged_trace_id(caplog) == expected
