@@ -1,10 +1,12 @@
 """A request's tensors against a model's signature (names, datatypes, shapes, batch sizes), remembered.
 
-A client's binary requests repeat their JSON header for as long as their tensors' names and
-shapes do, and `check_request` then hands out one shared `same_meta` object for them. What the
-checks decide depends on nothing else than that header, the model's metadata and the batch limit,
-so the verdict is remembered per (metadata, header, limit), by identity: the relay's hottest path
-pays a dictionary lookup instead of walking every tensor again.
+What the checks decide depends on nothing but the tensors' names, datatypes and shapes, the
+model's metadata and the batch limit, and a client sends the same names and shapes request after
+request. So the verdict is remembered per (metadata, tensors, limit): the relay's hottest path pays
+a dictionary lookup instead of walking every tensor against the model again. A client's binary
+requests repeat their JSON header as well, and `check_request` then hands out one shared
+`same_meta` object for them, which names the tensors by identity; other requests (JSON data) are
+named by a tuple of their names, datatypes and shapes.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ __all__ = ["SignatureChecks"]
 
 # An error's class and message, raised anew for each request (an exception carries its traceback).
 _Fault = tuple[Callable[[str], Exception], str]
-# The remembered verdict, with the objects its key names by id: holding them keeps the ids from being reused.
+# The remembered verdict, with the objects its key names by id: holding them keeps those ids from being
+# reused by other objects, so a key found is always about these very objects.
 _Entry = tuple[ModelInfo, object, _Fault | None]
+# What a key names the tensors by: the id of a shared `same_meta`, or their (name, datatype, shape)s.
+_Tensors = int | tuple[tuple[str, str, tuple[int, ...]], ...]
 
 
 class SignatureChecks:
@@ -31,16 +36,18 @@ class SignatureChecks:
 
     def __init__(self, max_entries: int = 256) -> None:
         self._max_entries = max_entries
-        self._verdicts: dict[tuple[int, int, int], _Entry] = {}
+        self._verdicts: dict[tuple[int, _Tensors, int], _Entry] = {}
 
     def check(self, info: ModelInfo, inputs: LazyTensors, max_batch_size: int) -> None:
         same = inputs.same_meta
-        if same is None:
-            _check(info, inputs, max_batch_size)
-            return
-        key = (id(info), id(same), max_batch_size)
+        tensors: _Tensors
+        if same is None:  # named by content: equal keys are the same tensors
+            same = tensors = tuple((meta.name, meta.datatype, tuple(meta.shape)) for meta in inputs.meta)
+        else:
+            tensors = id(same)
+        key = (id(info), tensors, max_batch_size)
         entry = self._verdicts.get(key)
-        if entry is None or entry[0] is not info or entry[1] is not same:
+        if entry is None:
             if len(self._verdicts) >= self._max_entries:
                 self._verdicts.clear()  # headers and models are few; a flood of new ones starts over
             entry = self._verdicts[key] = (info, same, _fault(info, inputs, max_batch_size))

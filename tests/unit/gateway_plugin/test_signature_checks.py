@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import pytest
@@ -30,8 +31,8 @@ def _binary(rows: int, columns: int = 4, name: str = "image", dtype: type = np.f
     return check_request(encoded.body, encoded.header_length, Limits())[1]
 
 
-def _json(rows: int) -> LazyTensors:
-    encoded = encode_request([Tensor.of("image", np.zeros((rows, 4), np.float32))], binary=False)
+def _json(rows: int, columns: int = 4, name: str = "image", dtype: type = np.float32) -> LazyTensors:
+    encoded = encode_request([Tensor.of(name, np.zeros((rows, columns), dtype))], binary=False)
     return check_request(encoded.body, encoded.header_length, Limits())[1]
 
 
@@ -66,26 +67,29 @@ def test_a_repeated_binary_header_shares_its_meta_and_json_data_does_not() -> No
     dtype=st.sampled_from([np.float32, np.int32]),
     limit=st.integers(1, 12),
     info=st.sampled_from([DIGITS, OTHER]),
+    make=st.sampled_from([_binary, _json]),
 )
 def test_the_remembered_verdict_is_the_checks_verdict_every_time(
-    rows: int, columns: int, name: str, dtype: type, limit: int, info: ModelInfo
+    rows: int, columns: int, name: str, dtype: type, limit: int, info: ModelInfo, make: Callable[..., LazyTensors]
 ) -> None:
     checks = SignatureChecks()
-    inputs = _binary(rows, columns, name, dtype)
-    expected = _unremembered(info, inputs, limit)
-    for _ in range(3):  # computed, then remembered
-        assert _verdict(lambda: checks.check(info, inputs, limit)) == expected
+    expected = _unremembered(info, make(rows, columns, name, dtype), limit)
+    for _ in range(3):  # computed, then remembered (a new request each time, as on the wire)
+        inputs = make(rows, columns, name, dtype)
+        assert _verdict(partial(checks.check, info, inputs, limit)) == expected
 
 
-def test_the_verdict_is_kept_apart_per_model_and_per_limit() -> None:
+@pytest.mark.parametrize("make", [_binary, _json])
+def test_the_verdict_is_kept_apart_per_model_per_shape_and_per_limit(make: Callable[[int], LazyTensors]) -> None:
     checks = SignatureChecks()
-    inputs = _binary(6)
-    checks.check(DIGITS, inputs, 8)  # fits
+    checks.check(DIGITS, make(6), 8)  # fits
     with pytest.raises(InvalidInput, match="no input 'image'"):
-        checks.check(OTHER, inputs, 8)  # the same header, another model
+        checks.check(OTHER, make(6), 8)  # the same tensors, another model
     with pytest.raises(PayloadTooLarge, match="batch of 6"):
-        checks.check(DIGITS, inputs, 4)  # the same model and header, a lower limit
-    checks.check(DIGITS, _binary(6), 8)  # and the first verdict still stands
+        checks.check(DIGITS, make(6), 4)  # the same model and tensors, a lower limit
+    with pytest.raises(InvalidInput, match="over max_batch_size 8"):
+        checks.check(DIGITS, make(9), 64)  # the same model and limit, another shape
+    checks.check(DIGITS, make(6), 8)  # and the first verdict still stands
 
 
 def test_each_refusal_is_a_new_exception() -> None:
@@ -99,16 +103,17 @@ def test_each_refusal_is_a_new_exception() -> None:
     assert raised[0] is not raised[1]
 
 
-def test_inputs_without_a_shared_meta_are_checked_every_time() -> None:
+def test_json_requests_with_the_same_tensors_share_one_verdict() -> None:
     checks = SignatureChecks()
-    checks.check(DIGITS, _json(2), 8)
-    with pytest.raises(PayloadTooLarge):
-        checks.check(DIGITS, _json(6), 4)
-    assert not checks._verdicts  # nothing to remember them by
+    for _ in range(3):
+        checks.check(DIGITS, _json(2), 8)
+    checks.check(DIGITS, _json(3), 8)
+    assert len(checks._verdicts) == 2
 
 
-def test_the_memory_is_bounded() -> None:
+@pytest.mark.parametrize("make", [_binary, _json])
+def test_the_memory_is_bounded(make: Callable[[int], LazyTensors]) -> None:
     checks = SignatureChecks(max_entries=4)
     for rows in range(1, 9):
-        checks.check(DIGITS, _binary(rows), 64)
+        checks.check(DIGITS, make(rows), 64)
         assert len(checks._verdicts) <= 4
