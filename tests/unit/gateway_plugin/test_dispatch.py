@@ -179,3 +179,61 @@ async def test_with_no_other_node_left_the_retry_goes_to_the_same_one() -> None:
     outcome = await dispatcher.infer(call())
     assert (outcome.node_id, outcome.attempts) == ("n0", 2)
     assert client.calls == [a, a]
+
+
+class DeferringObserver:
+    """Like the route hook on a single-call route: work passed to `later` waits for `run_later()`."""
+
+    def __init__(self) -> None:
+        from gateway_plugin.telemetry.observer import NO_OBSERVER
+
+        self._quiet = NO_OBSERVER
+        self.pending: list[Callable[[], None]] = []
+
+    def dispatch(self, model: str, request_id: str, strategy: str) -> Any:
+        return self._quiet.dispatch(model, request_id, strategy)
+
+    def attempt(self, model: str, node_id: str, number: int, *, hedge: bool = False) -> Any:
+        return self._quiet.attempt(model, node_id, number, hedge=hedge)
+
+    def later(self, work: Callable[[], None]) -> None:
+        self.pending.append(work)
+
+    def run_later(self) -> None:
+        pending, self.pending = self.pending, []
+        for work in pending:
+            work()
+
+
+async def test_a_success_frees_its_slot_and_reports_once_the_answer_is_out_and_a_failure_at_once() -> None:
+    pool, (a, b) = cluster(2)
+    client = FakeClient()
+    client.error[a] = NodeServerError("500", node_url=a, status=500)
+    observer = DeferringObserver()
+    dispatcher = Dispatcher(pool, client, retry=RetryPolicy(max_attempts=2), observer=observer)  # type: ignore[arg-type]
+    served = 0
+    while a not in client.calls:  # until a call has met the failing node (round robin: the first or second)
+        outcome = await dispatcher.infer(call(strategy="round_robin"))
+        assert outcome.node_id == "n1"
+        served += 1
+    assert pool.in_flight(a) == 0  # the failed attempt gave its slot back at once
+    assert pool.in_flight(b) == served  # each success holds its slot until its bookkeeping runs
+    assert pool.latency_ewma_s(b) is None
+    observer.run_later()
+    assert pool.in_flight(b) == 0
+    assert pool.latency_ewma_s(b) is not None
+
+
+async def test_a_success_frees_its_slot_even_when_its_report_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool, (a,) = cluster(1)
+    observer = DeferringObserver()
+    dispatcher = Dispatcher(pool, FakeClient(), retry=RetryPolicy(), observer=observer)  # type: ignore[arg-type]
+    await dispatcher.infer(call())
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("report failed")
+
+    monkeypatch.setattr(pool, "_report", broken)
+    with pytest.raises(RuntimeError, match="report failed"):
+        observer.run_later()
+    assert pool.in_flight(a) == 0
