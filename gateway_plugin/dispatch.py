@@ -206,17 +206,18 @@ class Dispatcher:
                         parameters=call.parameters,
                         headers=observed.headers,
                     )
-        except BaseException as exc:  # a cancelled hedge reports nothing: neither success nor failure
-            if isinstance(exc, NodeCallError):
-                lease.report(self._clock() - began, exc)
-            lease.done()
+        except NodeCallError as exc:
+            lease.report(self._clock() - began, exc)
             raise
+        finally:
+            # At once, whatever happened: a slot held until the answer is out would count a slow
+            # client's download, or a sharded model's later stages, as load on this node.
+            lease.done()  # a cancelled hedge reports nothing: neither success nor failure
         elapsed = self._clock() - began
         if lease.trial:  # a half-open breaker's trial: its verdict must land before anything else is picked
             lease.report(elapsed)
-            lease.done()
-        else:  # a success informs later picks only, and its slot frees as the answer goes out
-            self._observer.later(lambda: _succeeded(lease, elapsed))
+        else:  # a success informs later picks only: no need to delay the answer for it
+            self._observer.later(lambda: lease.report(elapsed))
         return _Answer(node, response, lease.panic)
 
     async def _attempt_hedged(self, run: _Run, lease: Lease) -> tuple[_Answer, bool]:
@@ -281,13 +282,6 @@ class Dispatcher:
             raise UnknownModel(f"no node and no local copy has model {call.model!r}")
         reason = last_error.message if last_error else "no healthy node serves it"
         raise NoCapacity(f"model {call.model!r} cannot be served now: {reason}")
-
-
-def _succeeded(lease: Lease, elapsed: float) -> None:
-    try:
-        lease.report(elapsed)
-    finally:
-        lease.done()  # the slot comes back whatever the report does
 
 
 def _spent(call: InferenceCall, attempts: int) -> str:

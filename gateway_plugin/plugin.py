@@ -126,13 +126,15 @@ class DistributedInference:
         return self._services
 
     async def require_enabled(self) -> None:
+        self._check_enabled()
+
+    def _check_enabled(self) -> None:
         if not self.flags.enabled:
             raise NotFound("distributed inference is disabled (ENABLE_DISTRIBUTED_INFERENCE)")
 
     async def _guard_infer(self, authorization: str | None) -> None:
         """`require_enabled` and `require_infer` for a route served outside FastAPI's dependencies."""
-        if not self.flags.enabled:  # `require_enabled`, without a coroutine per request
-            await self.require_enabled()
+        self._check_enabled()  # one read of the flag (a provider's may change between two), no coroutine
         await self.auth.authorize(authorization, INFER)
 
     def fast_lane(self, app: ASGIApp) -> ASGIApp:

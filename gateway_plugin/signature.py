@@ -27,7 +27,9 @@ _Fault = tuple[Callable[[str], Exception], str]
 # The remembered verdict, with the objects its key names by id: holding them keeps those ids from being
 # reused by other objects, so a key found is always about these very objects.
 _Entry = tuple[ModelInfo, object, _Fault | None]
-# What a key names the tensors by: the id of a shared `same_meta`, or their (name, datatype, shape)s.
+# What a key names the tensors by: the id of a shared `same_meta`, or their (name, datatype, shape)s,
+# for at most this many tensors (names are at most 256 characters, shapes 32 dimensions): a few KB.
+_MAX_NAMED_TENSORS = 8
 _Tensors = int | tuple[tuple[str, str, tuple[int, ...]], ...]
 
 
@@ -41,10 +43,13 @@ class SignatureChecks:
     def check(self, info: ModelInfo, inputs: LazyTensors, max_batch_size: int) -> None:
         same = inputs.same_meta
         tensors: _Tensors
-        if same is None:  # named by content: equal keys are the same tensors
-            same = tensors = tuple((meta.name, meta.datatype, tuple(meta.shape)) for meta in inputs.meta)
-        else:
+        if same is not None:
             tensors = id(same)
+        elif len(inputs.meta) <= _MAX_NAMED_TENSORS:  # named by content: equal keys are the same tensors
+            same = tensors = tuple((meta.name, meta.datatype, tuple(meta.shape)) for meta in inputs.meta)
+        else:  # a key as large as the request would let callers fill memory with refused requests
+            _check(info, inputs, max_batch_size)
+            return
         key = (id(info), tensors, max_batch_size)
         entry = self._verdicts.get(key)
         if entry is None:

@@ -323,7 +323,6 @@ class _Attempt:
         request_id = None
         if call is not None:
             self._hedge = self._hedge or call.in_flight > 0
-            call.in_flight += 1
             request_id = call.request_id
             record = call.record
         else:
@@ -341,6 +340,8 @@ class _Attempt:
             self._span = telemetry._tracer.start_span("node attempt", kind=SpanKind.CLIENT, attributes=attributes)
         # No span of ours: the caller's trace context (an incoming traceparent) still goes on to the node.
         self.headers = telemetry.tracing.headers(self._span, request_id)
+        if call is not None:  # last: `__exit__`, which takes it back, runs only if this returns
+            call.in_flight += 1
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:

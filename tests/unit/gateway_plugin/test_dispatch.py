@@ -205,35 +205,30 @@ class DeferringObserver:
             work()
 
 
-async def test_a_success_frees_its_slot_and_reports_once_the_answer_is_out_and_a_failure_at_once() -> None:
-    pool, (a, b) = cluster(2)
-    client = FakeClient()
-    client.error[a] = NodeServerError("500", node_url=a, status=500)
-    observer = DeferringObserver()
-    dispatcher = Dispatcher(pool, client, retry=RetryPolicy(max_attempts=2), observer=observer)  # type: ignore[arg-type]
-    served = 0
-    while a not in client.calls:  # until a call has met the failing node (round robin: the first or second)
-        outcome = await dispatcher.infer(call(strategy="round_robin"))
-        assert outcome.node_id == "n1"
-        served += 1
-    assert pool.in_flight(a) == 0  # the failed attempt gave its slot back at once
-    assert pool.in_flight(b) == served  # each success holds its slot until its bookkeeping runs
-    assert pool.latency_ewma_s(b) is None
-    observer.run_later()
-    assert pool.in_flight(b) == 0
-    assert pool.latency_ewma_s(b) is not None
-
-
-async def test_a_success_frees_its_slot_even_when_its_report_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_success_frees_its_slot_at_once_and_reports_its_latency_once_the_answer_is_out() -> None:
+    """Regression (review): the slot was once released with the deferred report, after the answer had
+    gone out: a slow client's download, or a sharded model's later stages, then counted as load on
+    the node (busy at its limit, shunned by least_loaded)."""
     pool, (a,) = cluster(1)
     observer = DeferringObserver()
     dispatcher = Dispatcher(pool, FakeClient(), retry=RetryPolicy(), observer=observer)  # type: ignore[arg-type]
     await dispatcher.infer(call())
+    assert pool.in_flight(a) == 0
+    assert pool.latency_ewma_s(a) is None  # the report waits for the answer
+    observer.run_later()
+    assert pool.latency_ewma_s(a) is not None
+
+
+async def test_a_failed_attempt_frees_its_slot_even_when_its_report_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool, (a,) = cluster(1)
+    client = FakeClient()
+    client.error[a] = NodeServerError("500", node_url=a, status=500)
+    dispatcher = Dispatcher(pool, client, retry=RetryPolicy(max_attempts=1))  # type: ignore[arg-type]
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("report failed")
 
     monkeypatch.setattr(pool, "_report", broken)
     with pytest.raises(RuntimeError, match="report failed"):
-        observer.run_later()
+        await dispatcher.infer(call())
     assert pool.in_flight(a) == 0

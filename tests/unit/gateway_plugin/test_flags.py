@@ -86,3 +86,33 @@ def test_a_nan_rollout_percent_from_a_provider_keeps_the_local_value() -> None:
     """Regression: clamping kept the NaN: nobody was in the rollout and GET /flags said null."""
     state = FeatureFlags(FlagSettings(rollout_percent=40), _NotANumber()).current()
     assert (state.enabled, state.rollout_percent, state.source) == (True, 40.0, "provider")
+
+
+class _Flipping:
+    """A provider whose `enabled` flag reads off, then on, then on."""
+
+    def __init__(self) -> None:
+        self.reads = [False, True, True]
+
+    def get_boolean_value(self, flag_key: str, default_value: bool) -> bool:
+        return self.reads.pop(0) if flag_key == FLAG_KEYS["enabled"] else default_value
+
+    def get_float_value(self, flag_key: str, default_value: float) -> float:
+        return default_value
+
+    def get_string_value(self, flag_key: str, default_value: str) -> str:
+        return default_value
+
+
+async def test_the_relay_guard_reads_the_flag_once() -> None:
+    """Regression (review): the guard read an off flag, then read it again to raise, and a provider
+    that changed in between let the request through."""
+    from gateway_plugin.errors import NotFound
+    from gateway_plugin.plugin import DistributedInference
+    from gateway_plugin.settings import Settings
+
+    provider = _Flipping()
+    plugin = DistributedInference(Settings(), flag_provider=provider)
+    with pytest.raises(NotFound):
+        await plugin._guard_infer(None)
+    assert provider.reads == [True, True]

@@ -117,3 +117,26 @@ def test_the_memory_is_bounded(make: Callable[[int], LazyTensors]) -> None:
     for rows in range(1, 9):
         checks.check(DIGITS, make(rows), 64)
         assert len(checks._verdicts) <= 4
+
+
+@pytest.mark.parametrize("make", [_binary, _json])
+def test_one_memory_tells_tensors_apart_by_name_and_by_datatype(make: Callable[..., LazyTensors]) -> None:
+    """Regression guard (review): every request above met a fresh memory or changed only its rows."""
+    checks = SignatureChecks()
+    checks.check(DIGITS, make(2, 4, "image", np.float32), 8)
+    with pytest.raises(InvalidInput, match="no input 'text'"):
+        checks.check(DIGITS, make(2, 4, "text", np.float32), 8)
+    with pytest.raises(InvalidInput, match="datatype INT32"):
+        checks.check(DIGITS, make(2, 4, "image", np.int32), 8)
+    checks.check(DIGITS, make(2, 4, "image", np.float32), 8)
+
+
+def test_json_requests_of_many_tensors_are_not_remembered() -> None:
+    """Their key would be as large as the request: callers could fill memory with refused ones."""
+    many = [Tensor.of(f"t{i}", np.zeros((1, 4), np.float32)) for i in range(9)]
+    encoded = encode_request(many, binary=False)
+    inputs = check_request(encoded.body, encoded.header_length, Limits())[1]
+    checks = SignatureChecks()
+    with pytest.raises(InvalidInput):
+        checks.check(DIGITS, inputs, 8)
+    assert not checks._verdicts

@@ -421,3 +421,25 @@ async def test_opting_in_after_a_call_was_made_changes_nothing() -> None:
     finally:
         RECORD.reset(token)
     assert record.after is None
+
+
+async def test_an_attempt_that_fails_to_start_is_not_left_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review: an attempt scope counted itself in flight before building its headers; had that raised,
+    nothing took it back, and every later attempt of the call was labelled a hedge."""
+    telemetry, *_ = _setup()
+    observer = telemetry.observer
+    calls = iter([RuntimeError("headers failed")])
+
+    def headers(span: Any, request_id: str | None) -> dict[str, str]:
+        error = next(calls, None)
+        if error is not None:
+            raise error
+        return {}
+
+    monkeypatch.setattr(telemetry.tracing, "headers", headers)
+    with observer.dispatch("m", "r", "round_robin") as call:
+        with pytest.raises(RuntimeError, match="headers failed"), observer.attempt("m", "n0", 1):
+            pass
+        assert call.in_flight == 0  # type: ignore[attr-defined]
+        with observer.attempt("m", "n0", 2) as attempt:
+            assert attempt._hedge is False  # type: ignore[attr-defined]
