@@ -1,0 +1,159 @@
+"""The Python work of one relayed request, counted: `python -m bench.relay_ops`.
+
+Timing a few microseconds of change on this shared 2-core machine drowns in its noise; counting
+does not. The standalone gateway app runs in this process, driven through ASGI; the node is a real
+process, called once for a real answer, which every later call then gets back at once (a canned
+`NodeClient._call`), so only the gateway's own code runs. Each request is traced
+(`sys.settrace` with opcode events, `sys.setprofile` for calls into C) and counted: bytecode
+operations before the answer's body is handed to the server (what a one-client benchmark waits
+for) and after it (the deferred bookkeeping), and the functions they ran in. The counts are
+deterministic, so one run tells whether a change removed work from the hot path; the A/B through
+real processes (`bench overhead`) tells what that is worth in time (cold caches make each
+operation on the c=1 path cost ~2.5x what it costs in a hot loop).
+
+    python -m bench.relay_ops --encodings json,binary --top 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from bench.relay_cpu import Asgi, _scope, _started
+from bench.scenarios.overhead import request_bodies
+from gateway_plugin.processes import start_node
+from worker.bundled import bundled_models
+
+__all__ = ["OpCounts", "count", "main"]
+
+
+class OpCounts:
+    """Opcodes and calls of the traced requests, before and after each answer went out."""
+
+    def __init__(self) -> None:
+        self.before = 0
+        self.after = 0
+        self.python_calls = 0
+        self.c_calls = 0
+        self.by_function: Counter[str] = Counter()  # before the answer only
+        self.answered = False
+
+    def tracer(self, frame: FrameType, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        if event == "call":
+            self.python_calls += 1
+        elif event == "opcode":
+            if self.answered:
+                self.after += 1
+            else:
+                self.before += 1
+                code = frame.f_code
+                self.by_function[f"{os.path.basename(code.co_filename)}:{code.co_name}"] += 1
+        return self.tracer
+
+    def profiler(self, frame: FrameType, event: str, arg: Any) -> None:
+        if event == "c_call":
+            self.c_calls += 1
+
+
+async def count(app: Asgi, encoding: str, requests: int) -> OpCounts:
+    """Warm the app up, then trace `requests` relayed requests of `encoding`."""
+    import worker.client as client
+
+    body = request_bodies()[encoding]
+    scope = _scope(body.headers, len(body.data))
+    message = {"type": "http.request", "body": body.data, "more_body": False}
+    counts = OpCounts()
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return message
+
+    async def send(event: dict[str, Any]) -> None:
+        if event["type"] == "http.response.start":
+            statuses.append(event["status"])
+        elif event["type"] == "http.response.body":
+            counts.answered = True
+
+    real = client.NodeClient._call
+    canned: dict[str, Any] = {}
+
+    async def answer_once(self: Any, method: str, url: str, **kwargs: Any) -> Any:
+        if "reply" not in canned:
+            canned["reply"] = await real(self, method, url, **kwargs)
+        return canned["reply"]
+
+    client.NodeClient._call = answer_once  # type: ignore[method-assign]
+    try:
+        for _ in range(500):  # remembered headers, label caches, pickers: as under steady traffic
+            await app(dict(scope), receive, send)
+        for _ in range(requests):
+            counts.answered = False
+            sys.settrace(counts.tracer)
+            sys.setprofile(counts.profiler)
+            try:
+                await app(dict(scope), receive, send)
+            finally:
+                sys.settrace(None)
+                sys.setprofile(None)
+    finally:
+        client.NodeClient._call = real  # type: ignore[method-assign]
+    if set(statuses) != {200}:
+        raise RuntimeError(f"the relay answered {sorted(set(statuses))}")
+    return counts
+
+
+async def _run(node_url: str, encodings: Sequence[str], requests: int) -> dict[str, OpCounts]:
+    os.environ.update(
+        {
+            "ENABLE_DISTRIBUTED_INFERENCE": "true",
+            "DISTINFER_NODES": node_url,
+            "DISTINFER_AUTH_DISABLED": "true",
+            "DISTINFER_PROBE_INTERVAL_S": "1",
+        }
+    )
+    from gateway_plugin.settings import Settings
+    from gateway_plugin.standalone import create_gateway_app
+
+    app: Asgi = create_gateway_app(Settings())
+    inbox, outbox, lifespan = await _started(app)
+    await asyncio.sleep(1.5)  # the first probe finds the node
+    try:
+        return {encoding: await count(app, encoding, requests) for encoding in encodings}
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        await outbox.get()
+        await lifespan
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.relay_ops", description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--encodings", default="json,binary")
+    parser.add_argument("--top", type=int, default=25, help="functions listed, by opcodes before the answer")
+    args = parser.parse_args(argv)
+    node = start_node(bundled_models(), "relay-ops-node", threads=1)
+    try:
+        node.wait_ready(60)
+        found = asyncio.run(_run(node.url, args.encodings.split(","), args.requests))
+    finally:
+        node.stop()
+    n = args.requests
+    for encoding, counts in found.items():
+        print(
+            f"{encoding}: per request {counts.before / n:.0f} opcodes before the answer, {counts.after / n:.0f} after;"
+            f" {counts.python_calls / n:.0f} Python calls, {counts.c_calls / n:.0f} C calls"
+        )
+        for function, ops in counts.by_function.most_common(args.top):
+            print(f"  {ops / n:7.1f}  {function}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
