@@ -21,7 +21,8 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -30,7 +31,7 @@ from bench.scenarios.overhead import NODE_PATH, RELAY_PATH, request_bodies
 from gateway_plugin.processes import start_node
 from worker.bundled import bundled_models
 
-__all__ = ["main", "run"]
+__all__ = ["main", "one_request", "run", "standalone_gateway"]
 
 Asgi = Callable[..., Awaitable[None]]
 Events = asyncio.Queue[dict[str, Any]]
@@ -81,16 +82,23 @@ async def _cpu_per_call(call: Callable[[], Awaitable[None]], requests: int) -> f
     return (time.process_time() - began) / requests * 1e6
 
 
+def one_request(encoding: str) -> tuple[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]]]:
+    """The scope and `receive` of a relayed digits request of `encoding`, the same body every time."""
+    body = request_bodies()[encoding]
+    message = {"type": "http.request", "body": body.data, "more_body": False}
+
+    async def receive() -> dict[str, Any]:
+        return message
+
+    return _scope(body.headers, len(body.data)), receive
+
+
 async def _measure(
     app: Asgi, session: aiohttp.ClientSession, node_url: str, encoding: str, requests: int, rounds: int
 ) -> dict[str, float]:
     body = request_bodies()[encoding]
-    scope = _scope(body.headers, len(body.data))
-    message = {"type": "http.request", "body": body.data, "more_body": False}
+    scope, receive = one_request(encoding)
     statuses: list[int] = []
-
-    async def receive() -> dict[str, Any]:
-        return message
 
     async def send(event: dict[str, Any]) -> None:
         if event["type"] == "http.response.start":
@@ -112,8 +120,9 @@ async def _measure(
     return {name: statistics.median(values) for name, values in seen.items()}
 
 
-async def run(node_url: str, *, requests: int, rounds: int, encodings: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Median µs of CPU per request, bare and through the relay, by encoding."""
+@asynccontextmanager
+async def standalone_gateway(node_url: str) -> AsyncIterator[Asgi]:
+    """The standalone gateway app (auth off) over the node at `node_url`, started, once it has found it."""
     os.environ.update(
         {
             "ENABLE_DISTRIBUTED_INFERENCE": "true",
@@ -128,14 +137,18 @@ async def run(node_url: str, *, requests: int, rounds: int, encodings: Sequence[
     app: Asgi = create_gateway_app(Settings())
     inbox, outbox, lifespan = await _started(app)
     await asyncio.sleep(1.5)  # the first probe finds the node
-    async with aiohttp.ClientSession() as session:
-        results = {
-            encoding: await _measure(app, session, node_url, encoding, requests, rounds) for encoding in encodings
-        }
-    await inbox.put({"type": "lifespan.shutdown"})
-    await outbox.get()
-    await lifespan
-    return results
+    try:
+        yield app
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        await outbox.get()
+        await lifespan
+
+
+async def run(node_url: str, *, requests: int, rounds: int, encodings: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Median µs of CPU per request, bare and through the relay, by encoding."""
+    async with standalone_gateway(node_url) as app, aiohttp.ClientSession() as session:
+        return {encoding: await _measure(app, session, node_url, encoding, requests, rounds) for encoding in encodings}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,8 +25,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from bench.relay_cpu import Asgi, _scope, _started
-from bench.scenarios.overhead import request_bodies
+from bench.relay_cpu import Asgi, one_request, standalone_gateway
 from gateway_plugin.processes import start_node
 from worker.bundled import bundled_models
 
@@ -66,14 +65,9 @@ async def count(app: Asgi, encoding: str, requests: int) -> OpCounts:
     """Warm the app up, then trace `requests` relayed requests of `encoding`."""
     import worker.client as client
 
-    body = request_bodies()[encoding]
-    scope = _scope(body.headers, len(body.data))
-    message = {"type": "http.request", "body": body.data, "more_body": False}
+    scope, receive = one_request(encoding)
     counts = OpCounts()
     statuses: list[int] = []
-
-    async def receive() -> dict[str, Any]:
-        return message
 
     async def send(event: dict[str, Any]) -> None:
         if event["type"] == "http.response.start":
@@ -112,26 +106,8 @@ async def count(app: Asgi, encoding: str, requests: int) -> OpCounts:
 
 
 async def _run(node_url: str, encodings: Sequence[str], requests: int) -> dict[str, OpCounts]:
-    os.environ.update(
-        {
-            "ENABLE_DISTRIBUTED_INFERENCE": "true",
-            "DISTINFER_NODES": node_url,
-            "DISTINFER_AUTH_DISABLED": "true",
-            "DISTINFER_PROBE_INTERVAL_S": "1",
-        }
-    )
-    from gateway_plugin.settings import Settings
-    from gateway_plugin.standalone import create_gateway_app
-
-    app: Asgi = create_gateway_app(Settings())
-    inbox, outbox, lifespan = await _started(app)
-    await asyncio.sleep(1.5)  # the first probe finds the node
-    try:
+    async with standalone_gateway(node_url) as app:
         return {encoding: await count(app, encoding, requests) for encoding in encodings}
-    finally:
-        await inbox.put({"type": "lifespan.shutdown"})
-        await outbox.get()
-        await lifespan
 
 
 def main(argv: Sequence[str] | None = None) -> int:
