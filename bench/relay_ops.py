@@ -52,13 +52,20 @@ class OpCounts:
                 self.after += 1
             else:
                 self.before += 1
-                code = frame.f_code
-                self.by_function[f"{os.path.basename(code.co_filename)}:{code.co_name}"] += 1
+                self.by_function[_where(frame)] += 1
         return self.tracer
 
     def profiler(self, frame: FrameType, event: str, arg: Any) -> None:
         if event == "c_call":
             self.c_calls += 1
+
+
+def _where(frame: FrameType) -> str:
+    """`file:function`; a generated method (a dataclass's `__init__`) is named by its class instead."""
+    code = frame.f_code
+    if code.co_filename == "<string>" and "self" in frame.f_locals:
+        return f"{type(frame.f_locals['self']).__name__}.{code.co_name}"
+    return f"{os.path.basename(code.co_filename)}:{code.co_name}"
 
 
 async def count(app: Asgi, encoding: str, requests: int) -> OpCounts:

@@ -94,6 +94,8 @@ def test_the_relays_check_refuses_exactly_what_decoding_refuses(tensor: tuple[st
     ("datatype", "data"),
     [
         ("FP32", [1.0, 2, -3.5, 0.0]),
+        ("FP32", [1.0, True, 2.0, False]),  # numpy's decoder casts bools among numbers: 1.0, 0.0
+        ("FP64", [2**53, -(2**53), 0.5, 1]),
         ("FP16", [[65504.0, -65504.0], [1, 2]]),
         ("INT8", [-128, 127, 0, 1]),
         ("UINT64", [2**64 - 1, 0, 1, 2]),
@@ -110,11 +112,17 @@ def test_plain_data_is_proven(datatype: str, data: Any) -> None:
         ("FP32", [1.0, 2.0, 3.0], "too few values"),
         ("FP32", [[1.0, 2.0], [3.0]], "ragged"),
         ("FP32", [[1.0, 2.0], 3.0, 4.0], "lists mixed with scalars"),
-        ("FP32", [1.0, True, 2.0, 3.0], "a bool among numbers"),
         ("FP32", [1.0, 2.0, 3.0, 3.5e38], "beyond FP32: infinity after the cast"),
         ("FP16", [1.0, 2.0, 3.0, 70000], "an integer beyond FP16"),
         ("FP64", [1.0, 2.0, 3.0, 2**60], "an integer a float64 does not hold exactly"),
         ("FP64", [1.0, 2.0, 3.0, float("nan")], "not finite"),
+        ("FP64", [float("nan"), 2.0, 3.0, 1e300], "not finite, first"),
+        ("FP32", [float("inf"), float("-inf"), 1.0, 2.0], "infinities"),
+        ("FP64", [1.0, 2.0, 3.0, 2**53 + 1], "an integer beyond 2**53"),
+        ("FP64", [1e308, 1e308, 1.0, 2.0], "beyond 2**53, its sum infinite"),
+        ("FP64", [1.0, 2.0, 3.0, 10**400], "an integer no float holds"),
+        ("FP32", [1.0, 2.0, "3", 4.0], "a string among numbers"),
+        ("FP32", [1.0, 2.0, {}, 4.0], "an object among numbers"),
         ("INT8", [1, 2, 3, 128], "beyond INT8"),
         ("INT32", [1, 2, 3, 4.0], "a float among integers"),
         ("BOOL", [True, False, 1, 0], "integers for BOOL"),
@@ -149,6 +157,6 @@ def test_proven_json_is_built_only_when_read(monkeypatch: pytest.MonkeyPatch) ->
     assert calls == []
     assert lazy[0].data.tolist() == [[1.0, 2.5], [3.0, 4.0]]
     assert calls == [1]
-    unproven = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [True, 1.0]}]})
+    unproven = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [2**60, 1.0]}]})
     check_request(unproven.encode(), None, Limits())
     assert calls == [1, 1]  # decoded at once, by the check itself
