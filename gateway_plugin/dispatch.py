@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 _NONE: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # read-only by convention: a frozen one costs a C call per field, per request
 class InferenceCall:
     model: str
     inputs: Sequence[Tensor]
@@ -51,7 +51,7 @@ class InferenceCall:
     raw: RawMessage | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # read-only by convention: a frozen one costs a C call per field, per request
 class Outcome:
     model: str
     model_version: str | None
