@@ -43,6 +43,9 @@ class RouteTelemetry:
         self._prefix = api_prefix
         self._clock = clock
         self._templates: dict[int, tuple[str, bool]] = {}
+        # Per (route template, method, status): its duration and its two overhead phases' children.
+        # Route series are never removed (only a departed node's are), so they may be kept here.
+        self._timings: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
 
     def _template(self, route: object) -> tuple[str, bool]:
         """The route's full path template (bounded label) and whether its requests are logged."""
@@ -53,6 +56,18 @@ class RouteTelemetry:
             template = path if path.startswith(self._prefix + "/") else self._prefix + path
             known = self._templates[id(route)] = (template, not template.endswith(_QUIET))
         return known
+
+    def _timing(self, route: str, method: str, status: int) -> tuple[Any, Any, Any]:
+        key = (route, method, status)
+        found = self._timings.get(key)
+        if found is None:
+            m = self._metrics
+            found = self._timings[key] = (
+                m.child(m.http_seconds, route, method, str(status)),
+                m.child(m.overhead_seconds, route, "before_upstream"),
+                m.child(m.overhead_seconds, route, "after_upstream"),
+            )
+        return found
 
     async def __call__(self, route: object, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
         if scope["type"] != "http":
@@ -73,10 +88,6 @@ class RouteTelemetry:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 sent = self._clock()
 
-        async def traced(scope: Scope, receive: Receive, send: Send) -> None:
-            record.trace_id = trace_id_of()  # inside the server span, when there is one
-            await app(scope, receive, send)
-
         in_flight = self._metrics.child(self._metrics.http_in_flight, template)
         in_flight.inc()
         untraced = not self._tracing.involved(scope)
@@ -84,6 +95,11 @@ class RouteTelemetry:
             if untraced:  # no span of ours and no caller's context: the context the request sees is this one
                 await app(scope, receive, send_timed)
             else:
+
+                async def traced(scope: Scope, receive: Receive, send: Send) -> None:
+                    record.trace_id = trace_id_of()  # inside the server span, when there is one
+                    await app(scope, receive, send)
+
                 await self._tracing.serve(route, template, scope, receive, send_timed, traced)
         finally:
             RECORD.reset(token)
@@ -105,13 +121,13 @@ class RouteTelemetry:
                 log.exception("request bookkeeping failed")
 
     def _finish(self, record: RequestRecord, scope: Scope, status: int, end: float, sent: bool, logged: bool) -> None:
-        m = self._metrics
         method = scope.get("method", "GET")
         method = method if method in _METHODS else "other"  # a label: clients may send any token
-        m.child(m.http_seconds, record.route, method, str(status)).observe(end - record.start)
+        duration, before_upstream, after_upstream = self._timing(record.route, method, status)
+        duration.observe(end - record.start)
         if sent and record.upstream_start is not None and record.upstream_end is not None:
-            m.child(m.overhead_seconds, record.route, "before_upstream").observe(record.upstream_start - record.start)
-            m.child(m.overhead_seconds, record.route, "after_upstream").observe(end - record.upstream_end)
+            before_upstream.observe(record.upstream_start - record.start)
+            after_upstream.observe(end - record.upstream_end)
         if logged and log.isEnabledFor(logging.INFO):
             fields = _log_fields(record, scope, method, status, end)
             log.info("%s %s %d", method, record.route, status, extra={"distinfer": fields})

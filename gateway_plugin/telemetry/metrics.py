@@ -183,8 +183,9 @@ class GatewayMetrics:
         self._departed_series_s = departed_series_s
         self._clock = clock
         self._departed: dict[str, float] = {}  # node id -> when it left the registry
-        self._node_keys: dict[str, list[tuple[str, tuple[str, ...]]]] = {}  # node label -> its children's keys
-        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        # Children by (metric, label values): metrics hash by identity, a C call on the hot path.
+        self._node_keys: dict[str, list[tuple[MetricWrapperBase, tuple[str, ...]]]] = {}  # node label -> its keys
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
         # Hot-path children count into plain numbers, flushed when the registry collects; registered
         # first so that it runs before the metrics it feeds. Multiprocess files need every update.
         self._buffer = None if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else MetricBuffer()
@@ -279,11 +280,10 @@ class GatewayMetrics:
         self.cache_misses = Counter(
             "distinfer_gateway_cache_misses", "Cacheable calls not found in the response cache", ["model"], registry=r
         )
-        self._names = {id(metric): name for name, metric in vars(self).items() if isinstance(metric, MetricWrapperBase)}
-        # Per metric with a `node` label: the metric and that label's position, for removing a node's series.
+        # Per metric with a `node` label: that label's position, for removing a node's series.
         self._node_position = {
-            name: (metric, metric._labelnames.index("node"))
-            for name, metric in vars(self).items()
+            metric: metric._labelnames.index("node")
+            for metric in vars(self).values()
             if isinstance(metric, MetricWrapperBase) and "node" in metric._labelnames
         }
         live = _LiveCollector(live_nodes, queue_depth, live_panic)
@@ -338,8 +338,7 @@ class GatewayMetrics:
                 child = self._children.pop(key, None)
                 if child is not None:
                     removed.append(child)
-                    metric, _ = self._node_position[key[0]]
-                    metric.remove(*key[1])
+                    key[0].remove(*key[1])
         if self._buffer is not None:
             self._buffer.discard(removed)
         for node_id in owned:
@@ -350,14 +349,14 @@ class GatewayMetrics:
 
         As bounded as the labels themselves (route templates, label budgets, fixed outcome sets).
         """
-        key = (self._names[id(metric)], labels)
+        key = (metric, labels)
         found = self._children.get(key)
         if found is None:
             found = metric.labels(*labels)
             if self._buffer is not None:
                 found = self._buffer.wrap(metric, found)
             self._children[key] = found
-            by_node = self._node_position.get(key[0])
+            by_node = self._node_position.get(metric)
             if by_node is not None:  # indexed by node, for removing a departed node's series
-                self._node_keys.setdefault(labels[by_node[1]], []).append(key)
+                self._node_keys.setdefault(labels[by_node], []).append(key)
         return found

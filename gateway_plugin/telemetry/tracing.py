@@ -48,6 +48,10 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {key.decode("latin-1"): value.decode("latin-1") for key, value in scope.get("headers", ())}
 
 
+def _has_traceparent(scope: Scope) -> bool:
+    return _TRACEPARENT in dict(scope.get("headers", ()))  # one C pass: every plugin request asks
+
+
 def _in_span() -> bool:
     return trace.get_current_span().get_span_context().is_valid
 
@@ -61,7 +65,7 @@ class GatewayTracing:
 
     def involved(self, scope: Scope) -> bool:
         """Whether `serve` does anything for this request: it makes spans, or the caller sent a traceparent."""
-        return self.enabled or any(key == _TRACEPARENT for key, _ in scope.get("headers", ()))
+        return self.enabled or _has_traceparent(scope)
 
     async def serve(
         self, route: object, template: str, scope: Scope, receive: Receive, send: Send, app: ASGIApp
@@ -69,7 +73,7 @@ class GatewayTracing:
         """Run one request of `route` under a server span (or just the caller's trace context)."""
         # A caller's traceparent counts only where no span is current: under a host that traces its
         # requests, the host's server span (itself the caller's child) is the parent, not a sibling.
-        has_parent = any(key == _TRACEPARENT for key, _ in scope.get("headers", ())) and not _in_span()
+        has_parent = _has_traceparent(scope) and not _in_span()
         if not self.enabled:
             if not has_parent:
                 await app(scope, receive, send)

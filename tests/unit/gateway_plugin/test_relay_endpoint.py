@@ -49,3 +49,23 @@ async def test_an_answer_header_that_cannot_be_sent_becomes_a_problem_not_a_bare
     assert status == 500
     assert headers[b"content-type"] == b"application/problem+json"
     assert json.loads(body)["detail"]
+
+
+def test_the_relay_reads_the_first_of_repeated_headers_and_only_those_it_uses() -> None:
+    """As Starlette's `Headers.get`: the first value wins; pairs may come as lists (ASGI allows any iterable)."""
+    scope = {
+        "headers": iter(
+            [
+                (b"x-request-id", b"first"),
+                [b"authorization", b"Bearer a"],
+                (b"x-request-id", b"second"),
+                (b"accept", b"*/*"),
+                (b"inference-header-content-length", b"12"),
+            ]
+        )
+    }
+    assert relay._headers(scope) == {
+        "x-request-id": "first",
+        "authorization": "Bearer a",
+        "inference-header-content-length": "12",
+    }
