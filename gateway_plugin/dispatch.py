@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 _NONE: frozenset[str] = frozenset()
 
 
-@dataclass(slots=True)  # read-only by convention: a frozen one costs a C call per field, per request
+@dataclass(frozen=True, slots=True)
 class InferenceCall:
     model: str
     inputs: Sequence[Tensor]
@@ -51,7 +51,7 @@ class InferenceCall:
     raw: RawMessage | None = None
 
 
-@dataclass(slots=True)  # read-only by convention: a frozen one costs a C call per field, per request
+@dataclass(frozen=True, slots=True)
 class Outcome:
     model: str
     model_version: str | None

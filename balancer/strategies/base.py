@@ -18,7 +18,7 @@ from discovery.node import Node
 __all__ = ["PickContext", "Signals", "Strategy", "pick_fewest"]
 
 
-@dataclass(slots=True)  # read-only by convention: a frozen one costs a C call per field, per request
+@dataclass(frozen=True, slots=True)
 class PickContext:
     model: str
     affinity_key: str | None = None  # a session id; model_affinity hashes the model without one
