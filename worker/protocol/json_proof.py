@@ -72,7 +72,8 @@ def decodes_cleanly(datatype: str, count: int, data: Any) -> bool:
             total = sum(flat)
         except (TypeError, OverflowError):  # OverflowError: an int too large for a float among floats
             return False
-        return total - total == 0 and low <= min(flat) and max(flat) <= high
+        finite: bool = total - total == 0
+        return finite and low <= min(flat) and max(flat) <= high
     return all(type(value) is kind for value in flat) and low <= min(flat) and max(flat) <= high
 
 
