@@ -16,6 +16,9 @@
 {{- if and (eq .Values.tasks.store "redis") (not .Values.tasks.redisUrl) (not .Values.tasks.redisUrlSecret.name) -}}
 {{- fail "tasks.store=redis needs tasks.redisUrl or tasks.redisUrlSecret.name" -}}
 {{- end -}}
+{{- if and .Values.gateway.enabled (eq .Values.tasks.store "memory") (or (gt (int .Values.gateway.replicas) 1) .Values.gateway.autoscaling.enabled) -}}
+{{- fail "tasks.store=memory keeps each gateway replica's tasks to itself, so a poll that reaches another replica is a 404: with gateway.replicas > 1 or gateway.autoscaling, set tasks.store=redis" -}}
+{{- end -}}
 {{- $flag := lower (toString (index .Values.gateway.settings "ENABLE_DISTRIBUTED_INFERENCE")) -}}
 {{- $off := has $flag (list "false" "0" "off" "no" "f" "n") -}}
 {{- $prefix := index .Values.gateway.settings "DISTINFER_API_PREFIX" | default "/api/v1/distributed" -}}

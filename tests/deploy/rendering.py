@@ -31,6 +31,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "autoscaling": {
         "discovery": {"sources": ["dns"]},
         "gateway": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6}},
+        "tasks": {"store": "redis", "redisUrl": "redis://redis.cache.svc:6379/0"},
         "nodes": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 8}},
     },
     "everything": {

@@ -188,6 +188,8 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
         ({"nodes": {"autoscaling": {"enabled": True}}}, "static node list cannot follow"),
         ({"auth": {"createSecret": False}}, "auth is on"),
         ({"tasks": {"store": "redis"}}, "tasks.store=redis needs"),
+        ({"gateway": {"replicas": 2}}, "tasks.store=memory keeps each gateway replica's tasks"),
+        ({"gateway": {"autoscaling": {"enabled": True}}}, "tasks.store=memory keeps each gateway replica's tasks"),
         ({"nodes": {"kind": "Deployment"}}, "static discovery has no nodes"),
     ],
 )
