@@ -62,6 +62,8 @@ def parse_report(text: str) -> tuple[int, dict[str, float]]:
     for line in text.splitlines():
         found = _TOTAL.match(line)
         if found:
+            if total:
+                raise ValueError("more than one event in the report: record one (-e cpu-clock)")
             total = int(found.group(1))
             continue
         row = _ROW.match(line)
@@ -94,11 +96,17 @@ def _profile(name: str, server: ServerProcess, url: str, encoding: str, seconds:
     load(1.0)  # warm: connections, remembered headers, pickers
     data = workdir / f"{name}.data"
     # Sampled a little longer than the load runs, so that every request falls inside.
-    record = ["perf", "record", "-q", "-F", str(_SAMPLE_HZ), "-p", str(server.process.pid), "-o", str(data)]
-    perf = subprocess.Popen([*record, "--", "sleep", str(seconds + 1.0)], stderr=subprocess.PIPE)
-    time.sleep(0.3)
-    requests = load(seconds)
-    _, err = perf.communicate(timeout=seconds + 30)
+    # cpu-clock, not perf's default `cycles` where the CPU has counters: its event count is then ns.
+    record = ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(_SAMPLE_HZ), "-p", str(server.process.pid)]
+    perf = subprocess.Popen([*record, "-o", str(data), "--", "sleep", str(seconds + 1.0)], stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.3)
+        requests = load(seconds)
+        _, err = perf.communicate(timeout=seconds + 30)
+    except BaseException:  # a failed run or a timeout: perf must not outlive it
+        perf.kill()
+        perf.wait(10)
+        raise
     if perf.returncode != 0:
         raise RuntimeError(f"perf record failed: {err.decode(errors='replace').strip()}")
     cpu_ns, by_object = _report(data, "dso")

@@ -43,9 +43,11 @@ class RouteTelemetry:
         self._prefix = api_prefix
         self._clock = clock
         self._templates: dict[int, tuple[str, bool]] = {}
-        # Per (route template, method, status): its duration and its two overhead phases' children.
-        # Route series are never removed (only a departed node's are), so they may be kept here.
-        self._timings: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        # Children kept here (route series are never removed, only a departed node's): the duration
+        # per (route template, method, status), the two overhead phases per route, made only once a
+        # request of the route called a node (a made child is an exported series, even at zero).
+        self._durations: dict[tuple[str, str, int], Any] = {}
+        self._overheads: dict[str, tuple[Any, Any]] = {}
 
     def _template(self, route: object) -> tuple[str, bool]:
         """The route's full path template (bounded label) and whether its requests are logged."""
@@ -57,16 +59,20 @@ class RouteTelemetry:
             known = self._templates[id(route)] = (template, not template.endswith(_QUIET))
         return known
 
-    def _timing(self, route: str, method: str, status: int) -> tuple[Any, Any, Any]:
+    def _duration(self, route: str, method: str, status: int) -> Any:
         key = (route, method, status)
-        found = self._timings.get(key)
+        found = self._durations.get(key)
         if found is None:
             m = self._metrics
-            found = self._timings[key] = (
-                m.child(m.http_seconds, route, method, str(status)),
-                m.child(m.overhead_seconds, route, "before_upstream"),
-                m.child(m.overhead_seconds, route, "after_upstream"),
-            )
+            found = self._durations[key] = m.child(m.http_seconds, route, method, str(status))
+        return found
+
+    def _overhead(self, route: str) -> tuple[Any, Any]:
+        found = self._overheads.get(route)
+        if found is None:
+            m = self._metrics
+            before = m.child(m.overhead_seconds, route, "before_upstream")
+            found = self._overheads[route] = (before, m.child(m.overhead_seconds, route, "after_upstream"))
         return found
 
     async def __call__(self, route: object, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
@@ -123,9 +129,9 @@ class RouteTelemetry:
     def _finish(self, record: RequestRecord, scope: Scope, status: int, end: float, sent: bool, logged: bool) -> None:
         method = scope.get("method", "GET")
         method = method if method in _METHODS else "other"  # a label: clients may send any token
-        duration, before_upstream, after_upstream = self._timing(record.route, method, status)
-        duration.observe(end - record.start)
+        self._duration(record.route, method, status).observe(end - record.start)
         if sent and record.upstream_start is not None and record.upstream_end is not None:
+            before_upstream, after_upstream = self._overhead(record.route)
             before_upstream.observe(record.upstream_start - record.start)
             after_upstream.observe(end - record.upstream_end)
         if logged and log.isEnabledFor(logging.INFO):

@@ -30,6 +30,7 @@ __all__ = ["MAX_PROVEN_ELEMENTS", "decodes_cleanly"]
 MAX_PROVEN_ELEMENTS = 512
 _MAX_DEPTH = 32  # numpy's dimension limit is 64; the codec allows 32
 _EXACT_INT = 2**53  # integers a float64 holds exactly, as numpy's mixed int/float lists become
+_SUMS = (int, float)  # what a sum of JSON numbers (and bools) is
 
 
 def _bounds(datatype: str) -> tuple[type, float, float] | None:
@@ -54,7 +55,8 @@ def decodes_cleanly(datatype: str, count: int, data: Any) -> bool:
     """True only if `tensor_from_json` accepts `data` for a tensor of `count` elements of `datatype`.
 
     `datatype` and `count` are the tensor's, already checked (a known datatype, a shape within the
-    limits); False proves nothing.
+    limits); `data` as a JSON parser gives it (lists, ints, floats, bools, strings, nulls, dicts:
+    a Fraction, say, would sum and compare like a float); False proves nothing.
     """
     bounds = _BOUNDS.get(datatype)
     if bounds is None or not 0 < count <= MAX_PROVEN_ELEMENTS or type(data) is not list:
@@ -72,7 +74,8 @@ def decodes_cleanly(datatype: str, count: int, data: Any) -> bool:
             total = sum(flat)
         except (TypeError, OverflowError):  # OverflowError: an int too large for a float among floats
             return False
-        finite: bool = total - total == 0
+        # A sum that is no JSON number (complex values) is not proven, rather than failing `min`.
+        finite: bool = type(total) in _SUMS and total - total == 0
         return finite and low <= min(flat) and max(flat) <= high
     return all(type(value) is kind for value in flat) and low <= min(flat) and max(flat) <= high
 

@@ -38,3 +38,10 @@ def test_a_busy_python_process_is_mostly_the_interpreter(tmp_path: Path) -> None
     interpreter = sum(share for name, share in by_object.items() if "python" in name)
     assert interpreter > 50.0, by_object
     assert abs(sum(by_object.values()) - 100.0) < 1.0
+
+
+def test_a_report_of_two_events_is_refused() -> None:
+    """Each event's shares add up to 100 %: mixed, the µs per request would be wrong."""
+    text = "# Event count (approx.): 10\n    100.00%  a\n# Event count (approx.): 20\n    100.00%  b\n"
+    with pytest.raises(ValueError, match="more than one event"):
+        parse_report(text)

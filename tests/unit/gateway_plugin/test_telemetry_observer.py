@@ -443,3 +443,31 @@ async def test_an_attempt_that_fails_to_start_is_not_left_in_flight(monkeypatch:
         assert call.in_flight == 0  # type: ignore[attr-defined]
         with observer.attempt("m", "n0", 2) as attempt:
             assert attempt._hedge is False  # type: ignore[attr-defined]
+
+
+async def test_overhead_series_exist_only_for_routes_that_called_a_node() -> None:
+    """Review: the overhead children were made with the route's duration, so `/health` exported empty ones."""
+    telemetry, dispatcher, *_ = _setup(nodes=1)
+
+    async def health(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def inference(scope: Any, receive: Any, send: Any) -> None:
+        await dispatcher.infer(_call())
+        await health(scope, receive, send)
+
+    async def ignore(message: Any) -> None:
+        return None
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    for path, app in (("/health", health), ("/inference", inference)):
+        route = type("Route", (), {"path_format": path})()
+        await telemetry.route_hook(route, {"type": "http", "method": "GET", "headers": []}, receive, ignore, app)
+    registry = telemetry.metrics.registry
+    count = "distinfer_gateway_overhead_seconds_count"
+    assert registry.get_sample_value(count, {"route": "/api/inference", "phase": "before_upstream"}) == 1.0
+    assert registry.get_sample_value(count, {"route": "/api/health", "phase": "before_upstream"}) is None
+    assert registry.get_sample_value(count, {"route": "/api/health", "phase": "after_upstream"}) is None

@@ -160,3 +160,8 @@ def test_proven_json_is_built_only_when_read(monkeypatch: pytest.MonkeyPatch) ->
     unproven = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [2**60, 1.0]}]})
     check_request(unproven.encode(), None, Limits())
     assert calls == [1, 1]  # decoded at once, by the check itself
+
+
+def test_a_sum_that_is_no_json_number_is_not_proven_and_raises_nothing() -> None:
+    """Review: complex values sum, then `min` raised TypeError; the proof must answer, not fail."""
+    assert not decodes_cleanly("FP32", 4, [1j, 1.0, 2.0, 3.0])
