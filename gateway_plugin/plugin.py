@@ -49,7 +49,7 @@ from gateway_plugin.api import (
 )
 from gateway_plugin.api.health import summary
 from gateway_plugin.api.inference import build_call
-from gateway_plugin.api.routing import record_routes
+from gateway_plugin.api.routing import add_not_found_route, record_routes
 from gateway_plugin.api.schemas import InferenceRequest
 from gateway_plugin.api.stats import stats_router
 from gateway_plugin.api.tasks import task_runner, tasks_router
@@ -201,6 +201,7 @@ class DistributedInference:
             include(build(self.services, route_class), enabled, infer)
         include(tasks_router(self.services, self.require_infer, route_class), enabled, infer)  # owned by `sub`
         include(stats_router(self.telemetry, route_class, self.shadow), enabled, infer)
+        add_not_found_route(router, route_class)  # last: problem+json for paths under the prefix we lack
         return router
 
     # ------------------------------------------------------------------ telemetry

@@ -18,17 +18,29 @@ from fastapi.routing import APIRoute, APIRouter
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from balancer.pool import UnknownStrategy
-from gateway_plugin.errors import BadRequest, DistinferError, MethodNotAllowed, Unprocessable, from_worker, problem
+from gateway_plugin.errors import (
+    BadRequest,
+    DistinferError,
+    MethodNotAllowed,
+    NotFound,
+    Unprocessable,
+    from_worker,
+    problem,
+)
 from worker.bodies import read_body
 from worker.errors import WorkerError
 
 __all__ = [
+    "NotFoundRoute",
     "ProblemRoute",
     "RawRoute",
     "RouteHook",
+    "add_not_found_route",
+    "not_found_route",
     "problem_for",
     "problem_route",
     "raw_route",
@@ -199,6 +211,81 @@ def raw_route(route_class: type[ProblemRoute], raw: ASGIApp) -> type[RawRoute]:
     shared = {"gate": route_class.gate, "methods_by_path": route_class.methods_by_path}
     attributes |= shared | {"gated_paths": route_class.gated_paths}
     return type("RawRoute", (RawRoute,), attributes)
+
+
+_PROBE_KEY = "distinfer.not_found_probe"
+
+
+class NotFoundRoute(ProblemRoute):
+    """The last route under the prefix: a path none of ours (nor the host's) serves is a problem+json 404.
+
+    Without it such a request fell through to the host's default 404 (`{"detail": "Not Found"}`).
+    It steps aside (matches nothing) whenever another route of the app would take the path, with
+    any method or with its trailing slash toggled, so 405s, Starlette's slash redirects and host
+    routes added after ours stay as they were. That check runs only for requests no route took.
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope.get(_PROBE_KEY):
+            return Match.NONE, {}  # our own probe, reaching us again through the routers we asked
+        match, child_scope = super().matches(scope)
+        if match is Match.NONE:
+            return match, child_scope
+        # The app's top router (Starlette and FastAPI set it): FastAPI nests included routers, so the
+        # host's routes, and ours, are all reachable from it whatever the version.
+        routes = getattr(scope.get("router"), "routes", None)
+        if routes is None:
+            return Match.NONE, {}
+        path = str(scope["path"])
+        toggled = path[:-1] if path.endswith("/") else path + "/"
+        for variant in (path, toggled):
+            probe = {**scope, "path": variant, _PROBE_KEY: True}
+            if any(route.matches(probe)[0] is not Match.NONE for route in routes):
+                return Match.NONE, {}
+        return Match.FULL, child_scope
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hook = type(self).hook
+        if hook is None:
+            await self._not_found(scope, receive, send)
+        else:
+            await hook(self, scope, receive, send, self._not_found)
+
+    async def _not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
+        given = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"x-request-id"), None)
+        request_id = scope_request_id(scope, given)
+        error: DistinferError = NotFound(f"no such path: {str(scope.get('method', ''))[:16]} {scope['path'][:256]}")
+        gate = type(self).gate
+        if gate is not None:
+            try:  # with the flag off, say so, as every other path under the prefix does
+                await gate()
+            except DistinferError as exc:
+                error = exc
+        await problem(error, request_id)(scope, receive, send)
+
+
+def not_found_route(route_class: type[ProblemRoute]) -> type[NotFoundRoute]:
+    """A NotFoundRoute class with `route_class`'s telemetry hook and gate."""
+    attributes: dict[str, Any] = {"hook": route_class.hook, "gate": route_class.gate}
+    return type("NotFoundRoute", (NotFoundRoute,), attributes)
+
+
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def add_not_found_route(router: APIRouter, route_class: type[ProblemRoute]) -> None:
+    """`router`'s catch-all (`NotFoundRoute`), after every route of its own: call it last."""
+
+    async def not_found(path: str) -> None:
+        """Never called: `NotFoundRoute.handle` answers."""
+
+    router.add_api_route(
+        "/{path:path}",
+        not_found,
+        methods=_ALL_METHODS,
+        include_in_schema=False,
+        route_class_override=not_found_route(route_class),
+    )
 
 
 # (route, scope, receive, send, the route's own ASGI handling) -> None
