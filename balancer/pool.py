@@ -52,13 +52,18 @@ class PoolConfig:
     max_in_flight: int = 0  # per node from this gateway; at the limit a node is `busy`; 0: no limit
     latency_decay_s: float = 1.0  # peak EWMA blending; idle decay is 10x this
     latency_samples: int = 16  # under traffic a latency peak fades after about this many faster answers
+    # A node that answered busy (429, 408) is `busy` for its Retry-After, else `busy_backoff_s`, at
+    # most `busy_backoff_max_s`: picks go to the others meanwhile (all busy: they spill over).
+    busy_backoff_s: float = 1.0
+    busy_backoff_max_s: float = 10.0
 
 
 class _NodeState:
-    __slots__ = ("advertised", "breaker", "ewma", "in_flight", "limit", "window")
+    __slots__ = ("advertised", "breaker", "busy_until", "ewma", "in_flight", "limit", "window")
 
     def __init__(self, config: PoolConfig, clock: Clock, on_change: Callable[[], None]) -> None:
         self.in_flight = 0
+        self.busy_until = 0.0  # clock reading until which the node asked to be left alone (429, 408)
         # Requests in flight at which the node is `busy`: the operator's limit, else what it advertises.
         self.limit = config.max_in_flight
         self.ewma = PeakEwma(clock, decay_s=config.latency_decay_s, samples=config.latency_samples)
@@ -302,7 +307,14 @@ class NodePool:
         if in_panic(len(admitted), len(nodes), self.config.panic_threshold):
             return Picker(nodes, frozenset(n.key for n in nodes), keys, (), True, self._least_bad(nodes), expires)
         ready = admitted
-        if any(self._state(node.key).limit for node in admitted):
+        states = [self._state(node.key) for node in admitted]
+        if any(state.limit or state.busy_until for state in states):
+            now = self._clock()
+            for state in states:
+                if state.busy_until and state.busy_until <= now:
+                    state.busy_until = 0.0  # its wait is over
+            backing_off = [state.busy_until for state in states if state.busy_until]
+            expires = min(expires, *backing_off) if backing_off else expires  # back in once its wait ends
             free = [node for node in admitted if not self._busy(node.key)]
             ready = free or admitted  # all busy: spill over rather than refuse
         return Picker(nodes, frozenset(n.key for n in nodes), keys, tuple(ready), False, (), expires)
@@ -389,8 +401,10 @@ class NodePool:
         elif not error.retryable:  # a 4xx: the node judged the request, so the node itself is fine
             state.breaker.record_success(trial=trial)
         elif isinstance(error, NodeBusy):
-            # Busy (429, 408), not broken: a slower estimate steers picks away while it sheds load;
+            # Busy (429, 408), not broken: left alone for its Retry-After (round robin and weighted
+            # read no latency: they kept sending it every nth request) and a slower estimate after;
             # its breaker is left alone (tripping it would pile its load on the others, who then shed).
+            self._back_off(key, state, error.retry_after_s)
             doubled = min(2 * (state.ewma.value() or latency_s), _FAILURE_LATENCY_CAP_S)
             state.ewma.observe(max(latency_s, doubled), load)
             if trial:  # a half-open breaker's trial that gave no verdict: its slot goes back for the next
@@ -404,6 +418,13 @@ class NodePool:
             state.ewma.observe(max(latency_s, doubled), load)
             if isinstance(error, NodeUnreachable):
                 self.report_unreachable(key, error.message)
+
+    def _back_off(self, key: str, state: _NodeState, retry_after_s: float | None) -> None:
+        wait = self.config.busy_backoff_s if retry_after_s is None else retry_after_s
+        until = self._clock() + min(max(wait, 0.0), self.config.busy_backoff_max_s)
+        if until > state.busy_until:
+            state.busy_until = until
+            self._invalidate(key)  # its pickers rebuild without it, and again once the wait is over
 
     def _release(self, key: str, *, trial: bool) -> None:
         state = self._states.get(key)
@@ -419,7 +440,9 @@ class NodePool:
 
     def _busy(self, key: str) -> bool:
         state = self._states.get(key)
-        return state is not None and 0 < state.limit <= state.in_flight
+        if state is None:
+            return False
+        return 0 < state.limit <= state.in_flight or (state.busy_until > 0 and self._clock() < state.busy_until)
 
     def report_unreachable(self, key: str, reason: str) -> None:
         """Passive health: a node that refuses connections is taken out until a probe brings it back."""

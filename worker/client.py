@@ -28,6 +28,7 @@ from worker.errors import (
     NodeTimeout,
     NodeUnreachable,
     WorkerError,
+    retry_after_s,
 )
 from worker.protocol import (
     HEADER_LENGTH,
@@ -126,7 +127,9 @@ class NodeClient:
             # The node refuses the gateway, not the request: a configuration fault, another node may do.
             raise NodeServerError(f"{url}: {reply.status}: the node refused the gateway's node token", node_url=url)
         if reply.status in (408, 429):  # busy or too slow to read us: not a verdict on the request
-            raise NodeBusy(f"{url}: {reply.status} {_error_text(reply.body)}", node_url=url, status=reply.status)
+            wait = retry_after_s(reply.headers.get("Retry-After"))
+            text = _error_text(reply.body)
+            raise NodeBusy(f"{url}: {reply.status} {text}", node_url=url, status=reply.status, retry_after_s=wait)
         if reply.status >= 500:
             raise NodeServerError(f"{url}: {reply.status} {_error_text(reply.body)}", node_url=url, status=reply.status)
         if reply.status >= 400:

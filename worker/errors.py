@@ -18,11 +18,16 @@ Each carries an HTTP `status` and a stable `code`; servers turn them into v2 err
 
 from __future__ import annotations
 
+import time
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+
 __all__ = [
     "InferenceFailed",
     "InvalidInput",
     "ModelNotFound",
     "ModelNotReady",
+    "NodeBusy",
     "NodeCallError",
     "NodeRejected",
     "NodeServerError",
@@ -30,6 +35,7 @@ __all__ = [
     "NodeUnreachable",
     "PayloadTooLarge",
     "WorkerError",
+    "retry_after_s",
 ]
 
 
@@ -96,9 +102,37 @@ class NodeServerError(NodeCallError):
 
 
 class NodeBusy(NodeServerError):
-    """The node cannot take the request now (429, 408): another node may; a run of them ejects it."""
+    """The node cannot take the request now (429, 408): another node may; a run of them ejects it.
+
+    `retry_after_s`: how long the node asked to be left alone (its `Retry-After`), when it said.
+    """
 
     code = "node_busy"
+
+    def __init__(
+        self, message: str, *, node_url: str, status: int | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message, node_url=node_url, status=status)
+        self.retry_after_s = retry_after_s
+
+
+def retry_after_s(value: str | None, *, now: float | None = None) -> float | None:
+    """A `Retry-After` value in seconds from now (RFC 9110 §10.2.3: delay-seconds or an HTTP date).
+
+    None when absent or unreadable; never negative. `now`: the wall clock (epoch seconds), for tests.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; a zone-less one is read as such
+        when = when.replace(tzinfo=UTC)
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
 
 class NodeRejected(NodeCallError):

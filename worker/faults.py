@@ -1,7 +1,8 @@
 """Fault knobs for tests and benchmarks: make a node slow or sick on purpose.
 
 `distinfer node --fault-latency-ms 20` (or a range, `10-50`), `--fault-error-rate 0.1` (answer
-500), `--fault-timeout-rate 0.05` (hang, then 504), `--fault-crash-after 100` (the process dies
+500), `--fault-busy-rate 1` (answer 429 with `Retry-After: --fault-retry-after-s`, as a node
+shedding load does), `--fault-timeout-rate 0.05` (hang, then 504), `--fault-crash-after 100` (the process dies
 by SIGKILL on the 101st inference, as in a crash). With `--fault-control` the knobs can also be
 read and changed at run time at `GET|PUT /v2/faults` (JSON `FaultSpec`), so one node can be
 made sick and healed again without a restart; that endpoint does not exist without the flag.
@@ -40,6 +41,8 @@ class FaultSpec(BaseModel):
     latency_ms: float = Field(default=0.0, ge=0, le=600_000, description="added before every inference")
     latency_max_ms: float | None = Field(default=None, ge=0, le=600_000, description="upper end of a uniform range")
     error_rate: float = Field(default=0.0, ge=0, le=1, description="share answered 500")
+    busy_rate: float = Field(default=0.0, ge=0, le=1, description="share answered 429 with Retry-After")
+    retry_after_s: int = Field(default=1, ge=0, le=3600, description="the Retry-After of a busy answer")
     timeout_rate: float = Field(default=0.0, ge=0, le=1, description="share that hang for hang_s, then 504")
     hang_s: float = Field(default=60.0, gt=0, le=3600)
     crash_after: int | None = Field(default=None, ge=0, description="inferences served before the process dies")
@@ -48,15 +51,15 @@ class FaultSpec(BaseModel):
     def _consistent(self) -> FaultSpec:
         if self.latency_max_ms is not None and self.latency_max_ms < self.latency_ms:
             raise ValueError("latency_max_ms must be >= latency_ms")
-        if self.error_rate + self.timeout_rate > 1:
-            raise ValueError("error_rate + timeout_rate must be <= 1")
+        if self.error_rate + self.timeout_rate + self.busy_rate > 1:
+            raise ValueError("error_rate + timeout_rate + busy_rate must be <= 1")
         return self
 
     @property
     def active(self) -> bool:
-        return bool(self.latency_ms or self.latency_max_ms or self.error_rate or self.timeout_rate) or (
-            self.crash_after is not None
-        )
+        return bool(
+            self.latency_ms or self.latency_max_ms or self.error_rate or self.timeout_rate or self.busy_rate
+        ) or (self.crash_after is not None)
 
 
 class FaultState:
@@ -108,6 +111,9 @@ class FaultInjector:
             await _json(send, 504, {"error": "fault injected: timeout"})
         elif draw < spec.timeout_rate + spec.error_rate:
             await _json(send, 500, {"error": "fault injected: error"})
+        elif draw < spec.timeout_rate + spec.error_rate + spec.busy_rate:
+            retry_after = [(b"retry-after", str(spec.retry_after_s).encode())]
+            await _json(send, 429, {"error": "fault injected: busy"}, retry_after)
         else:
             await self.app(scope, receive, send)
 
@@ -130,9 +136,10 @@ class FaultInjector:
         await _json(send, 200, {**self.state.spec.model_dump(), "served": self.state.served})
 
 
-async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
+async def _json(send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None) -> None:
     payload = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    headers += extra or []
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
@@ -153,6 +160,8 @@ def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("fault knobs (testing and benchmarks only)")
     group.add_argument("--fault-latency-ms", type=parse_latency, default=None, metavar="MS|MIN-MAX")
     group.add_argument("--fault-error-rate", type=float, default=0.0, help="share of inferences answered 500")
+    group.add_argument("--fault-busy-rate", type=float, default=0.0, help="share answered 429 (busy)")
+    group.add_argument("--fault-retry-after-s", type=int, default=1, help="the Retry-After of a busy answer")
     group.add_argument("--fault-timeout-rate", type=float, default=0.0, help="share that hang, then 504")
     group.add_argument("--fault-hang-s", type=float, default=60.0, help="how long a timeout fault hangs")
     group.add_argument("--fault-crash-after", type=int, default=None, metavar="N", help="die (SIGKILL) after N")
@@ -167,6 +176,8 @@ def faults_from_args(args: argparse.Namespace) -> FaultSpec:
         latency_ms=low,
         latency_max_ms=high,
         error_rate=args.fault_error_rate,
+        busy_rate=args.fault_busy_rate,
+        retry_after_s=args.fault_retry_after_s,
         timeout_rate=args.fault_timeout_rate,
         hang_s=args.fault_hang_s,
         crash_after=args.fault_crash_after,

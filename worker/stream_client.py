@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from worker.errors import NodeBusy, NodeRejected, NodeServerError, NodeTimeout, NodeUnreachable
+from worker.errors import NodeBusy, NodeRejected, NodeServerError, NodeTimeout, NodeUnreachable, retry_after_s
 
 __all__ = ["open_generate_stream"]
 
@@ -77,7 +77,10 @@ async def open_generate_stream(
             body = await response.content.read(4096)
             text = _error_text(body)
             if response.status in (408, 429):  # busy, as for infer (worker.client): another node may
-                raise NodeBusy(f"{url}: {response.status} {text}", node_url=url, status=response.status)
+                wait = retry_after_s(response.headers.get("Retry-After"))
+                raise NodeBusy(
+                    f"{url}: {response.status} {text}", node_url=url, status=response.status, retry_after_s=wait
+                )
             if response.status >= 500 or response.status in (401, 403):
                 raise NodeServerError(f"{url}: {response.status} {text}", node_url=url, status=502)
             raise NodeRejected(text, node_url=url, status=response.status)

@@ -138,6 +138,34 @@ async def test_node_answering_500s_is_ejected_and_recovers_when_it_heals(healthy
     assert set(codes) == {200}
 
 
+async def test_a_node_answering_429_is_left_alone_for_its_retry_after(healthy: list[ServerProcess]) -> None:
+    """Regression: round robin kept sending every third request to a node shedding load (429), each
+    of them paying a retry; now the node is `busy` for its Retry-After and then back in rotation."""
+    busy, *_ = healthy
+    async with mounted(settings_for([n.url for n in healthy])) as (client, _):
+
+        async def status_of_busy() -> str:
+            nodes = (await client.get(f"{PREFIX}/nodes")).json()
+            return str(next(n for n in nodes if n["node_id"] == "sick-a")["status"])
+
+        set_faults(busy, busy_rate=1.0, retry_after_s=30)
+        before = served(busy)
+        codes: Counter[int] = Counter()
+        answered_by: Counter[str] = Counter()
+        for _ in range(30):
+            response = await client.post(f"{PREFIX}/inference", json={**BODY, "strategy": "round_robin"})
+            codes[response.status_code] += 1
+            answered_by[response.json().get("node_id", "?")] += 1
+        assert codes == {200: 30}  # retried elsewhere: the client never saw a 429
+        assert "sick-a" not in answered_by
+        assert served(busy) - before == 1  # asked once; its Retry-After kept every later request away
+        assert await status_of_busy() == "busy"
+        set_faults(busy)  # it can take work again, but asked for 30 s: the gateway waits (at most 10 s)
+        for _ in range(6):
+            response = await client.post(f"{PREFIX}/inference", json={**BODY, "strategy": "round_robin"})
+            assert response.json()["node_id"] != "sick-a"
+
+
 async def test_4xx_is_never_retried(healthy: list[ServerProcess]) -> None:
     async with mounted(settings_for([n.url for n in healthy])) as (client, _):
         before = sum(served(node) for node in healthy)

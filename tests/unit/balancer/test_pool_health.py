@@ -114,10 +114,51 @@ def test_a_busy_node_is_steered_around_not_ejected(clock: FakeClock) -> None:
     assert pool.breaker(a).state is BreakerState.CLOSED
     node_a = registry.get(a)
     assert node_a is not None
+    assert pool.status(node_a) is NodeStatus.BUSY  # for its back-off (1 s without a Retry-After)
+    clock.advance(1.01)
     assert pool.status(node_a) is NodeStatus.ONLINE
     assert a in {node.key for node in pool.candidates("digits")}
     fail(pool, b, 3)  # a 5xx still counts
     assert pool.breaker(b).state is BreakerState.OPEN
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "weighted", "least_loaded"])
+def test_a_node_that_answered_busy_is_left_alone_for_its_retry_after(clock: FakeClock, strategy: str) -> None:
+    """Regression: round robin (and weighted) read no latency, so they kept sending every third
+    request to a node answering 429 and each of those requests paid a retry."""
+    _, pool, (a, b, c) = setup(clock)
+    fail(pool, a, 1, NodeBusy("429 queue full", node_url=a, status=429, retry_after_s=2.0))
+    during = Counter()
+    for _ in range(30):
+        lease = pool.pick("digits", strategy=strategy)
+        assert lease is not None
+        during[lease.node.key] += 1
+        lease.report(0.001)
+        lease.done()
+    assert set(during) == {b, c}
+    clock.advance(2.01)  # its wait is over: back in the rotation
+    after = Counter()
+    for _ in range(30):
+        lease = pool.pick("digits", strategy=strategy)
+        assert lease is not None
+        after[lease.node.key] += 1
+        lease.report(0.001)
+        lease.done()
+    assert after[a] > 0, after
+
+
+def test_a_busy_back_off_is_bounded_and_all_busy_still_spill_over(clock: FakeClock) -> None:
+    registry, pool, (a, b, c) = setup(clock)
+    for key in (a, b, c):  # a Retry-After of an hour is held to busy_backoff_max_s (10 s)
+        fail(pool, key, 1, NodeBusy("429", node_url=key, status=429, retry_after_s=3600.0))
+    node_a = registry.get(a)
+    assert node_a is not None
+    assert pool.status(node_a) is NodeStatus.BUSY
+    lease = pool.pick("digits")  # every node busy: a request still goes somewhere, none is refused
+    assert lease is not None
+    lease.done()
+    clock.advance(10.01)
+    assert pool.status(node_a) is NodeStatus.ONLINE
 
 
 def test_a_busy_answer_to_a_half_open_trial_leaves_the_next_trial_free(clock: FakeClock) -> None:

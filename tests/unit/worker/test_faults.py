@@ -51,6 +51,15 @@ async def test_error_rate_answers_500_on_inference_only() -> None:
     assert 60 < codes.count(500) < 120
 
 
+async def test_busy_rate_answers_429_with_retry_after() -> None:
+    http, _ = client(FaultSpec(busy_rate=1.0, retry_after_s=7))
+    async with http:
+        response = await http.post(INFER)
+        assert (await http.get("/v2/health/ready")).status_code == 200  # busy, not down
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "7"
+
+
 async def test_timeout_rate_hangs_then_504() -> None:
     http, _ = client(FaultSpec(timeout_rate=1.0, hang_s=0.05))
     async with http:
@@ -107,7 +116,10 @@ def test_spec_validation() -> None:
         FaultSpec(latency_ms=10, latency_max_ms=5)
     with pytest.raises(ValueError, match="<= 1"):
         FaultSpec(error_rate=0.6, timeout_rate=0.6)
+    with pytest.raises(ValueError, match="<= 1"):
+        FaultSpec(error_rate=0.5, busy_rate=0.6)
     assert not FaultSpec().active
+    assert FaultSpec(busy_rate=0.1).active
     assert FaultSpec(crash_after=0).active
 
 
@@ -117,6 +129,8 @@ def test_flags() -> None:
     args = parser.parse_args(["--fault-latency-ms", "10-50", "--fault-error-rate", "0.1", "--fault-crash-after", "7"])
     spec = faults_from_args(args)
     assert (spec.latency_ms, spec.latency_max_ms, spec.error_rate, spec.crash_after) == (10, 50, 0.1, 7)
+    busy = faults_from_args(parser.parse_args(["--fault-busy-rate", "0.5", "--fault-retry-after-s", "3"]))
+    assert (busy.busy_rate, busy.retry_after_s) == (0.5, 3)
     assert parse_latency("20") == (20.0, None)
     for bad in ("x", "50-10", "-5"):
         with pytest.raises(argparse.ArgumentTypeError):
