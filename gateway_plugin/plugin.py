@@ -201,7 +201,7 @@ class DistributedInference:
             include(build(self.services, route_class), enabled, infer)
         include(tasks_router(self.services, self.require_infer, route_class), enabled, infer)  # owned by `sub`
         include(stats_router(self.telemetry, route_class, self.shadow), enabled, infer)
-        add_not_found_route(router, route_class)  # last: problem+json for paths under the prefix we lack
+        add_not_found_route(router, route_class)  # tried last: problem+json for paths under the prefix nobody serves
         return router
 
     # ------------------------------------------------------------------ telemetry

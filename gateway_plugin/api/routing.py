@@ -18,7 +18,6 @@ from fastapi.routing import APIRoute, APIRouter
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from balancer.pool import UnknownStrategy
@@ -213,36 +212,13 @@ def raw_route(route_class: type[ProblemRoute], raw: ASGIApp) -> type[RawRoute]:
     return type("RawRoute", (RawRoute,), attributes)
 
 
-_PROBE_KEY = "distinfer.not_found_probe"
-
-
 class NotFoundRoute(ProblemRoute):
-    """The last route under the prefix: a path none of ours (nor the host's) serves is a problem+json 404.
+    """Tried last, under the prefix: a path none of ours (nor the host's) serves is a problem+json 404.
 
     Without it such a request fell through to the host's default 404 (`{"detail": "Not Found"}`).
-    It steps aside (matches nothing) whenever another route of the app would take the path, with
-    any method or with its trailing slash toggled, so 405s, Starlette's slash redirects and host
-    routes added after ours stay as they were. That check runs only for requests no route took.
+    It is one of FastAPI's low-priority routes (those of `router.frontend()`), which the app tries
+    only after every other route, its 405s and its slash redirects, at no cost to the others.
     """
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope.get(_PROBE_KEY):
-            return Match.NONE, {}  # our own probe, reaching us again through the routers we asked
-        match, child_scope = super().matches(scope)
-        if match is Match.NONE:
-            return match, child_scope
-        # The app's top router (Starlette and FastAPI set it): FastAPI nests included routers, so the
-        # host's routes, and ours, are all reachable from it whatever the version.
-        routes = getattr(scope.get("router"), "routes", None)
-        if routes is None:
-            return Match.NONE, {}
-        path = str(scope["path"])
-        toggled = path[:-1] if path.endswith("/") else path + "/"
-        for variant in (path, toggled):
-            probe = {**scope, "path": variant, _PROBE_KEY: True}
-            if any(route.matches(probe)[0] is not Match.NONE for route in routes):
-                return Match.NONE, {}
-        return Match.FULL, child_scope
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         hook = type(self).hook
@@ -273,19 +249,28 @@ def not_found_route(route_class: type[ProblemRoute]) -> type[NotFoundRoute]:
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-def add_not_found_route(router: APIRouter, route_class: type[ProblemRoute]) -> None:
-    """`router`'s catch-all (`NotFoundRoute`), after every route of its own: call it last."""
+def add_not_found_route(router: APIRouter, route_class: type[ProblemRoute]) -> bool:
+    """Give `router` its catch-all (`NotFoundRoute`) among the routes FastAPI tries last.
+
+    False, and nothing added, on a FastAPI without such routes (before 0.165): there a catch-all
+    would have to come after the host's routes too, which a plugin cannot promise, so unknown paths
+    keep the host's 404.
+    """
+    low_priority = getattr(router, "_low_priority_routes", None)
+    if not isinstance(low_priority, list):
+        return False
 
     async def not_found(path: str) -> None:
         """Never called: `NotFoundRoute.handle` answers."""
 
-    router.add_api_route(
-        "/{path:path}",
-        not_found,
-        methods=_ALL_METHODS,
-        include_in_schema=False,
-        route_class_override=not_found_route(route_class),
+    route = not_found_route(route_class)(
+        router.prefix + "/{path:path}", not_found, methods=_ALL_METHODS, include_in_schema=False
     )
+    low_priority.append(route)
+    mark_changed = getattr(router, "_mark_routes_changed", None)
+    if callable(mark_changed):
+        mark_changed()  # FastAPI caches what included routers resolve to, by a routes version
+    return True
 
 
 # (route, scope, receive, send, the route's own ASGI handling) -> None
