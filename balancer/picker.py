@@ -28,6 +28,9 @@ class Picker:
     panic: bool  # too few admitted: route to the least bad instead
     least_bad: tuple[Node, ...]  # in panic: the nodes tied for least bad, one drawn at random per pick
     expires: float  # clock reading at which an ejection or quarantine ends by itself: rebuild then
+    # Busy nodes `ready` held back, for a strategy that finds none it may use in `ready` (capability's
+    # labels): a request goes to a busy node rather than fail.
+    spill: tuple[Node, ...] = ()
 
 
 EMPTY_PICKER = Picker((), frozenset(), frozenset(), (), False, (), math.inf)

@@ -303,10 +303,21 @@ class NodePool:
         keys = frozenset(node.key for node in admitted)
         return self._snapshot(nodes, admitted, keys, expires)
 
-    def _snapshot(self, nodes: tuple[Node, ...], admitted: list[Node], keys: frozenset[str], expires: float) -> Picker:
+    def _snapshot(
+        self,
+        nodes: tuple[Node, ...],
+        admitted: list[Node],
+        keys: frozenset[str],
+        expires: float,
+        *,
+        again: bool = False,
+    ) -> Picker:
+        """The picker over `admitted`. `again`: for a retry or hedge, which never goes to a node that
+        asked to be left alone (429) while it waits; the first attempt spills over to one if all are busy."""
         if in_panic(len(admitted), len(nodes), self.config.panic_threshold):
             return Picker(nodes, frozenset(n.key for n in nodes), keys, (), True, self._least_bad(nodes), expires)
-        ready = admitted
+        ready: list[Node] = admitted
+        spill: list[Node] = []
         states = [self._state(node.key) for node in admitted]
         if any(state.limit or state.busy_until for state in states):
             now = self._clock()
@@ -315,9 +326,11 @@ class NodePool:
                     state.busy_until = 0.0  # its wait is over
             backing_off = [state.busy_until for state in states if state.busy_until]
             expires = min(expires, *backing_off) if backing_off else expires  # back in once its wait ends
-            free = [node for node in admitted if not self._busy(node.key)]
-            ready = free or admitted  # all busy: spill over rather than refuse
-        return Picker(nodes, frozenset(n.key for n in nodes), keys, tuple(ready), False, (), expires)
+            usable = [node for node in admitted if not self._states[node.key].busy_until] if again else admitted
+            free = [node for node in usable if not self._busy(node.key)]
+            ready = free or usable  # all busy: spill over rather than refuse
+            spill = usable if len(usable) > len(ready) else []
+        return Picker(nodes, frozenset(n.key for n in nodes), keys, tuple(ready), False, (), expires, tuple(spill))
 
     def _without(self, picker: Picker, exclude: frozenset[str]) -> Picker:
         """The picker minus nodes already tried (a retry, a hedge): built per call, O(nodes)."""
@@ -325,7 +338,7 @@ class NodePool:
         if not nodes:
             return EMPTY_PICKER
         admitted = [node for node in nodes if node.key in picker.admitted]
-        return self._snapshot(nodes, admitted, picker.admitted - exclude, picker.expires)
+        return self._snapshot(nodes, admitted, picker.admitted - exclude, picker.expires, again=True)
 
     def pick(
         self,
@@ -352,7 +365,11 @@ class NodePool:
             for listener in self._panic_listeners:
                 listener(model)
         else:
-            chosen = strategy_obj.choose(PickContext(model, affinity_key), picker.ready, self, self._rng)
+            context = PickContext(model, affinity_key)
+            # Empty for a retry or hedge when every node left is backing off (strategies need one).
+            chosen = strategy_obj.choose(context, picker.ready, self, self._rng) if picker.ready else None
+            if chosen is None and picker.spill:  # none it may use among the free: a busy one, not a refusal
+                chosen = strategy_obj.choose(context, picker.spill, self, self._rng)
         if chosen is None:
             return None
         state = self._state(chosen.key)
@@ -395,6 +412,9 @@ class NodePool:
         if state is None:
             return
         if error is None:
+            if state.busy_until:  # it served a request spilled over to it: it can take work again
+                state.busy_until = 0.0
+                self._invalidate(key)
             state.breaker.record_success(trial=trial)
             state.ewma.observe(latency_s, load)
             state.window.observe(latency_s)

@@ -102,7 +102,7 @@ class NodeServerError(NodeCallError):
 
 
 class NodeBusy(NodeServerError):
-    """The node cannot take the request now (429, 408): another node may; a run of them ejects it.
+    """The node cannot take the request now (429, 408): another node may; the node is not ejected for it.
 
     `retry_after_s`: how long the node asked to be left alone (its `Retry-After`), when it said.
     """

@@ -9,11 +9,13 @@ import pytest
 
 from balancer.breaker import BreakerState
 from balancer.outlier import EjectionPolicy
-from balancer.pool import Lease, NodePool
+from balancer.pool import Lease, NodePool, PoolConfig
+from balancer.strategies import default_strategies
+from balancer.strategies.capability import parse_requirements
 from balancer.trust import TrustPolicy
 from discovery.node import NodeSpec, NodeStatus
 from discovery.registry import NodeRegistry
-from tests.unit.balancer.conftest import FakeClock, static_pool
+from tests.unit.balancer.conftest import INFO, FakeClock, static_pool
 from worker.errors import NodeBusy, NodeRejected, NodeServerError, NodeUnreachable
 
 EJECTION = EjectionPolicy(consecutive_failures=3, base_ejection_s=2, max_ejection_s=16)
@@ -110,7 +112,10 @@ def test_a_busy_node_is_steered_around_not_ejected(clock: FakeClock) -> None:
     timeouts and 5xx only): a node shedding load for a moment was ejected and its load piled on the
     others, which then shed load in turn."""
     registry, pool, (a, b, _) = setup(clock)
-    fail(pool, a, 10, NodeBusy("429 queue full", node_url=a, status=429))
+    for _ in range(10):
+        fail(pool, a, 1, NodeBusy("429 queue full", node_url=a, status=429))
+        clock.advance(1.01)  # its back-off over: the next request may try it again
+    fail(pool, a, 1, NodeBusy("429 queue full", node_url=a, status=429))
     assert pool.breaker(a).state is BreakerState.CLOSED
     node_a = registry.get(a)
     assert node_a is not None
@@ -161,6 +166,64 @@ def test_a_busy_back_off_is_bounded_and_all_busy_still_spill_over(clock: FakeClo
     assert pool.status(node_a) is NodeStatus.ONLINE
 
 
+def test_capability_still_reaches_its_only_able_node_while_that_node_backs_off(clock: FakeClock) -> None:
+    """Regression (review): one 429 from the only node with the model's required labels made every
+    request 503 for the whole back-off: the spill-over offered the busy node, capability's filter
+    then found no able node among the free ones."""
+    registry = NodeRegistry()
+    strategies = default_strategies(requirements=parse_requirements("digits:device=gpu"))
+    pool = NodePool(registry, strategies, default_strategy="capability", clock=clock, config=PoolConfig())
+    keys = [f"http://n{index}:8000" for index in range(3)]
+    registry.reset("static", [NodeSpec(key) for key in keys])
+    for key in keys:
+        registry.update(key, status=NodeStatus.ONLINE, models=MappingProxyType({"digits": INFO}))
+    gpu = keys[0]
+    pool.learn_labels(gpu, {"device": "gpu"})
+    lease = pool.pick("digits")
+    assert lease is not None
+    assert lease.node.key == gpu
+    lease.report(0.001, NodeBusy("429", node_url=gpu, status=429))
+    lease.done()
+    picked = []
+    for _ in range(5):
+        again = pool.pick("digits")
+        assert again is not None  # the busy node, not a refusal
+        picked.append(again.node.key)
+        again.done()
+    assert picked == [gpu] * 5
+
+
+def test_retries_and_hedges_never_go_to_a_node_backing_off(clock: FakeClock) -> None:
+    """Regression (review): with the only other node tried, a hedge or retry spilled over to the node
+    that had asked to be left alone, and each of its 429s pushed its wait further out."""
+    _, pool, (a, b) = setup(clock, count=2)
+    fail(pool, a, 1, NodeBusy("429", node_url=a, status=429, retry_after_s=10.0))
+    assert pool.pick("digits", exclude=frozenset({b})) is None
+    first = pool.pick("digits")  # the first attempt still goes to b (free)
+    assert first is not None
+    assert first.node.key == b
+    first.done()
+
+
+def test_a_success_ends_a_back_off(clock: FakeClock) -> None:
+    """Regression (review): a node that served a spilled-over request stayed out for its whole wait,
+    and the one node whose wait ended first took all the traffic."""
+    registry, pool, (a, b) = setup(clock, count=2)
+    for key in (a, b):
+        fail(pool, key, 1, NodeBusy("429", node_url=key, status=429, retry_after_s=10.0))
+    lease = pool.pick("digits")  # all busy: spills over
+    assert lease is not None
+    served = lease.node.key
+    lease.report(0.001)
+    lease.done()
+    node = registry.get(served)
+    assert node is not None
+    assert pool.status(node) is NodeStatus.ONLINE
+    other = registry.get(b if served == a else a)
+    assert other is not None
+    assert pool.status(other) is NodeStatus.BUSY
+
+
 def test_a_busy_answer_to_a_half_open_trial_leaves_the_next_trial_free(clock: FakeClock) -> None:
     """Regression: a trial answered 429 gave no verdict and kept its slot: with one trial allowed the
     breaker stayed half-open with no slot free, and the node was out for good."""
@@ -169,6 +232,7 @@ def test_a_busy_answer_to_a_half_open_trial_leaves_the_next_trial_free(clock: Fa
     trial.report(0.001, NodeBusy("429 queue full", node_url=a, status=429))
     trial.done()
     assert pool.breaker(a).state is BreakerState.HALF_OPEN
+    clock.advance(1.01)  # it asked to be left alone (1 s without a Retry-After)
     again = pool.pick("digits", exclude=frozenset({b, c}))
     assert again is not None
     assert again.trial  # the next request is the trial
