@@ -35,10 +35,10 @@ def fail(pool: NodePool, key: str, times: int, error: Exception = BOOM) -> None:
         lease.done()
 
 
-def spread(pool: NodePool, picks: int = 60) -> Counter[str]:
+def spread(pool: NodePool, picks: int = 60, strategy: str | None = None) -> Counter[str]:
     seen: Counter[str] = Counter()
     for _ in range(picks):
-        lease = pool.pick("digits")
+        lease = pool.pick("digits", strategy=strategy)
         assert lease is not None
         seen[lease.node.key] += 1
         lease.report(0.001)
@@ -133,22 +133,9 @@ def test_a_node_that_answered_busy_is_left_alone_for_its_retry_after(clock: Fake
     request to a node answering 429 and each of those requests paid a retry."""
     _, pool, (a, b, c) = setup(clock)
     fail(pool, a, 1, NodeBusy("429 queue full", node_url=a, status=429, retry_after_s=2.0))
-    during = Counter()
-    for _ in range(30):
-        lease = pool.pick("digits", strategy=strategy)
-        assert lease is not None
-        during[lease.node.key] += 1
-        lease.report(0.001)
-        lease.done()
-    assert set(during) == {b, c}
+    assert set(spread(pool, 30, strategy)) == {b, c}
     clock.advance(2.01)  # its wait is over: back in the rotation
-    after = Counter()
-    for _ in range(30):
-        lease = pool.pick("digits", strategy=strategy)
-        assert lease is not None
-        after[lease.node.key] += 1
-        lease.report(0.001)
-        lease.done()
+    after = spread(pool, 30, strategy)
     assert after[a] > 0, after
 
 
