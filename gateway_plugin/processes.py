@@ -96,7 +96,9 @@ class ServerProcess:
         return int(self.process.returncode)
 
 
-def _spawn(name: str, args: list[str], port: int, health: str, env: Mapping[str, str] | None) -> ServerProcess:
+def _spawn(
+    name: str, args: list[str], port: int, health: str, env: Mapping[str, str] | None, cwd: Path | None = None
+) -> ServerProcess:
     log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by ServerProcess.stop)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     process = subprocess.Popen(
@@ -104,6 +106,7 @@ def _spawn(name: str, args: list[str], port: int, health: str, env: Mapping[str,
         stdout=log,
         stderr=subprocess.STDOUT,
         env=full_env,
+        cwd=cwd,
     )
     return ServerProcess(name, f"http://127.0.0.1:{port}", health, process, log)
 
@@ -129,7 +132,10 @@ def start_gateway(
     port: int | None = None,
     prefix: str = "/api/v1/distributed",
     extra_args: list[str] | None = None,
+    cwd: Path | None = None,
 ) -> ServerProcess:
+    """`cwd`: where it runs. `python -m` puts it first on `sys.path`, ahead of PYTHONPATH: a gateway
+    meant to run a copy of the code (PYTHONPATH) must not be started from the checkout."""
     port = port or free_port()
     args = ["gateway", "--log-level", "warning", *(extra_args or [])]
-    return _spawn("gateway", args, port, f"{prefix}/health/live", env)
+    return _spawn("gateway", args, port, f"{prefix}/health/live", env, cwd)
