@@ -220,6 +220,7 @@ class DistributedInference:
             breaker=lambda key: pool.breaker(key).state.value,
             trust=lambda key: round(pool.trust.score(key), 4),
             panic=pool.panic_states,
+            status=lambda node: pool.status(node).value,
         )
         pool.add_panic_listener(telemetry.cluster.panic_pick)
         pool.add_ejection_listener(telemetry.cluster.breaker_tripped)

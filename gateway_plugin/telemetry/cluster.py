@@ -4,8 +4,8 @@
 that leaves `online` is an ejection, and so is a breaker trip (`breaker_tripped`, from the pool);
 a removed node is forgotten by the stats window, and once no listed node has its id, the metrics
 drop its series after a grace period. `live()`
-is what the scrape-time collector and `/stats` read: status, in-flight, breaker and trust, the
-last two from optional readers wired by the plugin (the balancer owns them); `panic()` is which
+is what the scrape-time collector and `/stats` read: up, in-flight, breaker, trust and state, all
+but `up` from optional readers wired by the plugin (the balancer owns them); `panic()` is which
 models are in panic mode, and `panic_pick` counts each pick made in it (the pool calls it).
 """
 
@@ -22,7 +22,8 @@ __all__ = ["ClusterWatch", "NodeReaders"]
 
 
 class NodeReaders:
-    """Optional readers: per node its in-flight count, breaker state name, trust score; per model panic."""
+    """Optional readers: per node its in-flight count, breaker state name, trust score and state as
+    users see it (without a balancer: its probed state); per model panic."""
 
     def __init__(
         self,
@@ -30,11 +31,13 @@ class NodeReaders:
         breaker: Callable[[str], str | None] = lambda _: None,
         trust: Callable[[str], float | None] = lambda _: None,
         panic: Callable[[], Mapping[str, bool]] = dict,
+        status: Callable[[Node], str] = lambda node: node.status.value,
     ) -> None:
         self.in_flight = in_flight
         self.breaker = breaker
         self.trust = trust
         self.panic = panic
+        self.status = status
 
 
 class ClusterWatch:
@@ -111,6 +114,7 @@ class ClusterWatch:
                 in_flight=readers.in_flight(node.key),
                 breaker=readers.breaker(node.key),
                 trust=readers.trust(node.key),
+                status=readers.status(node),
             )
             for node in self.nodes()
         ]

@@ -37,6 +37,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from discovery.node import NodeStatus
 from gateway_plugin.telemetry.buffered import MetricBuffer
 from worker.telemetry import LATENCY_BUCKETS, Exposition
 
@@ -51,6 +52,7 @@ _NOT_NODES = frozenset({OTHER, "local", "none"})
 OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BREAKER_STATES = ("closed", "open", "half_open")
+NODE_STATES = tuple(status.value for status in NodeStatus)
 
 
 class LabelBudget:
@@ -91,6 +93,7 @@ class LiveNode:
     in_flight: int
     breaker: str | None = None
     trust: float | None = None
+    status: str | None = None  # CONTRACT's node state as /nodes shows it (the balancer's view: busy, ejected)
 
 
 class _LiveCollector(Collector):
@@ -112,7 +115,7 @@ class _LiveCollector(Collector):
         yield _queue_family()
 
     def collect(self) -> Iterator[Metric]:
-        up, busy, breaker, trust = _live_families()
+        up, busy, breaker, trust, status = _live_families()
         # Nodes past the label budget share the label `other`: one sample per label, or the
         # exposition would repeat a series (Prometheus drops such samples). Shared: up if any is,
         # in-flight summed, nodes counted per breaker state, the lowest trust.
@@ -129,7 +132,11 @@ class _LiveCollector(Collector):
             trusts = [node.trust for node in nodes if node.trust is not None]
             if trusts:
                 trust.add_metric([label], min(trusts))
-        yield from (up, busy, breaker, trust)
+            statuses = [node.status for node in nodes if node.status is not None]
+            if statuses:
+                for state in NODE_STATES:
+                    status.add_metric([label, state], float(statuses.count(state)))
+        yield from (up, busy, breaker, trust, status)
         panic = _panic_family()
         for model, active in self._panic():
             panic.add_metric([model], 1.0 if active else 0.0)
@@ -137,7 +144,7 @@ class _LiveCollector(Collector):
         yield _queue_family(self._queue_depth())
 
 
-def _live_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+def _live_families() -> tuple[GaugeMetricFamily, ...]:
     up = GaugeMetricFamily("distinfer_gateway_node_up", "1 when the node is online and routable", labels=["node"])
     busy = GaugeMetricFamily(
         "distinfer_gateway_node_in_flight_requests", "Requests this gateway has on the node now", labels=["node"]
@@ -146,7 +153,10 @@ def _live_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricF
         "distinfer_gateway_breaker_state", "1 for the breaker's current state", labels=["node", "state"]
     )
     trust = GaugeMetricFamily("distinfer_gateway_node_trust_score", "Node trust score (0..1)", labels=["node"])
-    return up, busy, breaker, trust
+    status = GaugeMetricFamily(
+        "distinfer_gateway_node_status", "1 for the node's current state (as /nodes shows it)", labels=["node", "state"]
+    )
+    return up, busy, breaker, trust, status
 
 
 def _panic_family() -> GaugeMetricFamily:

@@ -160,6 +160,9 @@ async def test_a_node_answering_429_is_left_alone_for_its_retry_after(healthy: l
         assert "sick-a" not in answered_by
         assert served(busy) - before == 1  # asked once; its Retry-After kept every later request away
         assert await status_of_busy() == "busy"
+        scrape = (await client.get("/metrics")).text  # the same state for dashboards and alerts
+        assert 'distinfer_gateway_node_status{node="sick-a",state="busy"} 1.0' in scrape
+        assert 'distinfer_gateway_node_status{node="sick-a",state="online"} 0.0' in scrape
         set_faults(busy)  # it can take work again, but asked for 30 s: the gateway waits (at most 10 s)
         for _ in range(6):
             response = await client.post(f"{PREFIX}/inference", json={**BODY, "strategy": "round_robin"})

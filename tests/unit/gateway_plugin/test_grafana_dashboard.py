@@ -20,7 +20,7 @@ def _exported(registry: CollectorRegistry) -> set[str]:
 
 
 def test_every_queried_metric_exists() -> None:
-    gateway = GatewayMetrics(CollectorRegistry(), live_nodes=lambda: [LiveNode("n", True, 0, "closed", 1.0)])
+    gateway = GatewayMetrics(CollectorRegistry(), live_nodes=lambda: [LiveNode("n", True, 0, "closed", 1.0, "online")])
     names = _exported(gateway.registry) | _exported(NodeTelemetry().registry)
     dashboard = json.loads(DASHBOARD.read_text())
     queried = {

@@ -283,6 +283,9 @@ def test_ejections_and_live_node_state_follow_the_registry() -> None:
     assert _value(telemetry, "distinfer_gateway_node_ejections_total", node="n0") == 1
     assert _value(telemetry, "distinfer_gateway_node_up", node="n0") == 0
     assert _value(telemetry, "distinfer_gateway_node_up", node="n1") == 1
+    states = {s: _value(telemetry, "distinfer_gateway_node_status", node="n0", state=s) for s in NodeStatus}
+    assert states == {"online": 0, "busy": 0, "offline": 1, "error": 0}
+    assert _value(telemetry, "distinfer_gateway_node_status", node="n1", state="online") == 1
     assert _value(telemetry, "distinfer_gateway_queue_depth") == 0
     telemetry.queue_depth = lambda: 7
     assert _value(telemetry, "distinfer_gateway_queue_depth") == 7
