@@ -258,8 +258,10 @@ class StreamRelay:
     ) -> TokenStream:
         generator = self._local.generator(call.model) if self._local is not None else None
         if generator is None:
-            # As the dispatcher: a node that timed out at the deadline spent it (504), not the capacity (503).
-            if deadline - self._clock() < 0.001 and (last_error is None or isinstance(last_error, NodeTimeout)):
+            # As the dispatcher: attempts that spent the deadline (however the last one failed), or a
+            # node that timed out at it, are a 504, not a lack of capacity (503).
+            remaining = deadline - self._clock()
+            if remaining <= 0 or (remaining < 0.001 and (last_error is None or isinstance(last_error, NodeTimeout))):
                 raise DeadlineExceeded(f"no first token within {call.timeout_s * 1000:.0f} ms")
             if last_error is None and not self._pool.knows(call.model) and self._pool.any_online():
                 raise UnknownModel(f"no node and no local copy has model {call.model!r}")
