@@ -6,6 +6,14 @@ under load, and every request in flight waits it out (found as the p99 spikes of
 bench balance`). `gc.freeze()` moves them to a permanent generation once startup is complete,
 which is what CPython documents it for. Our own servers (`distinfer node`, `distinfer gateway`)
 wrap their app with it; a host app that mounts the plugin decides this for itself.
+
+It also raises the youngest generation's threshold from 700 to `YOUNG_THRESHOLD`. That count is
+tracked objects allocated minus freed, so one request at a time barely moves it; but 64 requests
+in flight keep a few thousand objects alive at once, so at 700 young collections ran every few
+requests and walked (and promoted, to be walked again) the state of requests about to finish
+anyway. In an A/B at concurrency 64 (`python -m bench.ab`, 4 rounds each) the gateway spent
+~7 % less CPU per request with the higher threshold (210 against 227 µs), as much as with the
+collector switched off; at concurrency 1 it changed nothing measurable.
 """
 
 from __future__ import annotations
@@ -14,7 +22,9 @@ import gc
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["FreezeAfterStartup"]
+__all__ = ["YOUNG_THRESHOLD", "FreezeAfterStartup"]
+
+YOUNG_THRESHOLD = 10_000  # above what ~64 requests in flight keep alive; a young collection stays well under 1 ms
 
 
 class FreezeAfterStartup:
@@ -32,6 +42,7 @@ class FreezeAfterStartup:
             if message["type"] == "lifespan.startup.complete":
                 gc.collect()  # what is garbage now should not be kept forever
                 gc.freeze()
+                gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
             await send(message)
 
         await self.app(scope, receive, send_frozen)

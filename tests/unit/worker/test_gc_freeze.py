@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from worker.gc_freeze import FreezeAfterStartup
+from worker.gc_freeze import YOUNG_THRESHOLD, FreezeAfterStartup
 
 
 @pytest.fixture(autouse=True)
@@ -60,3 +60,24 @@ async def test_http_passes_untouched_and_freezes_nothing() -> None:
     assert seen == [scope]
     assert messages == [{"type": "http.response.start", "status": 204, "headers": []}]
     assert gc.get_freeze_count() == 0
+
+
+async def test_startup_raises_the_young_generation_threshold() -> None:
+    before = gc.get_threshold()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        assert gc.get_threshold() == before  # not before startup completes
+        await send({"type": "lifespan.startup.complete"})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    try:
+        await FreezeAfterStartup(app)({"type": "lifespan"}, receive, send)
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *before[1:])
+    finally:
+        gc.set_threshold(*before)
