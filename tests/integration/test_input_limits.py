@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
+
 from gateway_plugin.settings import LimitSettings
 from tests.integration.conftest import mounted, settings_for
 
@@ -79,3 +81,39 @@ async def test_batch_tensor_and_string_limits(two_nodes: list) -> None:  # type:
     assert small_batch.json()["outputs"][0]["shape"] == [4, 10]
     assert elements.status_code == 413
     assert string.status_code == 413
+
+
+async def test_nan_and_infinity_in_json_are_400_at_the_gateway_and_the_node(two_nodes: list) -> None:  # type: ignore[type-arg]
+    """Regression: Python's parser reads `NaN`, `Infinity` and `1e999` (none is JSON), so such a
+    request was served, and answered with `NaN` in a body no strict JSON parser reads."""
+    row = ", ".join(["0.5"] * 7)
+    tensor = '{"name":"image","shape":[1,1,8,8],"datatype":"FP32","data":[BAD, ' + ", ".join([row] * 9) + "]}"
+    async with mounted(settings_for([n.url for n in two_nodes])) as (client, _):
+        for bad in ("NaN", "Infinity", "1e999"):
+            data = tensor.replace("BAD", bad).encode()
+            gateway = await client.post(
+                f"{PREFIX}/inference",
+                content=b'{"model":"digits","inputs":[' + data + b"]}",
+                headers={"Content-Type": "application/json"},
+            )
+            relayed = await client.post(
+                f"{PREFIX}/v2/models/digits/infer",
+                content=b'{"inputs":[' + data + b"]}",
+                headers={"Content-Type": "application/json"},
+            )
+            plain = await client.post(
+                f"{PREFIX}/inference",
+                content=b'{"model":"digits","inputs":[[[[' + bad.encode() + b", " + row.encode() + b"]]]]}",
+                headers={"Content-Type": "application/json"},
+            )
+            for response in (gateway, relayed, plain):
+                assert response.status_code == 400, (bad, response.text)
+                assert response.headers["content-type"] == "application/problem+json"
+                assert "NaN and infinity" in response.json()["detail"]
+    async with httpx.AsyncClient() as direct:
+        node = await direct.post(
+            f"{two_nodes[0].url}/v2/models/digits/infer",
+            content=b'{"inputs":[' + tensor.replace("BAD", "NaN").encode() + b"]}",
+            headers={"Content-Type": "application/json"},
+        )
+    assert node.status_code == 400, node.text

@@ -147,13 +147,19 @@ def _integers(data: list[Any], datatype: str, name: str) -> np.ndarray[Any, Any]
         raise InvalidInput(f"tensor {name!r}: values out of range for {datatype}") from exc
 
 
-def _numbers(data: list[Any], datatype: str, name: str) -> np.ndarray[Any, Any]:
+def _numbers(data: list[Any], datatype: str, name: str, *, finite: bool) -> np.ndarray[Any, Any]:
     """Numeric data as the datatype, refusing what numpy would coerce silently.
 
     Floats into ints, strings into numbers, and values beyond the datatype's range (ints that
-    would wrap, floats that would become infinity) are refused rather than changed.
+    would wrap, floats that would become infinity) are refused rather than changed. `finite`:
+    NaN and infinities are refused too (Python's parser reads `NaN`, `Infinity` and `1e999`,
+    none of which is JSON).
     """
     raw = np.asarray(data)
+    if finite and raw.dtype.kind == "f" and not np.isfinite(raw).all():
+        raise InvalidInput(
+            f"tensor {name!r}: NaN and infinity are not JSON numbers; send them with the binary tensor extension"
+        )
     is_int = datatype.startswith(("INT", "UINT"))
     if raw.size and is_int and raw.dtype.kind in "fO":
         return _integers(data, datatype, name)
@@ -186,8 +192,11 @@ def _bytes_elements(data: Any, name: str, limits: Limits) -> list[bytes]:
     return out
 
 
-def tensor_from_json(wire: WireTensor, limits: Limits) -> Tensor:
-    """A tensor from its JSON form; `data` may be flat or nested, in row-major order."""
+def tensor_from_json(wire: WireTensor, limits: Limits, *, finite: bool = True) -> Tensor:
+    """A tensor from its JSON form; `data` may be flat or nested, in row-major order.
+
+    `finite=False` for answers: a model may compute NaN, which our JSON answers carry as `NaN`.
+    """
     if wire.datatype not in DATATYPES:
         raise InvalidInput(f"tensor {wire.name!r}: unknown datatype {wire.datatype!r}")
     count = _element_count(wire.shape, limits, wire.name)
@@ -199,7 +208,7 @@ def tensor_from_json(wire: WireTensor, limits: Limits) -> Tensor:
             values = np.empty(len(elements), dtype=object)
             values[:] = elements
         else:
-            values = _numbers(wire.data, wire.datatype, wire.name).ravel()
+            values = _numbers(wire.data, wire.datatype, wire.name, finite=finite).ravel()
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInput(f"tensor {wire.name!r}: data is not a regular {wire.datatype} array") from exc
     if values.size != count:
@@ -287,13 +296,15 @@ def _binary_size(wire: WireTensor) -> int | None:
     return size
 
 
-def _decode_tensors(wires: Iterable[WireTensor], blob: memoryview, limits: Limits) -> list[Tensor]:
+def _decode_tensors(
+    wires: Iterable[WireTensor], blob: memoryview, limits: Limits, *, finite: bool = True
+) -> list[Tensor]:
     tensors: list[Tensor] = []
     offset = 0
     for wire in wires:
         size = _binary_size(wire)
         if size is None:
-            tensors.append(tensor_from_json(wire, limits))
+            tensors.append(tensor_from_json(wire, limits, finite=finite))
             continue
         if offset + size > len(blob):
             raise InvalidInput(f"tensor {wire.name!r}: binary data truncated ({len(blob) - offset} of {size} bytes)")
@@ -384,7 +395,7 @@ def decode_response(body: bytes, header_length: int | None, limits: Limits) -> D
         header = InferenceResponseHeader.model_validate_json(head)
     except ValidationError as exc:
         raise InvalidInput(f"malformed inference response: {_first_error(exc)}") from exc
-    outputs = _decode_tensors(header.outputs, blob, limits)
+    outputs = _decode_tensors(header.outputs, blob, limits, finite=False)
     return DecodedResponse(header.model_name, header.model_version, header.id, header.parameters or {}, outputs)
 
 

@@ -47,10 +47,11 @@ def _object_array(items: list[bytes], shape: tuple[int, ...]) -> np.ndarray:
 
 
 @st.composite
-def tensors(draw: st.DrawFn, datatype: str, name: str, *, text_only: bool = False) -> Tensor:
+def tensors(draw: st.DrawFn, datatype: str, name: str, *, text_only: bool = False, finite: bool = False) -> Tensor:
     """A tensor of `datatype` of random shape; with `text_only`, data that can travel as JSON.
 
-    JSON carries BYTES as text, so they are UTF-8 text then.
+    JSON carries BYTES as text, so they are UTF-8 text then; `finite`: no NaN or infinity (a JSON
+    request may not carry them).
     """
     shape = draw(shapes)
     if datatype == "BYTES":
@@ -58,7 +59,9 @@ def tensors(draw: st.DrawFn, datatype: str, name: str, *, text_only: bool = Fals
         element = utf8_text.map(str.encode) if text_only else st.binary(max_size=8)
         items = draw(st.lists(element, min_size=count, max_size=count))
         return Tensor(name, datatype, _object_array(items, shape))
-    return Tensor(name, datatype, draw(hnp.arrays(DATATYPES[datatype], shape)))
+    dtype = DATATYPES[datatype]
+    elements = {"allow_nan": False, "allow_infinity": False} if finite and dtype.kind == "f" else None
+    return Tensor(name, datatype, draw(hnp.arrays(dtype, shape, elements=elements)))
 
 
 @st.composite
@@ -120,15 +123,35 @@ def test_request_binary_round_trip_per_datatype(datatype: str, data: st.DataObje
 @FAST
 @given(data=st.data())
 def test_request_json_round_trip_per_datatype(datatype: str, data: st.DataObject) -> None:
-    tensor = data.draw(tensors(datatype, "x", text_only=True))
+    tensor = data.draw(tensors(datatype, "x", text_only=True, finite=True))
     encoded = encode_request([tensor], binary=False)
     assert encoded.header_length is None
     assert encoded.content_type == "application/json"
-    json.loads(encoded.body)  # plain JSON (NaN/Infinity aside), nothing after it
+    json.loads(encoded.body, parse_constant=_no_constant)  # strict JSON, nothing after it
     decoded = decode_request(encoded.body, None, Limits())
     assert len(decoded.inputs) == 1
     assert_same_tensor(tensor, decoded.inputs[0], bitwise=False)
     assert "binary_data_output" not in decoded.parameters
+
+
+def _no_constant(token: str) -> None:
+    raise AssertionError(f"{token} is not JSON")
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"])
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64"])
+def test_a_json_request_with_nan_or_infinity_is_refused(token: str, datatype: str) -> None:
+    """Regression: Python's parser reads these (none is JSON), and the answer then carried `NaN`."""
+    body = f'{{"inputs":[{{"name":"x","datatype":"{datatype}","shape":[2],"data":[1.0,{token}]}}]}}'.encode()
+    with pytest.raises(InvalidInput, match="NaN and infinity"):
+        decode_request(body, None, Limits())
+
+
+def test_a_json_answer_may_carry_nan_a_model_computed() -> None:
+    answer = b'{"model_name":"m","outputs":[{"name":"y","datatype":"FP32","shape":[2],"data":[NaN,1.0]}]}'
+    [output] = decode_response(answer, None, Limits()).outputs
+    assert np.isnan(output.data[0])
+    assert output.data[1] == 1.0
 
 
 @pytest.mark.parametrize("binary", [True, False])
