@@ -20,10 +20,10 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from discovery.node import NodeSpec
 from discovery.registry import NodeRegistry
@@ -51,13 +51,27 @@ class NodesFileError(ValueError):
     pass
 
 
+def _label_text(value: Any) -> Any:
+    """A YAML scalar as label text: `gpus: 2` is the int 2 and `fast: true` a bool to YAML, but
+    labels are text (compared as numbers by the capability strategy's `label>=n`). Lists and
+    mappings are left for the schema to refuse."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+LabelText = Annotated[str, BeforeValidator(_label_text)]
+
+
 class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str
     node_id: str | None = Field(default=None, min_length=1, max_length=128)
     weight: float = Field(default=1.0, ge=0)
-    labels: dict[str, str] = {}
+    labels: dict[LabelText, LabelText] = {}
 
 
 class _File(BaseModel):

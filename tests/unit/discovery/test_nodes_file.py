@@ -35,9 +35,16 @@ nodes:
     assert parse_nodes_file("nodes: []") == []
 
 
+def test_yaml_numbers_and_booleans_in_labels_are_label_text() -> None:
+    """Regression: `gpus: 2` (an int to YAML) made the whole file invalid, so the gateway had no nodes."""
+    [spec] = parse_nodes_file("nodes:\n  - url: http://a:1\n    labels: {gpus: 2, mem_gb: 1.5, fast: true, zone: eu}")
+    assert dict(spec.labels) == {"gpus": "2", "mem_gb": "1.5", "fast": "true", "zone": "eu"}
+
+
 @pytest.mark.parametrize(
     "text",
     [
+        "nodes:\n  - url: http://a:1\n    labels: {zone: [a, b]}",  # a label is one value
         "nodes: [",  # not YAML
         "- http://a:1",  # not a mapping
         "nodes:\n  - node_id: x",  # no url
