@@ -49,6 +49,7 @@ from gateway_plugin.api import (
 )
 from gateway_plugin.api.health import summary
 from gateway_plugin.api.inference import build_call
+from gateway_plugin.api.openapi_problems import document_problems
 from gateway_plugin.api.routing import add_not_found_route, record_routes
 from gateway_plugin.api.schemas import InferenceRequest
 from gateway_plugin.api.stats import stats_router
@@ -180,7 +181,12 @@ class DistributedInference:
         router = APIRouter(prefix=self.settings.api.prefix, lifespan=self.lifespan, route_class=route_class)
         enabled, infer = Depends(self.require_enabled), Depends(self.require_infer)
 
+        auth = (self.require_infer, self.require_admin)
+
         def include(sub: APIRouter, *dependencies: Any) -> None:
+            # Errors in OpenAPI as they are sent (problem+json), auth's and the flag's included.
+            applied = [dependency.dependency for dependency in dependencies]
+            document_problems(sub.routes, applied=applied, auth=auth, gate=self.require_enabled)
             router.include_router(sub, dependencies=list(dependencies))
             record_routes(route_class, sub, gated=enabled in dependencies)  # for the Allow and 404 of a 405
 

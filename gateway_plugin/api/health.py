@@ -49,7 +49,16 @@ def health_router(services: ServicesDependency, route_class: type[ProblemRoute] 
     async def live(svc: Annotated[Services, Depends(services)]) -> dict[str, str]:
         return {"status": "live"}
 
-    @router.get("/health/ready", summary="Readiness: a node or the local fallback can serve")
+    @router.get(
+        "/health/ready",
+        summary="Readiness: a node or the local fallback can serve",
+        responses={
+            503: {
+                "description": "Nothing can serve: the same summary, `ready` false",
+                "content": {"application/json": {}},
+            }
+        },
+    )
     async def ready(svc: Annotated[Services, Depends(services)]) -> JSONResponse:
         body = summary(svc)
         return JSONResponse(body, status_code=200 if body["ready"] else 503)

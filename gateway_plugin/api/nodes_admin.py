@@ -98,7 +98,9 @@ def nodes_admin_router(
     router = APIRouter(route_class=route_class, tags=["nodes"], dependencies=[Depends(admin)])
     NodeId = Annotated[str, Path(min_length=1, max_length=256)]
 
-    @router.post("/nodes", status_code=201, summary="Register a node by hand", response_model=NodeEntry)
+    @router.post(
+        "/nodes", status_code=201, summary="Register a node by hand", response_model=NodeEntry, responses={409: {}}
+    )
     async def register(
         body: NodeRegistration, request: Request, response: Response, svc: Annotated[Services, Depends(services)]
     ) -> NodeEntry:
@@ -133,7 +135,9 @@ def nodes_admin_router(
             node = svc.registry.set_manual_status(node.key, _hold(body.status)) or node
         return _entry(node, svc)
 
-    @router.delete("/nodes/{node_id}", status_code=204, summary="Unregister a node registered by hand")
+    @router.delete(
+        "/nodes/{node_id}", status_code=204, summary="Unregister a node registered by hand", responses={409: {}}
+    )
     async def unregister(node_id: NodeId, svc: Annotated[Services, Depends(services)]) -> Response:
         node = _find(svc, node_id)
         others = [source for source in svc.registry.claimants(node.key) if source != MANUAL_SOURCE]

@@ -1,0 +1,48 @@
+"""OpenAPI documents every error as it is sent: problem+json, including auth's, the flag's and 422."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+
+from gateway_plugin.api.openapi_problems import PROBLEM_SCHEMA
+from tests.integration.conftest import mounted, settings_for
+
+PREFIX = "/api/v1/distributed"
+
+
+def _operations(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (method.upper(), path, operation)
+        for path, operations in doc["paths"].items()
+        if path.startswith(PREFIX)
+        for method, operation in operations.items()
+    ]
+
+
+async def test_every_error_response_is_documented_as_problem_json() -> None:
+    """Regression: 422s were documented as FastAPI's {"detail": [...]}, other errors without a body,
+    and the 401/403 of auth, the flag's 404 and the body cap's 413 not at all."""
+    async with mounted(settings_for([])) as (client, _):
+        doc = (await client.get("/openapi.json")).json()
+        sent = await client.get(f"{PREFIX}/tasks", params={"status": "bogus"})
+    assert "HTTPValidationError" not in json.dumps(doc)
+    operations = _operations(doc)
+    assert len(operations) >= 20
+    for method, path, operation in operations:
+        for code, response in operation["responses"].items():
+            if code[0] not in "45" or (path.endswith("/health/ready") and code == "503"):
+                continue
+            assert list(response.get("content", {})) == ["application/problem+json"], (method, path, code)
+    responses = {(method, path): set(operation["responses"]) for method, path, operation in operations}
+    assert {"401", "403", "404", "422"} <= responses[("GET", f"{PREFIX}/tasks/{{task_id}}")]
+    assert {"401", "403", "404", "409", "422"} <= responses[("DELETE", f"{PREFIX}/nodes/{{node_id}}")]
+    assert {"401", "403", "413", "422"} <= responses[("POST", f"{PREFIX}/inference")]
+    assert "503" in responses[("GET", f"{PREFIX}/health/ready")]
+    assert not {"401", "403"} & responses[("GET", f"{PREFIX}/health/live")]  # no auth there
+    # What a 422 really carries fits what is documented.
+    assert sent.status_code == 422
+    assert sent.headers["content-type"] == "application/problem+json"
+    jsonschema.validate(sent.json(), PROBLEM_SCHEMA)
