@@ -172,6 +172,8 @@ def problem_for(exc: Exception, request_id: str) -> Response:
         return problem(from_worker(exc), request_id)
     if isinstance(exc, RequestValidationError):
         return problem(_validation_problem(exc), request_id)
+    if isinstance(exc, HTTPException) and exc.status_code == 400:  # FastAPI's "error parsing the body"
+        return problem(BadRequest(str(exc.detail)), request_id)  # one code for every malformed body
     if isinstance(exc, HTTPException):
         error = DistinferError(str(exc.detail))
         error.status, error.code, error.title = exc.status_code, "http_error", "HTTP error"

@@ -117,3 +117,16 @@ async def test_nan_and_infinity_in_json_are_400_at_the_gateway_and_the_node(two_
             headers={"Content-Type": "application/json"},
         )
     assert node.status_code == 400, node.text
+
+
+async def test_a_body_nested_too_deep_to_parse_is_a_bad_request() -> None:
+    """Regression: it was a 400 of type `http_error` (FastAPI's "error parsing the body"), where
+    every other malformed body is `bad_request`."""
+    async with mounted(settings_for([])) as (client, _):
+        response = await client.post(
+            f"{PREFIX}/inference", content=b"[" * 5000, headers={"Content-Type": "application/json"}
+        )
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "bad_request"
+    assert response.json()["type"] == "urn:distinfer:problem:bad_request"
