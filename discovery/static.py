@@ -20,10 +20,10 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from discovery.node import NodeSpec
 from discovery.registry import NodeRegistry
@@ -51,27 +51,13 @@ class NodesFileError(ValueError):
     pass
 
 
-def _label_text(value: Any) -> Any:
-    """A YAML scalar as label text: `gpus: 2` is the int 2 and `fast: true` a bool to YAML, but
-    labels are text (compared as numbers by the capability strategy's `label>=n`). Lists and
-    mappings are left for the schema to refuse."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return value
-
-
-LabelText = Annotated[str, BeforeValidator(_label_text)]
-
-
 class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str
     node_id: str | None = Field(default=None, min_length=1, max_length=128)
     weight: float = Field(default=1.0, ge=0)
-    labels: dict[LabelText, LabelText] = {}
+    labels: dict[str, str] = {}
 
 
 class _File(BaseModel):
@@ -83,7 +69,10 @@ class _File(BaseModel):
 def parse_nodes_file(text: str) -> list[NodeSpec]:
     """The node specs a nodes file lists; NodesFileError says what is wrong with a bad one."""
     try:
-        raw: Any = yaml.safe_load(text)
+        # Every scalar as the text written (BaseLoader: no types, nothing constructed): labels are
+        # text, and YAML 1.1 would turn `gpus: 2` into an int (a whole file refused), `version: 1.10`
+        # into 1.1, `mode: 0755` into 493 and `country: no` into False. pydantic reads `weight`.
+        raw: Any = yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506 (BaseLoader constructs no objects)
     except yaml.YAMLError as exc:
         raise NodesFileError(f"not YAML: {exc}") from exc
     if raw is None:

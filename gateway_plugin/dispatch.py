@@ -15,6 +15,8 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from balancer.hedging import HedgePolicy, race
 from balancer.pool import Lease, NodePool
 from balancer.retry import RetryBudget, RetryPolicy
@@ -201,7 +203,8 @@ class Dispatcher:
                         call.inputs,
                         timeout_s=max(timeout, 0.001),
                         outputs=call.outputs,
-                        binary=self._binary and node.binary,
+                        # Binary off still sends NaN and infinity (a stage's outputs) as binary: JSON has none.
+                        binary=node.binary and (self._binary or not json_safe(call.inputs)),
                         request_id=call.request_id,
                         parameters=call.parameters,
                         headers=observed.headers,
@@ -282,6 +285,11 @@ class Dispatcher:
             raise UnknownModel(f"no node and no local copy has model {call.model!r}")
         reason = last_error.message if last_error else "no healthy node serves it"
         raise NoCapacity(f"model {call.model!r} cannot be served now: {reason}")
+
+
+def json_safe(tensors: Sequence[Tensor]) -> bool:
+    """Whether JSON carries these tensors: no NaN or infinity, which nodes refuse in JSON (it has none)."""
+    return all(tensor.data.dtype.kind != "f" or bool(np.isfinite(tensor.data).all()) for tensor in tensors)
 
 
 def _spent(call: InferenceCall, attempts: int) -> str:

@@ -63,7 +63,8 @@ def document_problems(
 ) -> None:
     """Give each API route's error responses a problem+json body, adding the ones its dependencies
     give: 401 and 403 where one of `auth` runs, 404 where `gate` (the flag) does, 422 where FastAPI
-    validates parameters or a body, 413 where there is a body to cap.
+    validates parameters or a body, 400 and 413 where there is a body to parse and cap. Codes a
+    handler raises itself must be declared on its route (`responses=`).
 
     Call it on a router's routes before including that router, with `applied` the dependencies the
     include adds: FastAPI 0.165 keeps included routes as they are and applies those at match time.
@@ -79,7 +80,7 @@ def document_problems(
         if gate in calls:
             codes.add(404)
         if route.body_field is not None:
-            codes |= {413, 422}
+            codes |= {400, 413, 422}  # 400: a body that does not parse
         elif get_flat_params(route.dependant):
             codes.add(422)
         for code in sorted(codes):

@@ -141,7 +141,7 @@ def relay_router(
         relay,
         methods=["POST"],
         summary="Open Inference Protocol (KServe v2) inference, routed over the cluster",
-        responses={400: {}, 404: {}, 413: {}, 503: {}, 504: {}},
+        responses={400: {}, 404: {}, 413: {}, 429: {}, 503: {}, 504: {}},
         route_class_override=served,
     )
     router.add_api_route(

@@ -171,6 +171,7 @@ def stream_router(services: ServicesDependency, route_class: type[ProblemRoute] 
         404: {},
         413: {},
         422: {},
+        429: {},
         503: {},
         504: {},
     }

@@ -36,7 +36,11 @@ def v2_health_router(services: ServicesDependency, route_class: type[ProblemRout
     async def live(svc: Annotated[Services, Depends(services)]) -> Response:  # 503 until started, as /health/live
         return Response(status_code=200)
 
-    @router.get("/v2/health/ready", summary="v2 readiness: a node or the local fallback can serve")
+    @router.get(
+        "/v2/health/ready",
+        summary="v2 readiness: a node or the local fallback can serve",
+        responses={503: {"description": "Nothing can serve (no body, as v2 servers answer)", "content": {}}},
+    )
     async def ready(svc: Annotated[Services, Depends(services)]) -> Response:
         return Response(status_code=200 if summary(svc)["ready"] else 503)
 
@@ -58,7 +62,11 @@ def v2_metadata_router(services: ServicesDependency, route_class: type[ProblemRo
     ) -> ModelMetadata:
         return _metadata(svc, model, version)
 
-    @router.get("/v2/models/{model}/ready", summary="v2 model readiness: 200 when the cluster can serve it")
+    @router.get(
+        "/v2/models/{model}/ready",
+        summary="v2 model readiness: 200 when the cluster can serve it",
+        responses={503: {"description": "Known, but no online node serves it and no local copy"}},
+    )
     @router.get("/v2/models/{model}/versions/{version}/ready", include_in_schema=False)
     async def model_ready(
         model: str, svc: Annotated[Services, Depends(services)], version: str | None = None

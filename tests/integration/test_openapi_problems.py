@@ -46,3 +46,31 @@ async def test_every_error_response_is_documented_as_problem_json() -> None:
     assert sent.status_code == 422
     assert sent.headers["content-type"] == "application/problem+json"
     jsonschema.validate(sent.json(), PROBLEM_SCHEMA)
+
+
+async def test_errors_really_sent_are_in_the_document() -> None:
+    """Each error provoked here (no nodes, no token, bad input) is among its operation's documented responses."""
+    relay = ("POST", f"{PREFIX}/v2/models/{{model}}/infer")
+    cases = [
+        (relay, f"{PREFIX}/v2/models/nope/infer", b'{"inputs":[]}', True),
+        (relay, f"{PREFIX}/v2/models/nope/infer", b"{", True),
+        (("GET", f"{PREFIX}/health/ready"), f"{PREFIX}/health/ready", None, True),
+        (("GET", f"{PREFIX}/v2/health/ready"), f"{PREFIX}/v2/health/ready", None, True),
+        (("GET", f"{PREFIX}/v2/models/{{model}}/ready"), f"{PREFIX}/v2/models/nope/ready", None, True),
+        (("GET", f"{PREFIX}/tasks/{{task_id}}"), f"{PREFIX}/tasks/nope", None, True),
+        (("DELETE", f"{PREFIX}/nodes/{{node_id}}"), f"{PREFIX}/nodes/nope", None, True),
+        (("POST", f"{PREFIX}/inference"), f"{PREFIX}/inference", b"[[[", True),
+        (("POST", f"{PREFIX}/inference"), f"{PREFIX}/inference", b'{"model":"digits","inputs":[1]}', False),
+        (("GET", f"{PREFIX}/models"), f"{PREFIX}/models", None, False),
+    ]
+    async with mounted(settings_for([])) as (client, _):
+        doc = (await client.get("/openapi.json")).json()
+        documented = {(method, path): set(operation["responses"]) for method, path, operation in _operations(doc)}
+        seen: set[int] = set()
+        for (method, template), url, body, with_token in cases:
+            headers = {"Content-Type": "application/json"} | ({} if with_token else {"Authorization": ""})
+            response = await client.request(method, url, content=body, headers=headers)
+            assert response.status_code >= 400, (method, url)
+            assert str(response.status_code) in documented[(method, template)], (method, url, response.status_code)
+            seen.add(response.status_code)
+    assert {400, 401, 404, 503} <= seen  # the cases do provoke a spread of errors

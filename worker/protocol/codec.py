@@ -158,7 +158,8 @@ def _numbers(data: list[Any], datatype: str, name: str, *, finite: bool) -> np.n
     raw = np.asarray(data)
     if finite and raw.dtype.kind == "f" and not np.isfinite(raw).all():
         raise InvalidInput(
-            f"tensor {name!r}: NaN and infinity are not JSON numbers; send them with the binary tensor extension"
+            f"tensor {name!r}: NaN and infinity (or a number too large for a float) have no JSON form; "
+            "send such values with the binary tensor extension"
         )
     is_int = datatype.startswith(("INT", "UINT"))
     if raw.size and is_int and raw.dtype.kind in "fO":

@@ -35,10 +35,21 @@ nodes:
     assert parse_nodes_file("nodes: []") == []
 
 
-def test_yaml_numbers_and_booleans_in_labels_are_label_text() -> None:
-    """Regression: `gpus: 2` (an int to YAML) made the whole file invalid, so the gateway had no nodes."""
-    [spec] = parse_nodes_file("nodes:\n  - url: http://a:1\n    labels: {gpus: 2, mem_gb: 1.5, fast: true, zone: eu}")
-    assert dict(spec.labels) == {"gpus": "2", "mem_gb": "1.5", "fast": "true", "zone": "eu"}
+def test_label_values_are_the_text_written() -> None:
+    """Regression: `gpus: 2` (an int to YAML) made the whole file invalid, so the gateway had no nodes;
+    and YAML 1.1 types would change what is kept (1.10 -> 1.1, 0755 -> 493, no -> False)."""
+    labels = "{gpus: 2, mem_gb: 1.5, version: 1.10, mode: 0755, fast: true, country: no, since: 2024-01-01}"
+    [spec] = parse_nodes_file(f"nodes:\n  - url: http://a:1\n    weight: 0.5\n    labels: {labels}")
+    assert dict(spec.labels) == {
+        "gpus": "2",
+        "mem_gb": "1.5",
+        "version": "1.10",
+        "mode": "0755",
+        "fast": "true",
+        "country": "no",
+        "since": "2024-01-01",
+    }
+    assert spec.weight == 0.5
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,12 @@ from worker.gc_freeze import YOUNG_THRESHOLD, FreezeAfterStartup
 
 @pytest.fixture(autouse=True)
 def thawed() -> Iterator[None]:
+    """Each test starts unfrozen at the interpreter's thresholds, and leaves them so."""
+    threshold = gc.get_threshold()
     gc.unfreeze()
     yield
     gc.unfreeze()
+    gc.set_threshold(*threshold)
 
 
 async def test_freezes_when_startup_completes_not_before() -> None:
@@ -64,6 +67,7 @@ async def test_http_passes_untouched_and_freezes_nothing() -> None:
 
 async def test_startup_raises_the_young_generation_threshold() -> None:
     before = gc.get_threshold()
+    assert before[0] < YOUNG_THRESHOLD  # the fixture restored the interpreter's
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await receive()
@@ -76,8 +80,5 @@ async def test_startup_raises_the_young_generation_threshold() -> None:
     async def send(message: dict[str, Any]) -> None:
         pass
 
-    try:
-        await FreezeAfterStartup(app)({"type": "lifespan"}, receive, send)
-        assert gc.get_threshold() == (YOUNG_THRESHOLD, *before[1:])
-    finally:
-        gc.set_threshold(*before)
+    await FreezeAfterStartup(app)({"type": "lifespan"}, receive, send)
+    assert gc.get_threshold() == (YOUNG_THRESHOLD, *before[1:])
