@@ -21,6 +21,7 @@ from balancer.strategies import default_strategies
 from balancer.trust import TrustLedger, TrustPolicy
 from discovery.node import ModelInfo, Node, NodeSpec, NodeStatus
 from discovery.registry import NodeRegistry
+from tests.fake_clock import FakeClock
 from worker.config import TensorSpec
 
 INFO = ModelInfo(
@@ -31,19 +32,6 @@ INFO = ModelInfo(
     outputs=(TensorSpec(name="logits", datatype="FP32", shape=(-1, 10)),),
     max_batch_size=256,
 )
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

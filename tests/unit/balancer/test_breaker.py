@@ -7,7 +7,7 @@ import pytest
 from balancer.breaker import BreakerState, CircuitBreaker
 from balancer.latency import LatencyWindow, PeakEwma
 from balancer.outlier import EjectionPolicy, FailureWindow
-from tests.unit.balancer.conftest import FakeClock
+from tests.fake_clock import FakeClock
 
 POLICY = EjectionPolicy(consecutive_failures=3, error_rate=0.5, min_requests=6, base_ejection_s=1, max_ejection_s=8)
 

@@ -28,7 +28,8 @@ from balancer.pool import Lease, NodePool
 from balancer.strategies import default_strategies
 from discovery.node import NodeSpec, NodeStatus
 from discovery.registry import NodeRegistry
-from tests.unit.balancer.conftest import INFO, FakeClock
+from tests.fake_clock import FakeClock
+from tests.unit.balancer.conftest import INFO
 
 
 def simulate(

@@ -22,7 +22,8 @@ from balancer.pool import Lease, NodePool
 from balancer.trust import TrustLedger, TrustPolicy
 from discovery.node import NodeSpec, NodeStatus
 from discovery.registry import NodeRegistry
-from tests.unit.balancer.conftest import INFO, FakeClock, static_pool
+from tests.fake_clock import FakeClock
+from tests.unit.balancer.conftest import INFO, static_pool
 from worker.errors import NodeServerError
 
 EJECTION = EjectionPolicy(consecutive_failures=2, base_ejection_s=2, max_ejection_s=16)

@@ -15,7 +15,8 @@ from balancer.strategies.capability import parse_requirements
 from balancer.trust import TrustPolicy
 from discovery.node import NodeSpec, NodeStatus
 from discovery.registry import NodeRegistry
-from tests.unit.balancer.conftest import INFO, FakeClock, static_pool
+from tests.fake_clock import FakeClock
+from tests.unit.balancer.conftest import INFO, static_pool
 from worker.errors import NodeBusy, NodeRejected, NodeServerError, NodeUnreachable
 
 EJECTION = EjectionPolicy(consecutive_failures=3, base_ejection_s=2, max_ejection_s=16)

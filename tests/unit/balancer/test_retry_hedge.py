@@ -8,7 +8,7 @@ import pytest
 
 from balancer.hedging import HedgePolicy, race
 from balancer.retry import RetryBudget
-from tests.unit.balancer.conftest import FakeClock
+from tests.fake_clock import FakeClock
 from worker.errors import NodeRejected, NodeServerError
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from balancer.trust import TrustLedger, TrustPolicy, outputs_agree
 from balancer.validation import Validator
-from tests.unit.balancer.conftest import FakeClock
+from tests.fake_clock import FakeClock
 from worker.errors import NodeServerError
 from worker.protocol import Tensor
 

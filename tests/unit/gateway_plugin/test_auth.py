@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from gateway_plugin.auth import Authenticator, Principal, mint_token, scopes_of
 from gateway_plugin.errors import AuthUnavailable, Forbidden, Unauthorized
 from gateway_plugin.settings import AuthSettings
+from tests.fake_clock import FakeClock
 
 SECRET = "unit-test-secret-that-is-long-enough-0123456789"
 
@@ -256,16 +257,8 @@ async def test_subject_is_verified_or_none() -> None:
     assert await auth.subject(None) is None
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_a_verified_token_is_checked_once_until_exp_or_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = _Clock()
+    clock = FakeClock(time.time())
     auth = Authenticator(AuthSettings(jwt_secret=SecretStr(SECRET), leeway_s=5), wall_clock=clock)
     decoded: list[str] = []
     real_decode = jwt.decode

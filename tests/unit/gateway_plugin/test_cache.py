@@ -9,15 +9,8 @@ import pytest
 
 from gateway_plugin.cache import CachingDispatcher, ResponseCache, cache_key
 from gateway_plugin.dispatch import InferenceCall, Outcome
+from tests.fake_clock import FakeClock
 from worker.protocol import Tensor
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class CountingDispatcher:
@@ -45,7 +38,7 @@ def _call(values: list[float], **changes: object) -> InferenceCall:
 
 
 def _dispatcher(inner: CountingDispatcher, clock: FakeClock | None = None, version: str = "1") -> CachingDispatcher:
-    cache = ResponseCache(max_entries=2, ttl_s=10, clock=clock or FakeClock())
+    cache = ResponseCache(max_entries=2, ttl_s=10, clock=clock or FakeClock(100.0))
     return CachingDispatcher(inner, cache, models=frozenset({"digits"}), version_of=lambda _: version)
 
 
@@ -122,7 +115,7 @@ async def test_an_answer_from_another_version_than_the_keys_is_not_kept() -> Non
 
 
 async def test_entries_expire_and_the_oldest_is_evicted() -> None:
-    inner, clock = CountingDispatcher(), FakeClock()
+    inner, clock = CountingDispatcher(), FakeClock(100.0)
     cached = _dispatcher(inner, clock)
     await cached.infer(_call([1]))
     clock.now += 11  # past the 10 s TTL
@@ -149,7 +142,7 @@ async def test_models_not_opted_in_and_local_answers_are_never_cached() -> None:
 
 async def test_every_lookup_of_a_cacheable_model_is_observed_as_hit_or_miss() -> None:
     seen: list[tuple[str, bool]] = []
-    cache = ResponseCache(max_entries=4, ttl_s=10, clock=FakeClock())
+    cache = ResponseCache(max_entries=4, ttl_s=10, clock=FakeClock(100.0))
     cached = CachingDispatcher(
         CountingDispatcher(),
         cache,

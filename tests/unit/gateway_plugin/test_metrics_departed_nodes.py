@@ -24,7 +24,7 @@ from gateway_plugin.telemetry.metrics import OTHER, GatewayMetrics, LabelBudget
 from gateway_plugin.telemetry.recorder import GatewayTelemetry
 from gateway_plugin.telemetry.stats import StatsWindow
 from gateway_plugin.telemetry.tracing import GatewayTracing
-from tests.unit.balancer.conftest import FakeClock
+from tests.fake_clock import FakeClock
 from worker.errors import NodeUnreachable
 
 GRACE_S = 60.0

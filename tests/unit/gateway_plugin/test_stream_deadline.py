@@ -16,23 +16,16 @@ from discovery.node import ModelInfo, NodeSpec, NodeStatus
 from discovery.registry import NodeRegistry
 from gateway_plugin.errors import DeadlineExceeded, NoCapacity
 from gateway_plugin.streaming import StreamCall, StreamRelay
+from tests.fake_clock import FakeClock
 from worker.errors import NodeUnreachable
 
 INFO = ModelInfo("m", "1", "onnx", (), ())
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class UnreachableClient:
     """Every stream fails to connect after `takes_s` of the fake clock."""
 
-    def __init__(self, clock: Clock, takes_s: float) -> None:
+    def __init__(self, clock: FakeClock, takes_s: float) -> None:
         self.clock, self.takes_s, self.calls = clock, takes_s, 0
 
     def generate_stream(self, url: str, model: str, payload: Any, **_: Any) -> Any:
@@ -46,7 +39,7 @@ class UnreachableClient:
         return connect()
 
 
-def _relay(clock: Clock, client: UnreachableClient) -> StreamRelay:
+def _relay(clock: FakeClock, client: UnreachableClient) -> StreamRelay:
     registry = NodeRegistry()
     pool = NodePool(registry, default_strategies(), default_strategy="round_robin", rng=random.Random(0))
     registry.reset("static", [NodeSpec("http://n0:1", node_id="n0")])
@@ -57,7 +50,7 @@ def _relay(clock: Clock, client: UnreachableClient) -> StreamRelay:
 async def test_a_connect_that_spends_the_deadline_is_a_504_not_a_503() -> None:
     """Regression: a node unreachable until the deadline ran out made the stream a 503 (no capacity),
     where the dispatcher, for the same failure of a call, answers 504 (deadline spent)."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     client = UnreachableClient(clock, takes_s=2.0)
     with pytest.raises(DeadlineExceeded):
         await _relay(clock, client).open(StreamCall("m", "hello", {"max_tokens": 2}, "req-1", 1.0))
@@ -65,7 +58,7 @@ async def test_a_connect_that_spends_the_deadline_is_a_504_not_a_503() -> None:
 
 
 async def test_an_unreachable_node_with_time_left_is_still_no_capacity() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     client = UnreachableClient(clock, takes_s=0.01)
     with pytest.raises(NoCapacity) as caught:
         await _relay(clock, client).open(StreamCall("m", "hello", {"max_tokens": 2}, "req-1", 1.0))

@@ -29,14 +29,7 @@ from gateway_plugin.tasks import (
     queue_score,
 )
 from tests.background import in_background
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fake_clock import FakeClock
 
 
 def _record(task_id: str, priority: str, at: float, aging_s: float = 10.0) -> TaskRecord:

@@ -11,6 +11,7 @@ from gateway_plugin.telemetry import NodeReaders, Telemetry
 from gateway_plugin.telemetry.cluster import ClusterWatch
 from gateway_plugin.telemetry.metrics import OTHER, GatewayMetrics
 from gateway_plugin.telemetry.stats import StatsWindow
+from tests.fake_clock import FakeClock
 from tests.unit.balancer.conftest import static_pool
 from worker.config import TensorSpec
 from worker.errors import NodeServerError
@@ -18,17 +19,6 @@ from worker.errors import NodeServerError
 SPEC = (TensorSpec(name="x", datatype="FP32", shape=(-1, 4)),)
 INFO = ModelInfo("digits", "1", "onnx", SPEC, SPEC)
 BOOM = NodeServerError("500 boom", node_url="http://x", status=500)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:

@@ -8,14 +8,7 @@ import logging
 
 from gateway_plugin.telemetry.logs import JsonFormatter, TextFormatter, configure_logging
 from gateway_plugin.telemetry.stats import StatsWindow, percentile
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fake_clock import FakeClock
 
 
 def test_percentiles_are_nearest_rank() -> None:
