@@ -27,7 +27,7 @@ from gateway_plugin.api.disconnect import unless_disconnected
 from gateway_plugin.api.inference import SESSION_HEADER, build_call, outcome_body, unknown_model
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest
-from gateway_plugin.api.served import served_headers, serving
+from gateway_plugin.api.served import INFERENCE_TAG, served_headers, serving
 from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.errors import DistinferError, PayloadTooLarge, UnknownModel, from_worker, problem_body
 from gateway_plugin.orchestration import BatchRunner, ItemResult
@@ -157,7 +157,7 @@ async def _events(
 
 
 def batch_router(services: ServicesDependency, route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
-    router = APIRouter(route_class=route_class, tags=["inference"])
+    router = APIRouter(route_class=route_class, tags=[INFERENCE_TAG])
 
     @router.post(
         "/inference/batch",

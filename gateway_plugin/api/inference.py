@@ -11,7 +11,7 @@ from gateway_plugin.admission import admitted
 from gateway_plugin.api.disconnect import unless_disconnected
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest, InferenceResponse
-from gateway_plugin.api.served import node_header, serving
+from gateway_plugin.api.served import INFERENCE_TAG, node_header, serving
 from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.errors import UnknownModel, Unprocessable
 from gateway_plugin.inputs import check_batch_size, is_tensor_list, to_tensors
@@ -103,7 +103,7 @@ def build_call(
 
 
 def inference_router(services: ServicesDependency, route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
-    router = APIRouter(route_class=route_class, tags=["inference"])
+    router = APIRouter(route_class=route_class, tags=[INFERENCE_TAG])
 
     @router.post(
         "/inference",

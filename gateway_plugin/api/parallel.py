@@ -22,7 +22,7 @@ from gateway_plugin.api.disconnect import unless_disconnected
 from gateway_plugin.api.inference import build_call, model_info, outcome_body, unknown_model
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest
-from gateway_plugin.api.served import served_headers, serving
+from gateway_plugin.api.served import INFERENCE_TAG, served_headers, serving
 from gateway_plugin.dispatch import InferenceCall
 from gateway_plugin.errors import (
     BadRequest,
@@ -206,7 +206,7 @@ async def run_parallel(svc: Services, body: ParallelRequest, request_id: str) ->
 
 
 def parallel_router(services: ServicesDependency, route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
-    router = APIRouter(route_class=route_class, tags=["inference"])
+    router = APIRouter(route_class=route_class, tags=[INFERENCE_TAG])
 
     @router.post(
         "/inference/parallel",

@@ -23,7 +23,7 @@ from gateway_plugin.admission import admitted
 from gateway_plugin.api.disconnect import unless_disconnected
 from gateway_plugin.api.inference import model_info, outcome_body, unknown_model
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
-from gateway_plugin.api.served import served_headers, serving
+from gateway_plugin.api.served import INFERENCE_TAG, served_headers, serving
 from gateway_plugin.dispatch import InferenceCall
 from gateway_plugin.errors import UnknownModel, Unprocessable, problem_body
 from gateway_plugin.inputs import check_batch_size, to_tensors
@@ -159,7 +159,7 @@ async def run_pipeline(svc: Services, body: PipelineRequest, request_id: str) ->
 
 
 def pipeline_router(services: ServicesDependency, route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
-    router = APIRouter(route_class=route_class, tags=["inference"])
+    router = APIRouter(route_class=route_class, tags=[INFERENCE_TAG])
 
     @router.post(
         "/inference/pipeline",

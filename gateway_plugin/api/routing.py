@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from balancer.pool import UnknownStrategy
+from gateway_plugin.api.served import INFERENCE_TAG, mark_not_served
 from gateway_plugin.errors import (
     BadRequest,
     DistinferError,
@@ -107,6 +108,8 @@ class ProblemRoute(APIRoute):
     # the gate (`record_routes`).
     methods_by_path: ClassVar[dict[str, set[str]]] = {}
     gated_paths: ClassVar[set[str]] = set()
+    # Whether this route answers inference calls whatever its tags (the v2 relay's are the protocol's).
+    serves_inference: ClassVar[bool] = False
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Starlette answers a method the route lacks with the host's plain 405; ours is problem+json.
@@ -127,12 +130,18 @@ class ProblemRoute(APIRoute):
             try:  # a route behind the flag is not there at all while it is off: 404 for any method
                 await gate()
             except DistinferError as exc:
-                await problem(exc, request_id)(scope, receive, send)
+                await self._problem(problem(exc, request_id))(scope, receive, send)
                 return
         allowed = ", ".join(sorted(self._methods_at_path(scope)))
         method = str(scope.get("method", ""))[:16]
         error = MethodNotAllowed(f"{method} is not allowed here; allowed: {allowed}", headers={"Allow": allowed})
-        await problem(error, request_id)(scope, receive, send)
+        await self._problem(problem(error, request_id))(scope, receive, send)
+
+    def _problem(self, response: Response) -> Response:
+        """An error answer of this route: an inference route's says that no node served it (CONTRACT §4)."""
+        if self.serves_inference or INFERENCE_TAG in self.tags:
+            mark_not_served(response.headers)
+        return response
 
     def _methods_at_path(self, scope: Scope) -> set[str]:
         """Every method served at this route's path (Starlette matched just one of its routes)."""
@@ -151,7 +160,7 @@ class ProblemRoute(APIRoute):
                     request._body = await read_body(request, limit)
                 response = await handler(request)
             except Exception as exc:
-                return problem_for(exc, request_id)
+                return self._problem(problem_for(exc, request_id))
             response.headers.setdefault("X-Request-ID", request_id)
             return response
 
@@ -193,6 +202,7 @@ class RawRoute(ProblemRoute):
     """
 
     raw: ClassVar[ASGIApp | None] = None
+    serves_inference: ClassVar[bool] = True
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw = type(self).raw  # from the class: a plain function must not bind to the route

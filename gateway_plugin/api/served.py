@@ -4,23 +4,29 @@ CONTRACT §4 puts them on every inference response. A batch, a parallel request 
 served by several calls, so its headers list every node and mode that answered one, in order of
 first appearance and without repeats (HTTP list syntax: `node-1, node-2`). An answer no call
 served says `none`, as the metrics' node and mode labels do: a batch or pipeline whose every call
-failed, and the error raised while an inference route serves (`serving`).
+failed, the error raised while an inference route serves (`serving`), and a refusal before it
+serves (`mark_not_served`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
+from starlette.datastructures import MutableHeaders
+
 from gateway_plugin.errors import DistinferError, from_worker
 from worker.errors import WorkerError
 
-__all__ = ["NOT_SERVED", "node_header", "not_served", "served_headers", "serving"]
+__all__ = ["INFERENCE_TAG", "NOT_SERVED", "mark_not_served", "node_header", "not_served", "served_headers", "serving"]
 
 NOT_SERVED = "none"
+# The OpenAPI tag of the inference routes (single, batch, stream, parallel, pipeline): every answer
+# of theirs carries the two headers, refusals before the handler runs included (`mark_not_served`).
+INFERENCE_TAG = "inference"
 # What a node id may hold as is in a header: ids come from discovery (a nodes file, Consul meta) and
 # are free text. Anything else is percent-encoded as in a URL, so that a non-Latin-1 id cannot make
 # the server fail the answer, and a comma in an id cannot split a list. `>` and `+` join a sharded
@@ -54,17 +60,23 @@ def served_headers(request_id: str, responses: Iterable[Mapping[str, Any] | None
 
 def not_served(error: DistinferError) -> DistinferError:
     """`error` answering an inference call: its problem response says that no node served it."""
-    error.headers.setdefault("X-Inference-Node", NOT_SERVED)
-    error.headers.setdefault("X-Inference-Mode", NOT_SERVED)
+    mark_not_served(error.headers)
     return error
+
+
+def mark_not_served(headers: MutableMapping[str, str] | MutableHeaders) -> None:
+    """Give an inference route's answer that no node served (a refusal: auth, the flag, the body
+    cap, the schema, a 405) the two headers, saying `none`, unless it has them already."""
+    headers.setdefault("X-Inference-Node", NOT_SERVED)
+    headers.setdefault("X-Inference-Mode", NOT_SERVED)
 
 
 @contextmanager
 def serving() -> Iterator[None]:
     """Around an inference route's work: an error raised in it says that no node served the request.
 
-    Errors refused before the handler runs (auth, the flag, the body cap, the schema) carry only
-    `X-Request-ID`: the route never started serving.
+    Errors refused before the handler runs (auth, the flag, the body cap, the schema) get the same
+    headers from the route class (`ProblemRoute`, by the route's `INFERENCE_TAG`).
     """
     try:
         yield

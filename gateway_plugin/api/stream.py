@@ -32,7 +32,7 @@ from gateway_plugin.api.disconnect import unless_disconnected
 from gateway_plugin.api.inference import build_call, outcome_body
 from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest
-from gateway_plugin.api.served import node_header
+from gateway_plugin.api.served import INFERENCE_TAG, node_header
 from gateway_plugin.errors import DistinferError, NoCapacity, problem_body
 from gateway_plugin.services import Services, ServicesDependency
 from gateway_plugin.streaming import StreamCall, StreamEnd, TokenStream
@@ -164,7 +164,7 @@ async def _stream(
 
 
 def stream_router(services: ServicesDependency, route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
-    router = APIRouter(route_class=route_class, tags=["inference"])
+    router = APIRouter(route_class=route_class, tags=[INFERENCE_TAG])
     responses: dict[int | str, dict[str, Any]] = {
         200: {"content": {"text/event-stream": {}}, "description": "token, result, error and done events"},
         400: {},
