@@ -62,6 +62,9 @@ def _summary(stats: dict[str, Any], source: str) -> Text:
     text.append(f"{source}  up {float(stats.get('uptime_s', 0)):.0f}s\n")
     text.append(f"throughput {float(load.get('throughput_rps', 0)):.1f} req/s   ", style="bold")
     text.append(f"in flight {load.get('in_flight', 0)}   ")
+    latency = stats.get("latency") or {}  # absent from gateways before it was added
+    percentiles = " ".join(f"{q} {_ms(latency.get(f'{q}_ms'))}" for q in ("p50", "p95", "p99"))
+    text.append(f"{percentiles} ms   ")
     text.append(f"requests {load.get('requests_total', 0)}   errors {load.get('errors_total', 0)} ")
     text.append(f"({_rate(load.get('error_rate'))})   queue depth {queue.get('depth', 0)}")
     return text

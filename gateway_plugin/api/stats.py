@@ -2,9 +2,11 @@
 
 Everything comes from this gateway process's telemetry: the registry's nodes with their live
 in-flight counts, latency percentiles and error rate over each node's recent attempts, overall
-throughput, queue depth and the most recent requests (a bounded ring).
+throughput, latency percentiles over the last calls, queue depth and the most recent requests (a
+bounded ring).
 """
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +42,13 @@ class LoadStats(BaseModel):
     error_rate: float | None
 
 
+class LatencyStats(BaseModel):
+    samples: int = Field(description="recent calls the percentiles are computed over (at most 1024)")
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+
+
 class QueueStats(BaseModel):
     depth: int
 
@@ -60,6 +69,9 @@ class StatsSnapshot(BaseModel):
     uptime_s: float
     nodes: list[NodeStats]
     load: LoadStats
+    latency: LatencyStats = Field(
+        description="latency of the last calls over the whole cluster (retries, fallback and failures included)"
+    )
     queue: QueueStats
     recent: list[RecentRequest] = Field(description="the last requests, newest first")
     shadow: dict[str, Any] | None = Field(
@@ -99,6 +111,7 @@ def snapshot(telemetry: Telemetry) -> dict[str, Any]:
             "errors_total": errors,
             "error_rate": round(errors / total, 4) if total else None,
         },
+        "latency": asdict(stats.calls()),
         "queue": {"depth": telemetry.queue_depth()},
         "recent": stats.recent(),
     }

@@ -172,6 +172,7 @@ class GatewayTelemetry:
                 "latency_ms": round(seconds * 1000, 3),
             },
             ok=outcome == "ok",
+            seconds=seconds,
         )
 
     def attempt(self, model: str, node_id: str, number: int, *, hedge: bool = False) -> _Attempt:

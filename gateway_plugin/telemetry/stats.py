@@ -1,8 +1,10 @@
-"""The in-process window behind `GET /stats`: recent latencies per node, throughput, recent requests.
+"""The in-process window behind `GET /stats`: recent latencies per node and over all calls,
+throughput, recent requests.
 
 Everything is bounded: a ring of the last `per_node` attempts for each of at most `max_nodes`
-nodes (the oldest node forgotten first), per-second completion counts for two minutes, and the
-last `recent` requests. Recording is O(1); percentiles are computed when someone asks.
+nodes (the oldest node forgotten first), the latencies of the last `calls` calls, per-second
+completion counts for two minutes, and the last `recent` requests. Recording is O(1); percentiles
+are computed when someone asks.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["NodeWindow", "StatsWindow", "percentile"]
+__all__ = ["CallWindow", "NodeWindow", "StatsWindow", "percentile"]
 
 
 def _iso(epoch: float) -> str:
@@ -38,6 +40,20 @@ class NodeWindow:
     error_rate: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class CallWindow:
+    """Latency of the last calls as their callers saw it: retries, fallback and failures included."""
+
+    samples: int
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
 class StatsWindow:
     def __init__(
         self,
@@ -45,6 +61,7 @@ class StatsWindow:
         per_node: int = 512,
         max_nodes: int = 1024,
         recent: int = 50,
+        calls: int = 1024,
         throughput_window_s: int = 10,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -52,6 +69,7 @@ class StatsWindow:
         self._max_nodes = max_nodes
         self._nodes: OrderedDict[str, deque[tuple[float, bool]]] = OrderedDict()
         self._recent: deque[dict[str, Any]] = deque(maxlen=recent)
+        self._calls: deque[float] = deque(maxlen=calls)  # seconds
         self._seconds: deque[list[int]] = deque(maxlen=120)  # [second, count]
         self._window = throughput_window_s
         self._clock = clock
@@ -67,9 +85,12 @@ class StatsWindow:
             ring = self._nodes[node_id] = deque(maxlen=self._per_node)
         ring.append((seconds, ok))
 
-    def request(self, summary: dict[str, Any], *, ok: bool) -> None:
-        """One finished request: counted for throughput and kept among the recent ones."""
+    def request(self, summary: dict[str, Any], *, ok: bool, seconds: float | None = None) -> None:
+        """One finished request (`seconds` long, end to end): counted for throughput and latency,
+        and kept among the recent ones."""
         self.requests_total += 1
+        if seconds is not None:
+            self._calls.append(seconds)
         if not ok:
             self.errors_total += 1
         second = int(self._clock())
@@ -88,12 +109,21 @@ class StatsWindow:
             return NodeWindow(0, None, None, None)
         latencies = sorted(seconds for seconds, _ in ring)
         failures = sum(1 for _, ok in ring if not ok)
-        p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
         return NodeWindow(
             samples=len(ring),
-            p50_ms=None if p50 is None else round(p50 * 1000, 3),
-            p99_ms=None if p99 is None else round(p99 * 1000, 3),
+            p50_ms=_ms(percentile(latencies, 50)),
+            p99_ms=_ms(percentile(latencies, 99)),
             error_rate=round(failures / len(ring), 4),
+        )
+
+    def calls(self) -> CallWindow:
+        """Percentiles over the last calls, whichever node (or none) served them."""
+        latencies = sorted(self._calls)
+        return CallWindow(
+            samples=len(latencies),
+            p50_ms=_ms(percentile(latencies, 50)),
+            p95_ms=_ms(percentile(latencies, 95)),
+            p99_ms=_ms(percentile(latencies, 99)),
         )
 
     def throughput(self) -> float:

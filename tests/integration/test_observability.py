@@ -314,9 +314,19 @@ def test_monitor_once_and_metrics_summed_over_gateway_processes(
         assert _value(scrape, "distinfer_gateway_requests_total", model="digits", outcome="ok") == 5
         assert _value(scrape, "distinfer_gateway_node_up") == 2  # live view of the process scraped
 
+        stats = httpx.get(f"{gateways[0].url}{PREFIX}/stats", timeout=10).json()
+        latencies = sorted(row["latency_ms"] for row in stats["recent"])
+        # the cluster-wide percentiles are over the same calls (nearest rank of 3: the middle, the last)
+        assert stats["latency"] == {
+            "samples": 3,
+            "p50_ms": latencies[1],
+            "p95_ms": latencies[2],
+            "p99_ms": latencies[2],
+        }
         assert _monitor(["--url", gateways[0].url, "--once"]) == 0
         out = capsys.readouterr().out
-        for expected in ("throughput", "node-a", "node-b", "online", "recent requests", "requests 3", "digits"):
+        p50 = f"p50 {latencies[1]:.1f}"
+        for expected in ("throughput", "node-a", "node-b", "online", "recent requests", "requests 3", "digits", p50):
             assert expected in out, out
         assert "\x1b[" not in out  # plain text when not a terminal
     finally:

@@ -52,6 +52,17 @@ def test_throughput_counts_complete_seconds_of_the_window() -> None:
     assert stats.throughput() == 0.0
 
 
+def test_call_latency_is_over_the_last_calls_whatever_their_outcome() -> None:
+    stats = StatsWindow(calls=100)
+    assert (stats.calls().samples, stats.calls().p50_ms) == (0, None)
+    for ms in [500.0] * 50 + [float(v) for v in range(1, 101)]:  # the 50 slow ones fall out of the window
+        stats.request({}, ok=ms != 7.0, seconds=ms / 1000)
+    stats.request({}, ok=True)  # a call without a duration counts, but not in the percentiles
+    window = stats.calls()
+    assert (window.samples, window.p50_ms, window.p95_ms, window.p99_ms) == (100, 50.0, 95.0, 99.0)
+    assert stats.requests_total == 151
+
+
 def _record(**fields: object) -> logging.LogRecord:
     record = logging.LogRecord("distinfer.requests", logging.INFO, __file__, 1, "POST %s %d", ("/x", 200), None)
     record.distinfer = fields
