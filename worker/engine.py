@@ -56,9 +56,29 @@ def check_signature(
 def check_inputs(
     model: str, specs: Sequence[TensorSpec], inputs: Sequence[Tensor], *, max_batch_size: int = 0
 ) -> dict[str, np.ndarray[Any, Any]]:
-    """Named arrays for the runtime, after `check_signature`."""
+    """Named arrays for the runtime, after `check_signature` and, for BYTES inputs, `check_text`."""
     check_signature(model, specs, inputs, max_batch_size=max_batch_size)
+    for tensor in inputs:
+        if tensor.datatype == "BYTES":
+            check_text(model, tensor)
     return {tensor.name: tensor.data for tensor in inputs}
+
+
+def check_text(model: str, tensor: Tensor) -> None:
+    """Every element of a BYTES input is UTF-8 text: the runtimes take strings (ONNX's tensor(string)).
+
+    Checked per request, before a batcher stacks it with others: a runtime's decode error was a 500
+    for a bad value of the caller's, which the gateway counted against the node.
+    """
+    for value in tensor.data.flat:
+        if isinstance(value, bytes):
+            try:
+                value.decode()
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(
+                    f"model {model!r} input {tensor.name!r}: a BYTES element is not UTF-8 text "
+                    f"(byte {exc.start}), and the model takes text"
+                ) from None
 
 
 class InferenceEngine:
@@ -89,6 +109,9 @@ class InferenceEngine:
         wanted = list(outputs) if outputs else known
         if missing := [name for name in wanted if name not in known]:
             raise InvalidInput(f"model {config.name!r} has no output {missing[0]!r}; outputs are {known}")
+        if len(set(wanted)) < len(wanted):  # as Triton: one answer tensor per name
+            twice = next(name for name in wanted if wanted.count(name) > 1)
+            raise InvalidInput(f"output {twice!r} is requested more than once")
         batcher = self.batchers.get(config.name)
         try:
             if batcher is not None:
