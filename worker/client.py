@@ -228,7 +228,10 @@ class NodeClient:
         """
         reply = await self._post_infer(base_url, model, body, timeout_s=timeout_s, headers=headers)
         header, length = _read_answer(reply, base_url, _framed)
-        message = RawMessage(reply.body, reply.headers.get("Content-Type", "application/json"), length)
+        content_type = reply.headers.get("Content-Type", "application/json")
+        if not content_type.isascii():  # not ours to pass on: a header the gateway could not send
+            content_type = "application/json" if length is None else "application/octet-stream"
+        message = RawMessage(reply.body, content_type, length)
         return ForwardedAnswer(header.model_name, header.model_version, message)
 
     async def _post_infer(

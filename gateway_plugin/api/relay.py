@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway_plugin.api.routing import ProblemRoute, problem_for, raw_route, scope_request_id
-from gateway_plugin.api.served import node_header, not_served
+from gateway_plugin.api.served import mark_not_served, node_header, not_served
 from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.errors import DistinferError, UnknownModel, from_worker, problem
 from gateway_plugin.services import Services, ServicesDependency
@@ -92,6 +92,7 @@ class RelayEndpoint:
             response = problem(with_v2_error(not_served(exc)), request_id)
         except Exception as exc:
             response = problem_for(exc, request_id)
+            mark_not_served(response.headers)  # CONTRACT §4, as on every other error of an inference route
         else:
             await send(start)
             await send({"type": "http.response.body", "body": answer.data})

@@ -86,3 +86,14 @@ async def test_a_stream_that_no_node_can_serve_says_so() -> None:
         posted = await client.post(f"{PREFIX}/inference/stream/digits", json={"inputs": [TENSOR]})
     _says_none(got, 503)
     _says_none(posted, 503)
+
+
+async def test_routes_that_are_no_inference_call_do_not_claim_one() -> None:
+    """The headers say which node served an inference; `/nodes` or `/tasks` serve none (nor `none`)."""
+    async with mounted(settings_for(_dead()), headers={}) as (client, _):
+        refusals = [await client.get(PREFIX + path) for path in ("/nodes", "/tasks", "/stats", "/models")]
+    for refusal in refusals:
+        assert refusal.status_code == 401
+        assert refusal.headers["X-Request-ID"]
+        assert "X-Inference-Node" not in refusal.headers
+        assert "X-Inference-Mode" not in refusal.headers

@@ -12,9 +12,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from aiohttp import ClientSession, web
 
 from bench.chaos.cluster import Cluster
-from gateway_plugin.processes import ServerProcess
+from gateway_plugin.api import relay as relay_module
+from gateway_plugin.processes import ServerProcess, free_port
 from gateway_plugin.settings import CacheSettings, LimitSettings
 from tests.integration.conftest import mounted, settings_for
 from worker.protocol import HEADER_LENGTH, Limits, Tensor, decode_response, encode_request
@@ -131,3 +133,59 @@ async def test_relay_answers_each_caller_in_its_own_encoding_from_the_cache(two_
     assert as_json.json()["id"] == "j"
     first = decode_response(binary.content, int(binary.headers[HEADER_LENGTH]), Limits()).outputs[0].data
     np.testing.assert_allclose(np.asarray(as_json.json()["outputs"][0]["data"]).reshape(first.shape), first, rtol=1e-6)
+
+
+async def test_a_node_content_type_the_gateway_cannot_send_is_replaced(
+    two_nodes: list[ServerProcess], digits_images: np.ndarray
+) -> None:
+    """Regression (review): a node answering with a non-Latin-1 Content-Type made the relay fail
+    with a 500 (the header could not be encoded), though the answer itself was sound."""
+    node = two_nodes[0]
+
+    async def odd_content_type(request: web.Request) -> web.Response:
+        """The node as it is (discovery, metadata), but its answers' Content-Type."""
+        async with (
+            ClientSession() as session,
+            session.request(
+                request.method, f"{node.url}{request.path_qs}", data=await request.read(), headers={**request.headers}
+            ) as upstream,
+        ):
+            body = await upstream.read()
+            keep = {key: value for key, value in upstream.headers.items() if key.lower() == HEADER_LENGTH.lower()}
+            content_type = upstream.headers.get("Content-Type", "")
+        if request.path.endswith("/infer"):
+            content_type += "; charset=€"
+        return web.Response(body=body, status=upstream.status, headers={**keep, "Content-Type": content_type})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", odd_content_type)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with mounted(settings_for([f"http://127.0.0.1:{port}"])) as (client, _):
+            body, headers = _binary_request(digits_images)
+            answer = await client.post(RELAY, content=body, headers=headers)
+    finally:
+        await runner.cleanup()
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/octet-stream"
+    decoded = decode_response(answer.content, int(answer.headers[HEADER_LENGTH]), Limits())
+    assert decoded.outputs[0].data.shape == (len(digits_images), 10)
+
+
+async def test_an_unexpected_error_in_the_relay_is_a_500_that_says_no_node_served(
+    two_nodes: list[ServerProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (review): the relay's 500 had no X-Inference-Node/Mode, unlike every other error."""
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(relay_module, "_relay", broken)
+    async with mounted(settings_for([two_nodes[0].url])) as (client, _):
+        answer = await client.post(RELAY, json={"inputs": []})
+    assert answer.status_code == 500
+    assert "a bug" not in answer.text  # never the exception to the client
+    assert (answer.headers["X-Inference-Node"], answer.headers["X-Inference-Mode"]) == ("none", "none")
