@@ -134,10 +134,25 @@ def _response(answer: Answer, request_id: str) -> dict[str, Any]:
     return entry
 
 
-def check_parallel(svc: Services, body: ParallelRequest) -> None:
+def check_parallel(svc: Services, body: ParallelRequest, *, inputs: bool = False) -> None:
+    """Refuse what the endpoint refuses before it calls a node; `inputs`: also every model's reading
+    of the inputs (for a task, checked at submission: the endpoint reads them as it runs)."""
     limit = svc.settings.orchestration.max_parallel_models
     if len(body.models) > limit:
         raise Unprocessable(f"at most {limit} models at once (DISTINFER_MAX_PARALLEL_MODELS)")
+    if inputs:
+        calls, failed = _prepare(svc, body, "check", svc.settings.dispatch.default_timeout_ms)
+        if not calls:
+            _raise_if_refused(list(failed.values()), {})
+
+
+def _raise_if_refused(errors: list[DistinferError], facts: dict[str, Any]) -> None:
+    """Every model refused the request: a client error, which retrying will not mend (not a 503)."""
+    if errors and all(e.status < 500 for e in errors):
+        if len({e.status for e in errors}) == 1:
+            errors[0].extra.update(facts)  # refused alike: that is the answer
+            raise errors[0]
+        raise BadRequest(f"every model refused the request ({len(errors)} errors; see responses)", **facts)
 
 
 async def run_parallel(svc: Services, body: ParallelRequest, request_id: str) -> dict[str, Any]:
@@ -174,12 +189,8 @@ async def run_parallel(svc: Services, body: ParallelRequest, request_id: str) ->
         final=True,
     )
     errors = [answer.error for answer in fanned.answers if answer.error is not None]
-    if answered == 0 and errors and all(e.status < 500 for e in errors):
-        # Every model refused the request: a client error, which retrying will not mend (not a 503).
-        if len({e.status for e in errors}) == 1:
-            errors[0].extra.update(facts)  # refused alike: that is the answer
-            raise errors[0]
-        raise BadRequest(f"every model refused the request ({len(errors)} errors; see responses)", **facts)
+    if answered == 0:
+        _raise_if_refused(errors, facts)
     if not met:
         detail = f"{answered} of {len(body.models)} models answered"
         if body.min_responses is not None:

@@ -87,7 +87,7 @@ def _check(svc: Services, parsed: BaseModel) -> None:
     elif isinstance(parsed, BatchRequest):
         check_batch(svc, parsed)
     elif isinstance(parsed, ParallelRequest):
-        check_parallel(svc, parsed)
+        check_parallel(svc, parsed, inputs=True)
     elif isinstance(parsed, PipelineRequest):
         plan_pipeline(svc, parsed, "check")
 

@@ -22,11 +22,12 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from gateway_plugin.errors import DistinferError, NoCapacity, NotFound, problem_body
+from gateway_plugin.errors import DistinferError, NoCapacity, NotFound, from_worker, problem_body
 from gateway_plugin.settings import TaskSettings
 from gateway_plugin.tasks.model import Caller, TaskRecord, TaskStatus
 from gateway_plugin.tasks.queue import QueueStats, TaskQueue
 from gateway_plugin.tasks.store import TaskStore
+from worker.errors import WorkerError
 
 __all__ = ["MAX_ATTEMPTS", "TaskRunner", "TaskService", "TaskStoreUnavailable", "UnknownTask"]
 
@@ -212,6 +213,8 @@ class TaskService:
             await self._finish(record, TaskStatus.COMPLETED, result=task.result())
         elif isinstance(exc, DistinferError):
             await self._finish(record, TaskStatus.ERROR, error=problem_body(exc, record.task_id))
+        elif isinstance(exc, WorkerError):  # the local fallback's refusal: its 400/404, as the route gives
+            await self._finish(record, TaskStatus.ERROR, error=problem_body(from_worker(exc), record.task_id))
         else:
             log.error("task %s failed", record.task_id, exc_info=exc)
             error = DistinferError("unexpected error; see the gateway log")

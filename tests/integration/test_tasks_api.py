@@ -197,6 +197,40 @@ async def test_tasks_are_checked_when_submitted_and_visible_only_to_their_owner(
     assert (await client.get(f"{API}/tasks/{'f' * 32}", headers=admin)).status_code == 404
 
 
+async def test_parallel_tasks_are_refused_at_submission_as_the_endpoint_refuses_them(
+    gateway: tuple[httpx.AsyncClient, DistributedInference],
+) -> None:
+    """Regression (audit): a parallel task was checked only for its number of models, so inputs or a
+    strategy that `/inference/parallel` refuses at once were 202, and failed later."""
+    client, _ = gateway
+    bad = [
+        {"models": ["digits", "digits_a"], "inputs": IMAGE, "strategy": "no_such_strategy"},
+        {"models": ["digits"], "inputs": {"x": 1}},
+        {"models": ["digits", "digits_a"], "inputs": [1, 2]},
+    ]
+    for request in bad:
+        now = await client.post(f"{API}/inference/parallel", json=request)
+        submitted = await client.post(f"{API}/tasks", json={"kind": "parallel", "request": request})
+        assert 400 <= now.status_code < 500, now.text
+        assert submitted.status_code == now.status_code, submitted.text
+        assert submitted.json()["detail"] == now.json()["detail"]
+    good = {"models": ["digits", "digits_a"], "inputs": IMAGE, "aggregation": "majority_vote"}
+    done = await _until(client, await _submit(client, {"kind": "parallel", "request": good}), "completed")
+    assert done["result"]["answered"] == 2
+
+
+async def test_a_task_the_local_fallback_refuses_ends_with_that_refusal_not_a_500(repository: Path) -> None:
+    """Regression (audit): a running task's WorkerError (the local copy's 400) was an unexpected 500."""
+    settings = settings_for([], local=repository, tasks=TaskSettings(workers=1))
+    request = {"model": "digits", "inputs": IMAGE, "outputs": ["no_such_output"]}
+    async with mounted(settings) as (client, _):
+        now = await client.post(f"{API}/inference", json=request)
+        task = await _until(client, await _submit(client, {"kind": "inference", "request": request}), "error")
+    assert now.status_code == 400, now.text
+    assert task["error"]["status"] == 400
+    assert task["error"]["detail"] == now.json()["detail"]
+
+
 async def test_tokens_without_a_subject_are_refused_rather_than_pooled(
     gateway: tuple[httpx.AsyncClient, DistributedInference],
 ) -> None:
