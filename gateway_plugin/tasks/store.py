@@ -33,7 +33,8 @@ class TaskStore(Protocol):
     async def claim(self, *, now: float, lease_until: float, worker: str) -> TaskRecord | None:
         """The lowest-score pending task, now running (attempts + 1); None when none waits."""
 
-    async def get(self, task_id: str) -> TaskRecord | None: ...
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The record as the API shows it; a store may leave the request out (only `claim` needs it)."""
 
     async def find(self, *, status: TaskStatus | None, owner: str | None, limit: int) -> list[TaskRecord]:
         """Newest first."""

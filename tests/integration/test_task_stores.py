@@ -114,12 +114,20 @@ async def test_a_finished_tasks_request_is_dropped_and_listings_read_no_bodies(s
     await store.cancel("cancelled", now=103.0)
     finished = [await store.get(claimed.task_id), await store.get("cancelled")]
     assert [record.request if record else None for record in finished] == [{}, {}]
-    assert (await store.get("waiting")).request == big  # type: ignore[union-attr]
+    waiting = await store.get("waiting")
+    assert waiting is not None
+    assert waiting.status is TaskStatus.PENDING
+    # Regression (audit): a poll on Redis read and parsed the whole request to show none of it.
+    assert waiting.request == ({} if isinstance(store, RedisTaskStore) else big)
     listed = {record.task_id: record for record in await store.find(status=None, owner="me", limit=10)}
     assert set(listed) == {"done", "cancelled", "waiting"}
     if isinstance(store, RedisTaskStore):  # it reads only what a listing shows
         assert all(record.request == {} and record.result is None for record in listed.values())
     assert listed[claimed.task_id].status is TaskStatus.COMPLETED
+    assert (await store.get(claimed.task_id)).result == {"r": "y" * 200_000}  # type: ignore[union-attr]
+    running = await store.claim(now=104.0, lease_until=200.0, worker="w")  # the worker gets the request
+    assert running is not None
+    assert (running.task_id, running.request) == ("waiting", big)
 
 
 async def test_the_redis_index_forgets_expired_tasks_as_fast_as_they_come(tmp_path: Path) -> None:
