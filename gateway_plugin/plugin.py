@@ -316,7 +316,10 @@ class DistributedInference:
                     await prober.probe_all()
             task_settings = settings.tasks
             task_store = open_store(
-                task_settings.store.get_secret_value(), max_tasks=task_settings.max_tasks, ttl_s=task_settings.ttl_s
+                task_settings.store.get_secret_value(),
+                max_tasks=task_settings.max_tasks,
+                ttl_s=task_settings.ttl_s,
+                max_pending_bytes=task_settings.max_pending_bytes,
             )
             stack.push_async_callback(task_store.close)
             task_service = TaskService(

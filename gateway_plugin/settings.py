@@ -173,6 +173,9 @@ class TaskSettings(_Section):
     aging_s: float = Field(default=30.0, gt=0)  # a task waiting this long moves up one priority
     ttl_s: float = Field(default=3600.0, gt=0)  # finished tasks and their results are kept this long
     max_tasks: int = Field(default=10_000, ge=1)  # memory store: records kept at most
+    # Memory store: bytes of the requests it holds (pending and running tasks), counted as sent;
+    # beyond it, 429. Held as Python objects, a request takes several times its JSON size.
+    max_pending_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     lease_s: float = Field(default=30.0, gt=0)  # redis: a running task whose gateway stops renewing is requeued
 
     @field_validator("store")
@@ -293,6 +296,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "DISTINFER_TASK_AGING_S": ("tasks", "aging_s"),
     "DISTINFER_TASK_TTL_S": ("tasks", "ttl_s"),
     "DISTINFER_TASK_MAX_TASKS": ("tasks", "max_tasks"),
+    "DISTINFER_TASK_MAX_PENDING_BYTES": ("tasks", "max_pending_bytes"),
     "DISTINFER_TASK_LEASE_S": ("tasks", "lease_s"),
     "DISTINFER_AUTH_DISABLED": ("auth", "disabled"),
     "DISTINFER_JWT_SECRET": ("auth", "jwt_secret"),

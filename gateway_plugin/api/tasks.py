@@ -143,7 +143,8 @@ def tasks_router(
         parsed = _parse(body.kind, body.request)
         _check(svc, parsed)
         inner = parsed.priority if isinstance(parsed, InferenceRequest) and "priority" in body.request else None
-        record = await tasks.submit(body.kind, body.request, body.priority or inner or "normal", who)
+        size = len(await request.body())  # read already (under the body cap): Starlette keeps it
+        record = await tasks.submit(body.kind, body.request, body.priority or inner or "normal", who, size=size)
         location = f"{request.url.path.rstrip('/')}/{record.task_id}"
         return Response(
             dumps({"task_id": record.task_id, "status": record.status.value}),

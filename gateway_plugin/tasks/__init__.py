@@ -26,10 +26,10 @@ __all__ = [
 ]
 
 
-def open_store(url: str, *, max_tasks: int, ttl_s: float) -> TaskStore:
+def open_store(url: str, *, max_tasks: int, ttl_s: float, max_pending_bytes: int | None = None) -> TaskStore:
     """The store `DISTINFER_TASK_STORE` names: `memory`, or a Redis URL shared by every replica."""
     if url == "memory":
-        return MemoryTaskStore(max_tasks=max_tasks, ttl_s=ttl_s)
+        return MemoryTaskStore(max_tasks=max_tasks, ttl_s=ttl_s, max_pending_bytes=max_pending_bytes)
     from gateway_plugin.tasks.redis_store import RedisTaskStore
 
     return RedisTaskStore.from_url(url, ttl_s=ttl_s)

@@ -76,6 +76,8 @@ class TaskRecord:
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     worker: str | None = field(default=None)
+    # Bytes of the request as submitted, for the memory store's budget. Internal: not in the API view.
+    size: int = 0
 
     def matches(self, *, status: TaskStatus | None, owner: str | None) -> bool:
         """Whether a listing filtered by `status` and `owner` (None: any) includes this task."""

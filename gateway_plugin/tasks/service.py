@@ -100,7 +100,10 @@ class TaskService:
 
     # ------------------------------------------------------------------ API
 
-    async def submit(self, kind: str, request: dict[str, Any], priority: str, caller: Caller) -> TaskRecord:
+    async def submit(
+        self, kind: str, request: dict[str, Any], priority: str, caller: Caller, *, size: int = 0
+    ) -> TaskRecord:
+        """Queue a task; `size`: the bytes of its request as submitted (the memory store's budget)."""
         now = self._clock()
         record = TaskRecord(
             task_id=uuid.uuid4().hex,
@@ -111,6 +114,7 @@ class TaskService:
             created_at=now,
             score=self.queue.score(priority, now),
             trace=_trace_context(),
+            size=size,
         )
         async with _store_errors():
             await self.queue.push(record)

@@ -69,11 +69,14 @@ class TaskStore(Protocol):
 
 
 class MemoryTaskStore:
-    """One gateway's tasks, in this process. Everything it holds is bounded by `max_tasks`."""
+    """One gateway's tasks, in this process. Everything it holds is bounded: records by `max_tasks`,
+    the requests of pending and running tasks (each up to the body cap) by `max_pending_bytes`."""
 
-    def __init__(self, *, max_tasks: int, ttl_s: float) -> None:
+    def __init__(self, *, max_tasks: int, ttl_s: float, max_pending_bytes: int | None = None) -> None:
         self._max_tasks = max_tasks
         self._ttl_s = ttl_s
+        self._max_bytes = max_pending_bytes
+        self._held_bytes = 0  # `size` of the records whose request is still held
         self._records: dict[str, TaskRecord] = {}
         self._heap: list[tuple[float, int, str]] = []  # (score, sequence, id); stale entries skipped
         self._sequence = 0
@@ -89,6 +92,8 @@ class MemoryTaskStore:
         record.status = status
         record.finished_at = now
         record.request = {}  # no longer needed, and it may be the largest part of the record
+        self._held_bytes -= record.size
+        record.size = 0
         self._pending.discard(record.task_id)
         heapq.heappush(self._expiry, (now + self._ttl_s, record.task_id))
 
@@ -112,9 +117,17 @@ class MemoryTaskStore:
     async def add(self, record: TaskRecord, *, max_pending: int) -> bool:
         if len(self._pending) >= max_pending or not self._make_room(record.created_at):
             return False
+        if self._max_bytes is not None and self._held_bytes + record.size > self._max_bytes:
+            return False  # Regression (audit): 1,000 batch tasks of 15 MB each would have taken ~150 GB
         self._records[record.task_id] = replace(record)
+        self._held_bytes += record.size
         self._push(record)
         return True
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes (as submitted) of the requests held for pending and running tasks."""
+        return self._held_bytes
 
     async def claim(self, *, now: float, lease_until: float, worker: str) -> TaskRecord | None:
         while self._heap:

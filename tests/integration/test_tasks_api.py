@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -229,6 +230,24 @@ async def test_a_task_the_local_fallback_refuses_ends_with_that_refusal_not_a_50
     assert now.status_code == 400, now.text
     assert task["error"]["status"] == 400
     assert task["error"]["detail"] == now.json()["detail"]
+
+
+async def test_the_requests_waiting_in_memory_are_bounded_in_bytes_and_a_cancel_frees_them() -> None:
+    """Regression (audit): 1,000 pending batch tasks of 15 MB each could take the gateway down."""
+    items = [{"model": "digits", "inputs": IMAGE}] * 20
+    body = json.dumps({"kind": "batch", "request": {"requests": items}}).encode()
+    tasks = TaskSettings(workers=0, max_pending_bytes=int(len(body) * 2.5))  # room for two
+    sent = {"content": body, "headers": {"Content-Type": "application/json"}}
+    async with mounted(settings_for([], tasks=tasks)) as (client, _):
+        first, _second = [(await client.post(f"{API}/tasks", **sent)).json()["task_id"] for _ in range(2)]
+        refused = await client.post(f"{API}/tasks", **sent)
+        small = await client.post(f"{API}/tasks", json={"kind": "batch", "request": {"requests": items[:1]}})
+        assert (await client.delete(f"{API}/tasks/{first}")).status_code == 200
+        again = await client.post(f"{API}/tasks", **sent)
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["Retry-After"]
+    assert small.status_code == 202, small.text
+    assert again.status_code == 202, again.text
 
 
 async def test_tokens_without_a_subject_are_refused_rather_than_pooled(

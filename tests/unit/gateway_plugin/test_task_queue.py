@@ -51,6 +51,32 @@ async def test_high_before_normal_before_low_and_fifo_within_a_priority() -> Non
     assert await _drain(queue) == ["high-2", "high-4", "normal-1", "normal-5", "low-0", "low-3"]
 
 
+async def test_the_memory_store_bounds_the_bytes_of_the_requests_it_holds() -> None:
+    """Regression (audit): only the number of tasks was bounded, and each may hold a body-cap request."""
+    clock = FakeClock()
+    store = MemoryTaskStore(max_tasks=100, ttl_s=60, max_pending_bytes=1000)
+    queue = TaskQueue(store, max_size=100, aging_s=10.0, clock=clock)
+    sized = [_record(name, "normal", clock.now) for name in ("a", "b", "c", "d")]
+    for record, size in zip(sized, (400, 500, 200, 100), strict=True):
+        record.size = size
+    await queue.push(sized[0])
+    await queue.push(sized[1])
+    with pytest.raises(QueueFull):
+        await queue.push(sized[2])  # 900 + 200 > 1000
+    await queue.push(sized[3])  # 900 + 100 fits
+    assert store.held_bytes == 1000
+    running = await queue.pop(lease_s=1.0, worker="w")
+    assert running is not None
+    assert store.held_bytes == 1000  # a running task keeps its request (a stop puts it back)
+    assert await store.finish(running.task_id, TaskStatus.COMPLETED, now=clock.now, result={})
+    assert store.held_bytes == 600
+    assert await store.cancel("b", now=clock.now) is TaskStatus.PENDING
+    assert await store.cancel("b", now=clock.now) is TaskStatus.CANCELLED  # freed once, not twice
+    assert store.held_bytes == 100
+    await queue.push(sized[2])
+    assert store.held_bytes == 300
+
+
 async def test_aging_a_low_task_is_not_starved_by_a_stream_of_high_ones() -> None:
     clock = FakeClock()
     queue = TaskQueue(MemoryTaskStore(max_tasks=1000, ttl_s=60), max_size=1000, aging_s=10.0, clock=clock)
