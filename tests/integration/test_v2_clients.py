@@ -183,3 +183,26 @@ async def test_a_known_model_whose_nodes_are_gone_is_not_ready_503(start_nodes: 
 
 async def _status(client: httpx.AsyncClient, path: str, status: int) -> bool:
     return (await client.get(path)).status_code == status
+
+
+@pytest.mark.parametrize(
+    ("request_default", "own", "binary"),
+    [(True, False, False), (False, True, True), (True, None, True), (None, None, False)],
+)
+def test_an_outputs_own_binary_data_overrides_binary_data_output(
+    two_nodes: list[ServerProcess], request_default: bool | None, own: bool | None, binary: bool
+) -> None:
+    """Regression (audit): `binary_data_output: true` won over an output's `binary_data: false`,
+    which the binary extension says overrides it."""
+    body: dict[str, Any] = {
+        "inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}],
+        "outputs": [{"name": "logits", **({} if own is None else {"parameters": {"binary_data": own}})}],
+    }
+    if request_default is not None:
+        body["parameters"] = {"binary_data_output": request_default}
+    answer = httpx.post(f"{two_nodes[0].url}/v2/models/digits/infer", json=body, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert ("inference-header-content-length" in answer.headers) is binary
+    if not binary:
+        (output,) = answer.json()["outputs"]
+        assert len(output["data"]) == 10

@@ -339,10 +339,16 @@ def _join(header: dict[str, Any], blobs: list[bytes]) -> EncodedBody:
 
 
 def binary_outputs(request: DecodedRequest) -> set[str] | bool:
-    """Which outputs the caller wants as binary: all (`binary_data_output`), or those it marked."""
-    if request.parameters.get("binary_data_output") is True:
-        return True
-    return {out.name for out in request.outputs or [] if (out.parameters or {}).get("binary_data") is True}
+    """Which outputs the caller wants as binary: all (`binary_data_output`), or those it marked.
+
+    As the binary extension says, an output's own `binary_data` overrides the request's
+    `binary_data_output` either way; only the outputs a request lists are answered, so a set of
+    their names is exact.
+    """
+    default = request.parameters.get("binary_data_output") is True
+    if not request.outputs:
+        return default
+    return {out.name for out in request.outputs if (out.parameters or {}).get("binary_data", default) is True}
 
 
 def parse_header_length(raw: str | None) -> int | None:
