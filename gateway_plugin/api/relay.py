@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway_plugin.api.routing import ProblemRoute, problem_for, raw_route, scope_request_id
+from gateway_plugin.api.routing import V2_TAG, ProblemRoute, problem_for, raw_route, scope_request_id, with_v2_error
 from gateway_plugin.api.served import mark_not_served, node_header, not_served
 from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.errors import DistinferError, UnknownModel, from_worker, problem
@@ -130,7 +130,7 @@ def _response_start(answer: RawMessage, outcome: Outcome, request_id: str) -> Me
 def relay_router(
     services: ServicesDependency, guard: Guard, route_class: type[ProblemRoute] = ProblemRoute
 ) -> APIRouter:
-    router = APIRouter(route_class=route_class, tags=["open inference protocol"])
+    router = APIRouter(route_class=route_class, tags=[V2_TAG])
     served = raw_route(route_class, RelayEndpoint(services, guard, route_class.max_body_bytes))
 
     async def relay(model: str, request: Request, version: str | None = None) -> Response:
@@ -204,9 +204,3 @@ def _node_parameters(parameters: Mapping[str, Any]) -> Mapping[str, Any]:
     if _ENCODING_PARAMETERS.isdisjoint(parameters):
         return parameters
     return {k: v for k, v in parameters.items() if k not in _ENCODING_PARAMETERS}
-
-
-def with_v2_error(error: DistinferError) -> DistinferError:
-    """`error` with the v2 `error` member its problem body carries, for v2 clients to show."""
-    error.extra.setdefault("error", error.detail)
-    return error

@@ -41,14 +41,20 @@ __all__ = [
     "RouteHook",
     "add_not_found_route",
     "not_found_route",
+    "problem_error",
     "problem_for",
     "problem_route",
     "raw_route",
     "request_id_of",
     "scope_request_id",
+    "V2_TAG",
+    "with_v2_error",
 ]
 
 log = logging.getLogger(__name__)
+
+# The OpenAPI tag of the Open Inference Protocol's routes: their errors carry the v2 `error` member.
+V2_TAG = "open inference protocol"
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -130,18 +136,21 @@ class ProblemRoute(APIRoute):
             try:  # a route behind the flag is not there at all while it is off: 404 for any method
                 await gate()
             except DistinferError as exc:
-                await self._problem(problem(exc, request_id))(scope, receive, send)
+                await self._problem(exc, request_id)(scope, receive, send)
                 return
         allowed = ", ".join(sorted(self._methods_at_path(scope)))
         method = str(scope.get("method", ""))[:16]
         error = MethodNotAllowed(f"{method} is not allowed here; allowed: {allowed}", headers={"Allow": allowed})
-        await self._problem(problem(error, request_id))(scope, receive, send)
+        await self._problem(error, request_id)(scope, receive, send)
 
-    def _problem(self, response: Response) -> Response:
-        """An error answer of this route: an inference route's says that no node served it (CONTRACT §4)."""
+    def _problem(self, error: DistinferError, request_id: str) -> Response:
+        """An error answer of this route: an inference route's says that no node served it (CONTRACT §4);
+        a v2 route's carries the v2 `error` member, which v2 clients (tritonclient) read."""
         if self.serves_inference or INFERENCE_TAG in self.tags:
-            mark_not_served(response.headers)
-        return response
+            mark_not_served(error.headers)
+        if V2_TAG in self.tags:
+            with_v2_error(error)
+        return problem(error, request_id)
 
     def _methods_at_path(self, scope: Scope) -> set[str]:
         """Every method served at this route's path (Starlette matched just one of its routes)."""
@@ -160,7 +169,7 @@ class ProblemRoute(APIRoute):
                     request._body = await read_body(request, limit)
                 response = await handler(request)
             except Exception as exc:
-                return self._problem(problem_for(exc, request_id))
+                return self._problem(problem_error(exc, request_id), request_id)
             response.headers.setdefault("X-Request-ID", request_id)
             return response
 
@@ -169,27 +178,38 @@ class ProblemRoute(APIRoute):
 
 def problem_for(exc: Exception, request_id: str) -> Response:
     """The problem+json answer for an exception that left a handler; never a stack trace to the client."""
+    return problem(problem_error(exc, request_id), request_id)
+
+
+def problem_error(exc: Exception, request_id: str) -> DistinferError:
+    """The problem an exception that left a handler is answered with."""
     if isinstance(exc, DistinferError):
-        return problem(exc, request_id)
+        return exc
     if isinstance(exc, UnknownStrategy):  # from the balancer, wherever a request names a strategy
-        return problem(Unprocessable(str(exc)), request_id)
+        return Unprocessable(str(exc))
     if isinstance(exc, ClientDisconnect):
         # The caller left mid-body: nobody will read an answer, and it is not our error.
         log.info("client disconnected before sending request %s in full", request_id)
-        return problem(BadRequest("client disconnected before the body was complete"), request_id)
+        return BadRequest("client disconnected before the body was complete")
     if isinstance(exc, WorkerError):
-        return problem(from_worker(exc), request_id)
+        return from_worker(exc)
     if isinstance(exc, RequestValidationError):
-        return problem(_validation_problem(exc), request_id)
+        return _validation_problem(exc)
     if isinstance(exc, HTTPException) and exc.status_code == 400:  # FastAPI's "error parsing the body"
-        return problem(BadRequest(str(exc.detail)), request_id)  # one code for every malformed body
+        return BadRequest(str(exc.detail))  # one code for every malformed body
     if isinstance(exc, HTTPException):
         error = DistinferError(str(exc.detail))
         error.status, error.code, error.title = exc.status_code, "http_error", "HTTP error"
-        return problem(error, request_id)
+        return error
     # The log keeps the trace, with the request id.
     log.error("unexpected error in request %s", request_id, exc_info=exc)
-    return problem(DistinferError("unexpected error; see the gateway log"), request_id)
+    return DistinferError("unexpected error; see the gateway log")
+
+
+def with_v2_error(error: DistinferError) -> DistinferError:
+    """`error` with the v2 `error` member its problem body carries, for v2 clients to show."""
+    error.extra.setdefault("error", error.detail)
+    return error
 
 
 class RawRoute(ProblemRoute):
@@ -249,6 +269,9 @@ class NotFoundRoute(ProblemRoute):
                 await gate()
             except DistinferError as exc:
                 error = exc
+        under_prefix = str(scope["path"]).partition(self.path_format.removesuffix(_CATCH_ALL))[2]
+        if under_prefix == "/v2" or under_prefix.startswith("/v2/"):
+            with_v2_error(error)  # an extension the gateway lacks (repository, statistics): tritonclient reads it
         await problem(error, request_id)(scope, receive, send)
 
 
@@ -259,6 +282,7 @@ def not_found_route(route_class: type[ProblemRoute]) -> type[NotFoundRoute]:
 
 
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_CATCH_ALL = "/{path:path}"
 
 
 def add_not_found_route(router: APIRouter, route_class: type[ProblemRoute]) -> bool:
@@ -276,7 +300,7 @@ def add_not_found_route(router: APIRouter, route_class: type[ProblemRoute]) -> b
         """Never called: `NotFoundRoute.handle` answers."""
 
     route = not_found_route(route_class)(
-        router.prefix + "/{path:path}", not_found, methods=_ALL_METHODS, include_in_schema=False
+        router.prefix + _CATCH_ALL, not_found, methods=_ALL_METHODS, include_in_schema=False
     )
     low_priority.append(route)
     mark_changed = getattr(router, "_mark_routes_changed", None)

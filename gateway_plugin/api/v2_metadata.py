@@ -15,8 +15,7 @@ from starlette.responses import Response
 
 from gateway_plugin.api.health import summary
 from gateway_plugin.api.inference import model_info
-from gateway_plugin.api.relay import with_v2_error
-from gateway_plugin.api.routing import ProblemRoute
+from gateway_plugin.api.routing import V2_TAG, ProblemRoute, with_v2_error
 from gateway_plugin.errors import NoCapacity, UnknownModel
 from gateway_plugin.services import Services, ServicesDependency
 from worker.protocol.models import MetadataTensor, ModelMetadata, ServerMetadata
@@ -30,7 +29,7 @@ _RELAYED_EXTENSIONS = [name for name in EXTENSIONS if name == "binary_tensor_dat
 
 def v2_health_router(services: ServicesDependency, route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
     """`GET /v2/health/live` and `/v2/health/ready`: 200 when true, no body; without auth, as `/health`."""
-    router = APIRouter(route_class=route_class, tags=["open inference protocol"])
+    router = APIRouter(route_class=route_class, tags=[V2_TAG])
 
     @router.get("/v2/health/live", summary="v2 liveness: the plugin is serving")
     async def live(svc: Annotated[Services, Depends(services)]) -> Response:  # 503 until started, as /health/live
@@ -49,7 +48,7 @@ def v2_health_router(services: ServicesDependency, route_class: type[ProblemRout
 
 def v2_metadata_router(services: ServicesDependency, route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
     """`GET /v2`, `/v2/models/{m}[/versions/{v}]` and their `/ready`."""
-    router = APIRouter(route_class=route_class, tags=["open inference protocol"])
+    router = APIRouter(route_class=route_class, tags=[V2_TAG])
 
     @router.get("/v2", summary="v2 server metadata")
     async def server_metadata() -> ServerMetadata:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gateway_plugin.processes import ServerProcess, free_port, start_gateway
-from tests.integration.conftest import StartNodes, mounted, settings_for
+from tests.integration.conftest import TEST_JWT_SECRET, StartNodes, mounted, settings_for
 from tests.integration.polling import until
 
 httpclient = pytest.importorskip("tritonclient.http")
@@ -206,3 +206,33 @@ def test_an_outputs_own_binary_data_overrides_binary_data_output(
     if not binary:
         (output,) = answer.json()["outputs"]
         assert len(output["data"]) == 10
+
+
+def test_every_v2_error_of_the_gateway_reaches_tritonclient_with_its_message(
+    gateway: ServerProcess, two_nodes: list[ServerProcess]
+) -> None:
+    """Regression (audit): refusals before a v2 route ran (auth's 401, 405) and paths of extensions
+    the gateway lacks (404) had no v2 `error` member, and tritonclient failed decoding them."""
+    with _client(gateway.url + PREFIX) as client:
+        with pytest.raises(InferenceServerException, match="no such path"):
+            client.get_model_config("digits")
+        with pytest.raises(InferenceServerException, match="no such path"):
+            client.load_model("digits")
+    wrong = httpx.delete(f"{gateway.url}{PREFIX}/v2/models/digits")
+    assert wrong.status_code == 405
+    assert "not allowed" in wrong.json()["error"]
+    elsewhere = httpx.get(f"{gateway.url}{PREFIX}/no/such/path")  # not a v2 path: problem+json only
+    assert elsewhere.status_code == 404
+    assert "error" not in elsewhere.json()
+    secured = start_gateway(
+        {"DISTINFER_NODES": ",".join(n.url for n in two_nodes), "DISTINFER_JWT_SECRET": TEST_JWT_SECRET}
+    )
+    try:
+        secured.wait_ready()
+        with _client(secured.url + PREFIX) as client:
+            with pytest.raises(InferenceServerException, match="bearer token"):
+                client.get_model_metadata("digits")
+            with pytest.raises(InferenceServerException, match="bearer token"):
+                client.get_server_metadata()
+    finally:
+        secured.stop()
