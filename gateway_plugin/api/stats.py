@@ -43,7 +43,7 @@ class LoadStats(BaseModel):
 
 
 class LatencyStats(BaseModel):
-    samples: int = Field(description="recent calls the percentiles are computed over (at most 1024)")
+    samples: int = Field(description="recent calls the percentiles are computed over (at most 1,024)")
     p50_ms: float | None
     p95_ms: float | None
     p99_ms: float | None
@@ -70,7 +70,11 @@ class StatsSnapshot(BaseModel):
     nodes: list[NodeStats]
     load: LoadStats
     latency: LatencyStats = Field(
-        description="latency of the last calls over the whole cluster (retries, fallback and failures included)"
+        description=(
+            "latency of the last model calls over the whole cluster, as the dispatcher saw them: a single"
+            " request, each batch item or group, parallel model and pipeline stage, a stream to its first"
+            " token; retries, fallback and failures included, cancelled calls left out"
+        )
     )
     queue: QueueStats
     recent: list[RecentRequest] = Field(description="the last requests, newest first")

@@ -172,7 +172,9 @@ class GatewayTelemetry:
                 "latency_ms": round(seconds * 1000, 3),
             },
             ok=outcome == "ok",
-            seconds=seconds,
+            # A cancelled call (a parallel request's losers, a caller that left) was cut short: its time
+            # is nobody's latency, as the node windows leave out cancelled attempts.
+            seconds=None if outcome == "cancelled" else seconds,
         )
 
     def attempt(self, model: str, node_id: str, number: int, *, hedge: bool = False) -> _Attempt:

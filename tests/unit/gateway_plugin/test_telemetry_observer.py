@@ -206,6 +206,24 @@ async def test_a_hedges_cancelled_loser_is_not_held_against_its_node() -> None:
     assert cancelled[0].status.status_code is StatusCode.UNSET
 
 
+async def test_the_cluster_latency_window_has_every_finished_call_and_no_cancelled_one() -> None:
+    """Every call `requests_total` counts is a latency sample (a failure, a local answer), but a
+    cancelled one: it was cut short. Regression (review): nothing tested failures or cancels there."""
+    telemetry, dispatcher, client, urls, _ = _setup()
+    await dispatcher.infer(_call())  # served
+    client.error = {url: NodeRejected("bad input", node_url=url, status=400) for url in urls}
+    with pytest.raises(BadRequest):
+        await dispatcher.infer(_call())  # a failure: the caller waited for it too
+    with telemetry.observer.dispatch("m", "r-local", "round_robin") as local:
+        local.finished(None, "local", 0)
+    with contextlib.suppress(asyncio.CancelledError), telemetry.observer.dispatch("m", "r-gone", "round_robin"):
+        raise asyncio.CancelledError  # the caller left
+    stats = telemetry.stats
+    assert (stats.requests_total, stats.errors_total) == (4, 2)
+    assert stats.calls().samples == 3
+    assert stats.recent()[0]["outcome"] == "cancelled"
+
+
 class StreamingClient:
     """`generate_stream` on no network: two tokens and the end, and the headers each stream carried."""
 
