@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from compat.adapters import JsonInferenceAdapter, LegacyAdapter, LegacyRequest, compare_outputs, outcome_arrays
 from gateway_plugin import DistinferError, DistributedInference
+from gateway_plugin.api.served import node_header
 from gateway_plugin.flags import FeatureFlags
 
 __all__ = ["MODE_HEADER", "LegacyInferenceMiddleware"]
@@ -179,7 +180,8 @@ class LegacyInferenceMiddleware:
             (b"content-type", answer.media_type.encode()),
             (b"content-length", str(len(answer.body)).encode()),
             (MODE_HEADER, b"distributed"),
-            (b"x-inference-node", (outcome.node_id or "local").encode()),
+            # as every route sends it: percent-encoded where a header cannot carry the id as it is
+            (b"x-inference-node", node_header(outcome.node_id).encode("latin-1")),
         ]
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": answer.body})

@@ -17,7 +17,7 @@ from gateway_plugin import DistributedInference
 from gateway_plugin.auth import ADMIN, INFER
 from gateway_plugin.processes import ServerProcess, free_port
 from gateway_plugin.settings import FlagSettings, LimitSettings
-from tests.integration.conftest import STARTUP_TIMEOUT_S, bearer, settings_for
+from tests.integration.conftest import STARTUP_TIMEOUT_S, StartNodes, bearer, settings_for
 from tests.integration.legacy_service import existing_service, serving
 
 PREFIX = "/api/v1/distributed"
@@ -52,6 +52,20 @@ async def test_flag_off_the_handler_sees_the_same_request_and_the_client_the_sam
     assert before.headers.raw == after.headers.raw
     assert before.content == after.content
     assert seen.requests == seen_before  # the same headers, in order, and the same body bytes
+
+
+async def test_a_node_id_a_header_cannot_carry_is_percent_encoded_as_on_every_route(
+    start_nodes: StartNodes,
+) -> None:
+    """Regression (review): the legacy path sent the id's UTF-8 bytes as they were (a comma in an id
+    split the header's list); every other route percent-encodes it."""
+    (node,) = start_nodes("nœud a,b")
+    app, _, _ = existing_service(settings_for([node.url]))
+    async with client_for(app) as client:
+        response = await client.post("/api/inference", content=BODY, headers=JSON)
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Inference-Mode"] == "distributed"
+    assert response.headers["X-Inference-Node"] == "n%C5%93ud%20a%2Cb"
 
 
 async def test_flag_on_the_cluster_answers_in_the_endpoints_shape(two_nodes: list[ServerProcess]) -> None:
