@@ -164,7 +164,8 @@ def _numbers(data: list[Any], datatype: str, name: str, *, finite: bool) -> np.n
     is_int = datatype.startswith(("INT", "UINT"))
     if raw.size and is_int and raw.dtype.kind in "fO":
         return _integers(data, datatype, name)
-    allowed = "b" if datatype == "BOOL" else ("biu" if is_int else "biuf")
+    # JSON's true and false are no numbers: numpy would make them 1 and 0 (Triton refuses them too).
+    allowed = "b" if datatype == "BOOL" else ("iu" if is_int else "iuf")
     if raw.size and raw.dtype.kind not in allowed:
         raise InvalidInput(f"tensor {name!r}: data of kind {raw.dtype.kind!r} is not {datatype}")
     if is_int and raw.size and raw.dtype.kind in "iu":

@@ -8,7 +8,7 @@ per request at concurrency 1, measured in the gateway process, against a few µs
 The proof is one-sided. True means `tensor_from_json` accepts the data, so its tensor can be
 built later, when something reads it. False means "not proven": the caller decodes at once, and
 the decoder's own verdict (and error) stands. So only the plainest data is proven: up to 512
-values in regularly nested lists; for FP types numbers (the decoder casts bools and integers too)
+values in regularly nested lists; for FP types numbers (the decoder casts integers, and bools among numbers)
 within ±2**53 and the datatype's finite range; integers for integer types, bools for BOOL, within
 range. Anything else (huge numbers, non-finite floats, floats among integers, ragged or empty
 lists, strings, nulls) goes to the decoder.
@@ -76,6 +76,8 @@ def decodes_cleanly(datatype: str, count: int, data: Any) -> bool:
             return False
         # A sum that is no JSON number (complex values) is not proven, rather than failing `min`.
         finite: bool = type(total) in _SUMS and total - total == 0
+        if type(total) is int and all(type(value) is bool for value in flat):
+            return False  # only bools: no numbers, which the decoder refuses (mixed with numbers, cast)
         return finite and low <= min(flat) and max(flat) <= high
     return all(type(value) is kind for value in flat) and low <= min(flat) and max(flat) <= high
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from tests.unit.worker.test_checked_request import assert_check_agrees_with_decoding
 from tests.unit.worker.test_codec import FUZZ
+from worker.errors import InvalidInput
 from worker.protocol import Limits, Tensor
 from worker.protocol.checked import check_request
 from worker.protocol.codec import tensor_from_json
@@ -165,3 +166,18 @@ def test_proven_json_is_built_only_when_read(monkeypatch: pytest.MonkeyPatch) ->
 def test_a_sum_that_is_no_json_number_is_not_proven_and_raises_nothing() -> None:
     """Review: complex values sum, then `min` raised TypeError; the proof must answer, not fail."""
     assert not decodes_cleanly("FP32", 4, [1j, 1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64", "INT64", "UINT8"])
+def test_json_booleans_are_no_numbers(datatype: str) -> None:
+    """Regression (audit): `[true, false]` was accepted as 1 and 0 for numeric types (Triton refuses
+    them); the proof must not prove what the decoder now refuses."""
+    wire = WireTensor(name="x", shape=[2], datatype=datatype, data=[True, False])
+    with pytest.raises(InvalidInput, match="is not"):
+        tensor_from_json(wire, Limits())
+    assert not decodes_cleanly(datatype, 2, [True, False])
+    mixed = WireTensor(name="x", shape=[2], datatype="FP32", data=[True, 0.5])  # among numbers, as numpy casts
+    assert tensor_from_json(mixed, Limits()).data.tolist() == [1.0, 0.5]
+    flags = WireTensor(name="x", shape=[2], datatype="BOOL", data=[True, False])
+    assert tensor_from_json(flags, Limits()).data.tolist() == [True, False]
+    assert decodes_cleanly("BOOL", 2, [True, False])
