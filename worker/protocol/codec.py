@@ -295,6 +295,8 @@ def _binary_size(wire: WireTensor) -> int | None:
     size = (wire.parameters or {}).get("binary_data_size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
         raise InvalidInput(f"tensor {wire.name!r}: binary_data_size must be a non-negative integer")
+    if size is not None and wire.data is not None:  # which one holds the values? (one was ignored)
+        raise InvalidInput(f"tensor {wire.name!r}: has both data and binary_data_size; send one")
     return size
 
 

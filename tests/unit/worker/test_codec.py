@@ -28,6 +28,7 @@ from worker.protocol import (
     encode_response,
     parse_header_length,
 )
+from worker.protocol.checked import check_request
 
 ALL_DATATYPES = sorted(DATATYPES)
 FIXED_DATATYPES = [name for name in ALL_DATATYPES if name != "BYTES"]
@@ -680,3 +681,15 @@ def test_structured_garbage_only_raises_worker_errors(entries: list[dict[str, An
     _decode_both(*hand_body({"inputs": entries, "model_name": "m", "outputs": entries}, blob), limits)
     head = json.dumps({"inputs": entries, "model_name": "m", "outputs": entries}).encode()
     _decode_both(head + blob, len(head), limits)
+
+
+def test_a_tensor_with_both_data_and_binary_data_size_is_refused() -> None:
+    """Regression (audit): the JSON `data` was silently ignored in favour of the binary bytes."""
+    raw = np.zeros(2, np.float32).tobytes()
+    tensor = {"name": "x", "shape": [2], "datatype": "FP32", "data": [1.0, 2.0]}
+    tensor["parameters"] = {"binary_data_size": len(raw)}
+    head = json.dumps({"inputs": [tensor]}).encode()
+    with pytest.raises(InvalidInput, match="both data and binary_data_size"):
+        decode_request(head + raw, len(head), Limits())
+    with pytest.raises(InvalidInput, match="both data and binary_data_size"):  # the gateway's header check
+        check_request(head + raw, len(head), Limits())
