@@ -6,6 +6,8 @@ Keys, under one prefix:
     pending    sorted set id -> queue score: the one queue all replicas take work from
     running    sorted set id -> lease expiry: a replica renews its tasks' leases while it runs them
     index      sorted set id -> created_at: for listings (ids of expired records are pruned lazily)
+    owner:<o>  sorted set id -> created_at: the tasks of one owner, for their own listings
+    owners     hash id -> owner: whose index an expired record's id is pruned from
     depth      hash priority -> pending count
 
 Each step that moves a task between states is one Lua script, so two replicas never both claim a
@@ -28,10 +30,12 @@ __all__ = ["RedisTaskStore"]
 
 _ADD = """
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[3], unpack(ARGV, 6))
+redis.call('HSET', KEYS[3], unpack(ARGV, 7))
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[4])
+redis.call('HSET', KEYS[6], ARGV[4], ARGV[6])
 return 1
 """
 
@@ -128,6 +132,7 @@ class RedisTaskStore:
         self._running_key = prefix + "running"
         self._index_key = prefix + "index"
         self._depth_key = prefix + "depth"
+        self._owners_key = prefix + "owners"
         self._next_prune = 0.0
         self._add = client.register_script(_ADD)
         self._claim = client.register_script(_CLAIM)
@@ -143,6 +148,9 @@ class RedisTaskStore:
 
     def _key(self, task_id: str) -> str:
         return f"{self._prefix}t:{task_id}"
+
+    def _owner_key(self, owner: str) -> str:
+        return f"{self._prefix}owner:{owner}"
 
     async def ping(self) -> None:
         await self._redis.ping()
@@ -163,8 +171,9 @@ class RedisTaskStore:
             fields["trace"] = _dump(record.trace)
         flat = [item for pair in fields.items() for item in pair]
         keys = [self._pending_key, self._index_key, self._key(record.task_id), self._depth_key]
+        keys += [self._owner_key(record.owner), self._owners_key]
         args: list[str | int] = [max_pending, repr(record.score), repr(record.created_at), record.task_id]
-        args += [record.priority, *flat]
+        args += [record.priority, record.owner, *flat]
         return bool(await self._add(keys=keys, args=args))
 
     async def claim(self, *, now: float, lease_until: float, worker: str) -> TaskRecord | None:
@@ -204,10 +213,13 @@ class RedisTaskStore:
         return self._record({key: value for key, value in zip(_SHOWN, row, strict=True) if value is not None})
 
     async def find(self, *, status: TaskStatus | None, owner: str | None, limit: int) -> list[TaskRecord]:
+        # An owner's listing reads the owner's own index: scanning the shared one, a caller's tasks
+        # fell out of reach behind 1,000 newer tasks of others (Regression, audit).
+        index = self._index_key if owner is None else self._owner_key(owner)
         found: list[TaskRecord] = []
         start, page = 0, max(50, limit)
         while len(found) < limit and start < 20 * page:  # a bounded scan, newest first
-            ids: list[str] = await self._redis.zrevrange(self._index_key, start, start + page - 1)  # type: ignore[assignment]
+            ids: list[str] = await self._redis.zrevrange(index, start, start + page - 1)  # type: ignore[assignment]
             if not ids:
                 break
             start += page
@@ -218,7 +230,7 @@ class RedisTaskStore:
             raws = [{k: v for k, v in zip(_LISTED, row, strict=True) if v is not None} for row in rows]
             gone = [task_id for task_id, raw in zip(ids, raws, strict=True) if not raw]
             if gone:
-                await self._redis.zrem(self._index_key, *gone)
+                await self._forget(gone)
                 start -= len(gone)
             for raw in raws:
                 record = self._record(raw)
@@ -287,12 +299,23 @@ class RedisTaskStore:
                 alive = await pipe.execute()
             gone = [task_id for task_id, exists in zip(ids, alive, strict=True) if not exists]
             if gone:
-                await self._redis.zrem(self._index_key, *gone)
+                await self._forget(gone)
                 forgotten += len(gone)
             if len(gone) < len(ids) // 10:  # mostly live tasks from here on: the rest waits for the next pass
                 break
             start += len(ids) - len(gone)
         return forgotten
+
+    async def _forget(self, task_ids: list[str]) -> None:
+        """Drop expired records' ids from the shared index and from their owners' indexes."""
+        owners: list[str | None] = await self._redis.hmget(self._owners_key, task_ids)  # type: ignore[assignment]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self._index_key, *task_ids)
+            for task_id, owner in zip(task_ids, owners, strict=True):
+                if owner is not None:
+                    pipe.zrem(self._owner_key(owner), task_id)
+            pipe.hdel(self._owners_key, *task_ids)
+            await pipe.execute()
 
     async def statuses(self, task_ids: Iterable[str]) -> Mapping[str, TaskStatus | None]:
         ids = list(task_ids)

@@ -144,7 +144,24 @@ async def test_the_redis_index_forgets_expired_tasks_as_fast_as_they_come(tmp_pa
         await asyncio.sleep(0.3)
         forgotten = await store._prune_index()
         remaining = await store._redis.zcard(store._index_key)  # type: ignore[misc]
+        owners_index = await store._redis.zcard(store._owner_key("me"))  # type: ignore[misc]
+        owners = await store._redis.hlen(store._owners_key)  # type: ignore[misc]
     assert (forgotten, remaining) == (1500, 1)
+    assert (owners_index, owners) == (1, 1)  # the owners' indexes are pruned alike
+
+
+async def test_a_callers_listing_finds_its_tasks_behind_any_number_of_others(redis_store: RedisTaskStore) -> None:
+    """Regression (audit): a Redis listing scanned the newest 1,000 entries of everyone's tasks, so a
+    caller's own task disappeared from its list behind 1,000 newer tasks of others."""
+    store = redis_store
+    assert await store.add(_record("mine", "normal", 1.0, owner="alice"), max_pending=5000)
+    for n in range(1100):
+        assert await store.add(_record(f"bob-{n}", "normal", 2.0 + n / 1000, owner="bob"), max_pending=5000)
+    for limit in (1, 100):
+        listed = await store.find(status=None, owner="alice", limit=limit)
+        assert [record.task_id for record in listed] == ["mine"]
+    assert len(await store.find(status=None, owner="bob", limit=5)) == 5
+    assert [r.task_id for r in await store.find(status=TaskStatus.PENDING, owner="alice", limit=10)] == ["mine"]
 
 
 async def test_the_submitters_trace_context_travels_with_the_task(store: TaskStore) -> None:
