@@ -167,8 +167,14 @@ class TaskService:
         while True:
             _stop_if_cancelled()
             self._wake.clear()
+            claim = asyncio.ensure_future(self.queue.pop(lease_s=self._lease_s, worker=name))
             try:
-                record = await self.queue.pop(lease_s=self._lease_s, worker=name)
+                # Shielded: a stop that lands between the store's claim and its answer (a Redis round
+                # trip) would leave the task running on nobody until its lease ran out, as a crash.
+                record = await asyncio.shield(claim)
+            except asyncio.CancelledError:
+                await self._give_back(claim)
+                raise
             except Exception as exc:  # the store is down: keep the worker, try again soon
                 log.warning("task worker %s cannot reach the task store: %s", name, exc)
                 await asyncio.sleep(1.0)
@@ -184,7 +190,16 @@ class TaskService:
                 continue
             await self._execute(record)
 
+    async def _give_back(self, claim: asyncio.Future[TaskRecord | None]) -> None:
+        """The gateway stops during `claim`: let it end, and put back in the queue what it took."""
+        with contextlib.suppress(Exception):
+            record = await claim
+            if record is not None:
+                await self.store.requeue(record.task_id)
+
     async def _execute(self, record: TaskRecord) -> None:
+        if record.status is TaskStatus.CANCELLED:  # cancelled between the claim and its read (Redis)
+            return
         if record.attempts - record.handovers > MAX_ATTEMPTS:
             error = DistinferError(f"given up after {MAX_ATTEMPTS} attempts that did not finish")
             await self._finish(record, TaskStatus.ERROR, error=problem_body(error, record.task_id))

@@ -238,6 +238,65 @@ async def test_stopping_the_workers_puts_running_tasks_back_in_the_queue() -> No
     assert again.attempts == 2
 
 
+class SlowAnsweringStore(MemoryTaskStore):
+    """Claims at once, answers the claim late: a Redis round trip, stretched."""
+
+    def __init__(self) -> None:
+        super().__init__(max_tasks=100, ttl_s=60)
+        self.claimed = asyncio.Event()
+
+    async def claim(self, *, now: float, lease_until: float, worker: str) -> TaskRecord | None:
+        record = await super().claim(now=now, lease_until=lease_until, worker=worker)
+        if record is not None:
+            self.claimed.set()
+            await asyncio.sleep(0.2)
+        return record
+
+
+async def test_a_stop_that_lands_during_a_claim_puts_the_task_back_at_once() -> None:
+    """Regression (audit): the claimed task was left `running` on nobody until its lease ran out,
+    and that start was counted as a crash's."""
+    store = SlowAnsweringStore()
+    service = TaskService(store, Runner(), TaskSettings(workers=1), poll_s=0.01)
+    task = await service.submit("inference", {"name": "quick"}, "normal", ME)
+    async with running(service):
+        await asyncio.wait_for(store.claimed.wait(), timeout=10)  # the stop comes mid-claim
+    record = await service.get(task.task_id, ME)
+    assert record.status is TaskStatus.PENDING
+    assert (record.attempts, record.handovers) == (1, 1)  # handed back, not a crash
+    async with running(service):
+        done = await _until(service, task.task_id, TaskStatus.COMPLETED, ME)
+    assert done.result == {"echo": "quick"}
+
+
+class CancelledAsClaimedStore(MemoryTaskStore):
+    """A cancel that lands between the claim and the read of the record (two Redis steps)."""
+
+    async def claim(self, *, now: float, lease_until: float, worker: str) -> TaskRecord | None:
+        record = await super().claim(now=now, lease_until=lease_until, worker=worker)
+        if record is None:
+            return None
+        await self.cancel(record.task_id, now=now)
+        return await self.get(record.task_id)
+
+
+async def test_a_task_cancelled_as_it_is_claimed_does_not_run() -> None:
+    """Regression (audit): the worker ran a task whose record, read after the claim, said cancelled."""
+    ran: list[str] = []
+
+    async def runner(kind: str, request: dict[str, Any], task_id: str) -> dict[str, Any]:
+        ran.append(task_id)
+        return {}
+
+    store = CancelledAsClaimedStore(max_tasks=100, ttl_s=60)
+    service = TaskService(store, runner, TaskSettings(workers=1), poll_s=0.01)
+    task = await service.submit("inference", {"name": "never"}, "normal", ME)
+    async with running(service):
+        await _until(service, task.task_id, TaskStatus.CANCELLED, ME)
+        await asyncio.sleep(0.05)
+    assert ran == []
+
+
 async def test_a_task_handed_back_by_one_stopping_gateway_after_another_still_runs() -> None:
     """Regression: every graceful handover counted towards MAX_ATTEMPTS, so a long task caught by a
     rolling update of three replicas was failed as if it had crashed three gateways."""
