@@ -15,8 +15,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway_plugin.api.routing import V2_TAG, ProblemRoute, problem_for, raw_route, scope_request_id, with_v2_error
-from gateway_plugin.api.served import mark_not_served, node_header, not_served
+from gateway_plugin.api.routing import V2_TAG, ProblemRoute, problem_error, raw_route, scope_request_id, with_v2_error
+from gateway_plugin.api.served import node_header, not_served
 from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.errors import DistinferError, UnknownModel, from_worker, problem
 from gateway_plugin.services import Services, ServicesDependency
@@ -90,9 +90,8 @@ class RelayEndpoint:
             response: Response = problem(with_v2_error(not_served(from_worker(exc))), request_id)
         except DistinferError as exc:
             response = problem(with_v2_error(not_served(exc)), request_id)
-        except Exception as exc:
-            response = problem_for(exc, request_id)
-            mark_not_served(response.headers)  # CONTRACT §4, as on every other error of an inference route
+        except Exception as exc:  # CONTRACT §4's headers and the v2 member, as on every other error here
+            response = problem(with_v2_error(not_served(problem_error(exc, request_id))), request_id)
         else:
             await send(start)
             await send({"type": "http.response.body", "body": answer.data})

@@ -269,7 +269,8 @@ class NotFoundRoute(ProblemRoute):
                 await gate()
             except DistinferError as exc:
                 error = exc
-        under_prefix = str(scope["path"]).partition(self.path_format.removesuffix(_CATCH_ALL))[2]
+        # `path` keeps the `{path:path}` it was made with (`path_format` drops the `:path`)
+        under_prefix = str(scope["path"]).partition(self.path.removesuffix(_CATCH_ALL))[2]
         if under_prefix == "/v2" or under_prefix.startswith("/v2/"):
             with_v2_error(error)  # an extension the gateway lacks (repository, statistics): tritonclient reads it
         await problem(error, request_id)(scope, receive, send)

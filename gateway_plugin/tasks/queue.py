@@ -70,8 +70,8 @@ class TaskQueue:
         """Admit a pending task, or raise QueueFull (429) with a Retry-After from the drain rate."""
         if not await self._store.add(record, max_pending=self.max_size):
             raise QueueFull(
-                f"the task queue is full (at most {self.max_size} tasks, and their requests' bytes, may wait); "
-                "retry later",
+                f"the task queue is full ({self.max_size} tasks may wait; on the memory store, "
+                "DISTINFER_TASK_MAX_PENDING_BYTES of their requests); retry later",
                 retry_after_s=self.retry_after_s(),
             )
 

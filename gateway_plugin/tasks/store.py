@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from gateway_plugin.errors import PayloadTooLarge
 from gateway_plugin.tasks.model import PRIORITY_RANK, TaskRecord, TaskStatus
 
 __all__ = ["MemoryTaskStore", "PendingSnapshot", "TaskStore"]
@@ -117,6 +118,11 @@ class MemoryTaskStore:
     async def add(self, record: TaskRecord, *, max_pending: int) -> bool:
         if len(self._pending) >= max_pending or not self._make_room(record.created_at):
             return False
+        if self._max_bytes is not None and record.size > self._max_bytes:  # it would never fit: not a 429
+            raise PayloadTooLarge(
+                f"this task's request ({record.size} bytes) is over the {self._max_bytes} bytes the task queue "
+                "holds (DISTINFER_TASK_MAX_PENDING_BYTES); send it synchronously, or in smaller tasks"
+            )
         if self._max_bytes is not None and self._held_bytes + record.size > self._max_bytes:
             return False  # Regression (audit): 1,000 batch tasks of 15 MB each would have taken ~150 GB
         self._records[record.task_id] = replace(record)

@@ -189,3 +189,4 @@ async def test_an_unexpected_error_in_the_relay_is_a_500_that_says_no_node_serve
     assert answer.status_code == 500
     assert "a bug" not in answer.text  # never the exception to the client
     assert (answer.headers["X-Inference-Node"], answer.headers["X-Inference-Mode"]) == ("none", "none")
+    assert answer.json()["error"] == "unexpected error; see the gateway log"  # the v2 member, as on every error

@@ -164,7 +164,8 @@ def _numbers(data: list[Any], datatype: str, name: str, *, finite: bool) -> np.n
     is_int = datatype.startswith(("INT", "UINT"))
     if raw.size and is_int and raw.dtype.kind in "fO":
         return _integers(data, datatype, name)
-    # JSON's true and false are no numbers: numpy would make them 1 and 0 (Triton refuses them too).
+    # Data of JSON true and false is no numbers: numpy would make it 1 and 0 (Triton refuses it too).
+    # A bool among numbers is cast as numpy casts it: telling it apart would take a pass over every value.
     allowed = "b" if datatype == "BOOL" else ("iu" if is_int else "iuf")
     if raw.size and raw.dtype.kind not in allowed:
         raise InvalidInput(f"tensor {name!r}: data of kind {raw.dtype.kind!r} is not {datatype}")

@@ -13,7 +13,7 @@ from opentelemetry.trace import get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import ValidationError
 
-from gateway_plugin.errors import BadRequest
+from gateway_plugin.errors import BadRequest, PayloadTooLarge
 from gateway_plugin.settings import ENVIRONMENT, Settings, TaskSettings
 from gateway_plugin.tasks import (
     MAX_ATTEMPTS,
@@ -74,6 +74,14 @@ async def test_the_memory_store_bounds_the_bytes_of_the_requests_it_holds() -> N
     assert await store.cancel("b", now=clock.now) is TaskStatus.CANCELLED  # freed once, not twice
     assert store.held_bytes == 100
     await queue.push(sized[2])
+    assert store.held_bytes == 300
+    too_big = _record("e", "normal", clock.now)
+    too_big.size = 1001  # over the whole budget: it could never wait, so no 429 (retry) but a 413
+    with pytest.raises(PayloadTooLarge):
+        await queue.push(too_big)
+    requeued = await queue.pop(lease_s=1.0, worker="w")
+    assert requeued is not None
+    assert await store.requeue(requeued.task_id)  # a stopping gateway's hand-back keeps its request
     assert store.held_bytes == 300
 
 
