@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from gateway_plugin.processes import ServerProcess, start_node
+from tests.integration.one_op_model import write_one_op_model
 from tests.integration.polling import eventually
 from worker.bundled import bundled_models
 
@@ -35,26 +36,16 @@ def _slow_repository(root: Path) -> Path:
 
 def _softmax_model(folder: Path) -> None:
     """A one-op ONNX graph, built here so that a pipeline has a real model that reads logits."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    folder.mkdir()
-    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])
-    probabilities = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])
-    graph = helper.make_graph(
-        [helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)], "softmax", [logits], [probabilities]
+    write_one_op_model(
+        folder,
+        name=SOFTMAX_MODEL,
+        op="Softmax",
+        tensors=("logits", "probabilities"),
+        datatype="FP32",
+        shape=[-1, 10],
+        max_batch_size=256,
+        axis=1,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(folder / "model.onnx"))
-    config = {
-        "name": SOFTMAX_MODEL,
-        "runtime": "onnx",
-        "inputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
-        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
-        "max_batch_size": 256,
-    }
-    (folder / "config.json").write_text(json.dumps(config))
 
 
 def slow_node_fixture(tmp_path_factory: pytest.TempPathFactory, latency_ms: int = 300) -> Iterator[ServerProcess]:

@@ -16,6 +16,7 @@ import pytest
 
 from gateway_plugin.processes import ServerProcess, start_node
 from tests.integration.conftest import mounted, settings_for
+from tests.integration.one_op_model import write_one_op_model
 
 PREFIX = "/api/v1/distributed"
 MODEL = "echo_text"
@@ -23,23 +24,7 @@ MODEL = "echo_text"
 
 def _echo_model(folder: Path) -> None:
     """A one-op ONNX graph over a string tensor (ONNX's tensor(string), v2's BYTES)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    folder.mkdir()
-    text = helper.make_tensor_value_info("text", TensorProto.STRING, ["n"])
-    echo = helper.make_tensor_value_info("echo", TensorProto.STRING, ["n"])
-    graph = helper.make_graph([helper.make_node("Identity", ["text"], ["echo"])], MODEL, [text], [echo])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(folder / "model.onnx"))
-    config = {
-        "name": MODEL,
-        "runtime": "onnx",
-        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [{"name": "echo", "datatype": "BYTES", "shape": [-1]}],
-    }
-    (folder / "config.json").write_text(json.dumps(config))
+    write_one_op_model(folder, name=MODEL, op="Identity", tensors=("text", "echo"), datatype="BYTES", shape=[-1])
 
 
 @pytest.fixture(scope="module")
