@@ -9,6 +9,7 @@
     │   └── UnknownNode               404
     ├── Conflict                      409 the node exists already, or belongs to another source
     ├── PayloadTooLarge               413 body or tensor over the limit
+    ├── UnsupportedMediaType          415 a request Content-Encoding the gateway cannot decode
     ├── Unprocessable                 422 schema violation
     ├── TooManyRequests               429 task queue full or gateway saturated (Retry-After)
     ├── NoCapacity                    503 no node can serve and no fallback
@@ -33,6 +34,7 @@ from worker.errors import (
     NodeBusy,
     NodeRejected,
     NodeTimeout,
+    UnsupportedEncoding,
     WorkerError,
 )
 from worker.errors import PayloadTooLarge as WorkerPayloadTooLarge
@@ -53,6 +55,7 @@ __all__ = [
     "UnknownModel",
     "UnknownNode",
     "Unprocessable",
+    "UnsupportedMediaType",
     "from_worker",
     "problem",
     "problem_body",
@@ -123,6 +126,10 @@ class PayloadTooLarge(DistinferError):
     status, code, title = 413, "payload_too_large", "Payload too large"
 
 
+class UnsupportedMediaType(DistinferError):
+    status, code, title = 415, "unsupported_media_type", "Unsupported content coding"
+
+
 class Unprocessable(DistinferError):
     status, code, title = 422, "invalid_request", "Request does not match the schema"
 
@@ -152,6 +159,8 @@ def from_worker(exc: WorkerError) -> DistinferError:
         return PayloadTooLarge(exc.message)
     if isinstance(exc, InvalidInput):
         return BadRequest(exc.message)
+    if isinstance(exc, UnsupportedEncoding):
+        return UnsupportedMediaType(exc.message, headers=dict(exc.headers))
     if isinstance(exc, NodeRejected):
         # The node judged the request itself; pass its verdict on with its status.
         if exc.status == 413:

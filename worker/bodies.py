@@ -1,22 +1,46 @@
-"""Reading a request body with a hard cap, so an oversized body is refused before it is held."""
+"""Reading a request body with a hard cap, so an oversized body is refused before it is held.
+
+A body sent with a `Content-Encoding` (gzip, deflate) comes back decoded, under the same cap
+(`worker.content_coding`).
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.requests import Request
 from starlette.types import Receive
 
+from worker.content_coding import decode_content
 from worker.errors import InvalidInput, PayloadTooLarge
 
 __all__ = ["read_body", "receive_body"]
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The whole body, or PayloadTooLarge as soon as it (declared or streamed) passes `max_bytes`."""
-    return await receive_body(request.receive, max_bytes, request.headers.get("content-length"))
+    """The whole body, decoded, or PayloadTooLarge as soon as it (declared, streamed or decoded) passes `max_bytes`."""
+    headers = request.headers
+    return await receive_body(
+        request.receive, max_bytes, headers.get("content-length"), headers.get("content-encoding")
+    )
 
 
-async def receive_body(receive: Receive, max_bytes: int, declared: str | None) -> bytes:
-    """`read_body` for plain ASGI: `declared` is the request's Content-Length value, if it sent one."""
+async def receive_body(receive: Receive, max_bytes: int, declared: str | None, encoding: str | None = None) -> bytes:
+    """`read_body` for plain ASGI: `declared` and `encoding` are the request's Content-Length and
+    Content-Encoding values, if it sent them."""
+    body = await _receive(receive, max_bytes, declared)
+    if encoding is None:
+        return body
+    if len(body) > _INFLATE_OFF_LOOP_BYTES:  # inflating megabytes takes the loop for tens of ms
+        return await asyncio.to_thread(decode_content, body, encoding, max_bytes)
+    return decode_content(body, encoding, max_bytes)
+
+
+# Compressed bodies above this are inflated in a thread; below it a thread hop costs more than it saves.
+_INFLATE_OFF_LOOP_BYTES = 64 * 1024
+
+
+async def _receive(receive: Receive, max_bytes: int, declared: str | None) -> bytes:
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):  # not '²': int() refuses it
             raise InvalidInput("Content-Length must be a non-negative integer")

@@ -4,6 +4,7 @@
     ├── InvalidInput                 400  malformed body, tensor, shape, datatype
     ├── ModelNotFound                404  no such model in the repository
     ├── PayloadTooLarge              413  body or tensor over the configured limit
+    ├── UnsupportedEncoding          415  a request Content-Encoding other than gzip, deflate, identity
     ├── ModelNotReady                503  known but not loaded
     ├── InferenceFailed              500  the runtime raised
     └── NodeCallError                raised by NodeClient, the gateway's side of a call
@@ -19,8 +20,11 @@ Each carries an HTTP `status` and a stable `code`; servers turn them into v2 err
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from types import MappingProxyType
+from typing import ClassVar
 
 __all__ = [
     "InferenceFailed",
@@ -34,6 +38,7 @@ __all__ = [
     "NodeTimeout",
     "NodeUnreachable",
     "PayloadTooLarge",
+    "UnsupportedEncoding",
     "WorkerError",
     "retry_after_s",
 ]
@@ -42,6 +47,7 @@ __all__ = [
 class WorkerError(Exception):
     status: int = 500
     code: str = "internal"
+    headers: ClassVar[Mapping[str, str]] = MappingProxyType({})  # sent with the error answer (415's Accept-Encoding)
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -61,6 +67,14 @@ class ModelNotFound(WorkerError):
 class PayloadTooLarge(WorkerError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedEncoding(WorkerError):
+    """RFC 9110 §12.5.3: a request content coding the server cannot decode is a 415 naming those it can."""
+
+    status = 415
+    code = "unsupported_encoding"
+    headers: ClassVar[Mapping[str, str]] = MappingProxyType({"Accept-Encoding": "gzip, deflate"})
 
 
 class ModelNotReady(WorkerError):

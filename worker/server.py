@@ -100,7 +100,7 @@ _DECODE_OFF_LOOP_BYTES = 256 * 1024
 
 
 def _error(exc: WorkerError) -> JSONResponse:
-    return JSONResponse({"error": exc.message}, status_code=exc.status)
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=dict(exc.headers) or None)
 
 
 def _metadata(engine: InferenceEngine, name: str) -> ModelMetadata:

@@ -43,7 +43,8 @@ _ENCODING_PARAMETERS = frozenset({"binary_data_output"})
 _LENGTH = HEADER_LENGTH.lower()
 _LENGTH_BYTES = _LENGTH.encode("latin-1")
 _READ = tuple(
-    (name.encode(), name) for name in ("authorization", "x-request-id", "content-type", "content-length", _LENGTH)
+    (name.encode(), name)
+    for name in ("authorization", "x-request-id", "content-type", "content-length", "content-encoding", _LENGTH)
 )
 
 # What the router's dependencies do for other routes (the flag, a token with `infer`), for an
@@ -72,7 +73,9 @@ class RelayEndpoint:
             await self._guard(headers.get("authorization"))
             svc = await self._services()
             limit = self._limit if self._limit is not None else svc.settings.limits.max_body_bytes
-            body = await receive_body(receive, limit, headers.get("content-length"))
+            # Decoded here if the client compressed it (tritonclient's request_compression_algorithm):
+            # the check reads it, and the node gets it plain.
+            body = await receive_body(receive, limit, headers.get("content-length"), headers.get("content-encoding"))
             # 429 beyond DISTINFER_MAX_INFLIGHT, like every synchronous route: counted once the body
             # is in, so that slow uploads cannot hold every place.
             limiter = svc.admission

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -241,3 +243,59 @@ def test_every_v2_error_of_the_gateway_reaches_tritonclient_with_its_message(
                 client.get_server_metadata()
     finally:
         secured.stop()
+
+
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_tritonclient_compressed_requests_reach_node_and_gateway(
+    gateway: ServerProcess,
+    two_nodes: list[ServerProcess],
+    digits_images: np.ndarray,
+    onnx_digits: Callable[[np.ndarray], np.ndarray],
+    compression: str,
+) -> None:
+    """Regression: a body tritonclient compressed (request_compression_algorithm, which Triton
+    decodes) was read as it came and refused with a misleading framing 400 by node and gateway."""
+    tensor = httpclient.InferInput("image", list(digits_images.shape), "FP32")
+    tensor.set_data_from_numpy(digits_images, binary_data=True)
+    for base_url in (two_nodes[0].url, gateway.url + PREFIX):
+        with _client(base_url) as client:
+            result = client.infer(
+                "digits",
+                [tensor],
+                request_compression_algorithm=compression,
+                response_compression_algorithm=compression,
+            )
+        np.testing.assert_allclose(result.as_numpy("logits"), onnx_digits(digits_images), atol=1e-5)
+
+
+def test_a_content_coding_nobody_decodes_is_415_with_the_codings_that_are(
+    gateway: ServerProcess, two_nodes: list[ServerProcess]
+) -> None:
+    headers = {"Content-Encoding": "br", "Content-Type": "application/json"}
+    node = httpx.post(f"{two_nodes[0].url}/v2/models/digits/infer", content=b"{}", headers=headers)
+    relayed = httpx.post(f"{gateway.url}{PREFIX}/v2/models/digits/infer", content=b"{}", headers=headers)
+    routed = httpx.post(f"{gateway.url}{PREFIX}/inference", content=b"{}", headers=headers)
+    for answer in (node, relayed, routed):
+        assert answer.status_code == 415, answer.text
+        assert answer.headers["accept-encoding"] == "gzip, deflate"
+        assert "not supported" in answer.json()["error" if answer is not routed else "detail"]
+    assert relayed.headers["content-type"] == routed.headers["content-type"] == "application/problem+json"
+    assert relayed.json()["code"] == "unsupported_media_type"
+    assert routed.headers["x-inference-node"] == "none"
+
+
+def test_gzip_bodies_are_capped_by_what_they_inflate_to(gateway: ServerProcess, digits_images: np.ndarray) -> None:
+    """A few KB of gzip that inflate past the body limit are refused (413), at /inference too,
+    where a decoded gzip body is served like a plain one."""
+    bomb = gzip.compress(b" " * (80 * 1024 * 1024))  # over the gateway's 16 MiB default body limit
+    for url in (f"{gateway.url}{PREFIX}/v2/models/digits/infer", f"{gateway.url}{PREFIX}/inference"):
+        refused = httpx.post(url, content=bomb, headers={"Content-Encoding": "gzip"}, timeout=30)
+        assert refused.status_code == 413, refused.text
+    body = json.dumps({"model": "digits", "inputs": digits_images[:2].tolist()}).encode()
+    served = httpx.post(
+        f"{gateway.url}{PREFIX}/inference",
+        content=gzip.compress(body),
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+    assert served.status_code == 200, served.text
+    assert len(served.json()["outputs"][0]["data"]) == 20
