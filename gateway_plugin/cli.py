@@ -71,6 +71,7 @@ def _run_node(args: argparse.Namespace) -> int:
         node_token=node_token,
         max_new_tokens=args.max_new_tokens,
         max_concurrency=args.max_concurrency,
+        model_control=args.model_control_mode,
     )
     from worker.telemetry import NodeTelemetry
 
@@ -179,6 +180,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     node.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
     node.add_argument("--models", default=None, help="comma list: serve only these models")
+    node.add_argument(
+        "--model-control-mode",
+        choices=["none", "explicit"],
+        default="none",
+        help="explicit: POST /v2/repository/models/{m}/load and /unload (re)load and drop models while serving "
+        "(with --models, the others start unloaded); none: the models loaded at start, as Triton's modes",
+    )
     node.add_argument(
         "--batching",
         choices=["auto", "on", "off"],

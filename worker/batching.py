@@ -74,6 +74,8 @@ class DynamicBatcher:
         self._arrived = asyncio.Event()
         self._slots = asyncio.Semaphore(policy.max_concurrent_batches)
         self._batches: set[asyncio.Task[None]] = set()
+        self._holding = False  # a batch taken from the queue, still waiting for company
+        self._settled = asyncio.Event()  # set as a batch ends or the queue runs dry: `idle` may have become true
         self.batch_sizes: deque[int] = deque(maxlen=1024)  # recent batch sizes, for metrics and tests
 
     async def submit(self, feeds: Arrays) -> Outputs:
@@ -94,6 +96,17 @@ class DynamicBatcher:
         """Requests waiting for a batch now."""
         return len(self._queue)
 
+    @property
+    def idle(self) -> bool:
+        """No request queued, being collected into a batch, or running: stopping now ends nobody's call."""
+        return not self._queue and not self._batches and not self._holding
+
+    async def wait_idle(self) -> None:
+        """Return once `idle`: every call submitted so far has its answer."""
+        while not self.idle:
+            self._settled.clear()
+            await self._settled.wait()
+
     async def run(self) -> None:
         try:
             while True:
@@ -101,15 +114,21 @@ class DynamicBatcher:
                 batch = await self._collect()
                 task = asyncio.create_task(self._execute(batch))
                 self._batches.add(task)
-                task.add_done_callback(self._batches.discard)
+                self._holding = False
+                task.add_done_callback(self._batch_done)
         finally:
             for task in list(self._batches):
                 task.cancel()
             _end_waiting(self._queue)
 
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        self._settled.set()
+
     async def _next_live(self) -> _Pending:
         while True:
             while not self._queue:
+                self._settled.set()
                 self._arrived.clear()
                 await self._arrived.wait()
             first = self._queue.popleft()
@@ -119,6 +138,7 @@ class DynamicBatcher:
     async def _collect(self) -> list[_Pending]:
         """The oldest live request and every compatible one that fits, waiting at most the delay."""
         first = await self._next_live()
+        self._holding = True
         batch, rows = [first], first.rows
         deadline = first.arrived + self._policy.max_queue_delay_s
         preferred = set(self._policy.preferred_batch_sizes)
@@ -225,4 +245,5 @@ def _end_waiting(pending: Iterable[_Pending]) -> None:
     """The batcher stops: every caller still waiting gets a 503 it may retry on another node."""
     for waiting in pending:
         if not waiting.future.done():
-            waiting.future.set_exception(ModelNotReady("the model's batcher stopped: the node is shutting down"))
+            stopped = "the model's batcher stopped: the model was unloaded or the node is shutting down"
+            waiting.future.set_exception(ModelNotReady(stopped))

@@ -99,6 +99,18 @@ class InferenceEngine:
         self.batchers = dict(batchers or {})
         self._observers = dict(observers or {})  # runtime calls of unbatched models (metrics)
 
+    def attach(self, name: str, batcher: DynamicBatcher | None, observer: RunObserver) -> None:
+        """Route `name`'s calls through `batcher` (None: one runtime call per request) from now on."""
+        self._observers[name] = observer
+        if batcher is None:
+            self.batchers.pop(name, None)
+        else:
+            self.batchers[name] = batcher
+
+    def detach(self, name: str) -> DynamicBatcher | None:
+        """`name`'s batcher, no longer given new calls; None if it had none."""
+        return self.batchers.pop(name, None)
+
     async def infer(
         self, model_name: str, inputs: Sequence[Tensor], outputs: Sequence[str] | None = None
     ) -> tuple[ModelConfig, list[Tensor]]:

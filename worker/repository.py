@@ -1,4 +1,5 @@
-"""The model repository: folders of `config.json` + weights, loaded once at start-up.
+"""The model repository: folders of `config.json` + weights, loaded at start-up (and, with
+`--model-control-mode explicit`, loaded and unloaded on request: worker.model_control).
 
 A folder with only `model.onnx` is described from its graph. A model that cannot load (torch
 missing, corrupt file, over the node's memory cap) is listed as UNAVAILABLE with the reason
@@ -85,10 +86,14 @@ class ModelRepository:
         unavailable: dict[str, str] | None = None,
         *,
         memory_cap_bytes: int | None = None,
+        root: Path | None = None,
+        threads: int = 0,
     ) -> None:
         self._models = models
         self.unavailable: dict[str, str] = dict(unavailable or {})
         self.memory_cap_bytes = memory_cap_bytes
+        self.root = root  # where `open` finds model folders (None: models given, not read from disk)
+        self._threads = threads
 
     @property
     def memory_used_bytes(self) -> int:
@@ -105,21 +110,54 @@ class ModelRepository:
     ) -> ModelRepository:
         if not root.is_dir():
             raise RepositoryError(f"model repository {root} is not a folder")
-        models: dict[str, LoadedModel] = {}
-        unavailable: dict[str, str] = {}
-        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if only is not None and folder.name not in only:
+        repository = cls({}, memory_cap_bytes=memory_cap_bytes, root=root, threads=threads)
+        for name in repository.folder_names():
+            if only is not None and name not in only:
                 continue
             try:
-                config = read_config(folder)
-                size = model_bytes(folder)
-                used = sum(model.memory_bytes for model in models.values())
-                _check_cap(config.name, size, used, memory_cap_bytes, len(models))
-                models[config.name] = LoadedModel(config, open_runtime(config, folder, threads=threads), size)
+                repository.put(repository.open(name))
             except Exception as exc:  # one bad model must not take the node down
-                log.warning("model %s not loaded: %s", folder.name, exc)
-                unavailable[folder.name] = f"{type(exc).__name__}: {exc}"
-        return cls(models, unavailable, memory_cap_bytes=memory_cap_bytes)
+                log.warning("model %s not loaded: %s", name, exc)
+                repository.unavailable[name] = f"{type(exc).__name__}: {exc}"
+        return repository
+
+    def folder_names(self) -> list[str]:
+        """The model folders of the repository on disk, whether loaded or not."""
+        if self.root is None:
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def open(self, name: str) -> LoadedModel:
+        """The model of folder `name`, loaded and not yet served (blocking: run it off the event loop).
+
+        A model served under that name already is left out of the memory count: it is being replaced.
+        """
+        if self.root is None or name not in self.folder_names():  # a folder of this repository, never a path
+            raise ModelNotFound(f"the model repository has no model {name!r}")
+        folder = self.root / name
+        config = read_config(folder)  # its name is the model's, usually the folder's
+        size = model_bytes(folder)
+        others = [model for model in self._models.values() if model.config.name != config.name]
+        _check_cap(config.name, size, sum(model.memory_bytes for model in others), self.memory_cap_bytes, len(others))
+        return LoadedModel(config, open_runtime(config, folder, threads=self._threads), size)
+
+    def put(self, model: LoadedModel) -> LoadedModel | None:
+        """Serve `model` from now on; returns the copy it replaces, if any."""
+        self.unavailable.pop(model.config.name, None)
+        previous = self._models.get(model.config.name)
+        self._models[model.config.name] = model
+        return previous
+
+    def drop(self, name: str, reason: str) -> LoadedModel:
+        """Stop serving `name` (ModelNotFound if it is not served): listed UNAVAILABLE with `reason`.
+
+        Its runtime is not closed here: calls that hold it finish, and it is freed with the last of them.
+        """
+        model = self._models.pop(name, None)
+        if model is None:
+            raise ModelNotFound(f"model {name!r} is not loaded")
+        self.unavailable[name] = reason
+        return model
 
     def get(self, name: str) -> LoadedModel:
         model = self._models.get(name)

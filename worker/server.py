@@ -5,6 +5,8 @@ Endpoints (KServe v2 + Triton's model repository index extension)::
     GET  /v2                                  server metadata (extensions: binary_tensor_data, ...)
     GET  /v2/health/live | /v2/health/ready   200 when true, empty body
     POST /v2/repository/index                 models and their state
+    POST /v2/repository/models/{m}/load       (re)load a model folder (--model-control-mode explicit)
+    POST /v2/repository/models/{m}/unload     stop serving it (--model-control-mode explicit)
     GET  /v2/models/{m}[/versions/{v}]        model metadata
     GET  /v2/models/{m}[/versions/{v}]/ready  200 when ready
     POST /v2/models/{m}[/versions/{v}]/infer  JSON or binary tensors, both ways
@@ -19,6 +21,7 @@ Errors are v2 error JSON, `{"error": "..."}`, with a 4xx status for anything the
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import AsyncIterator, Mapping
@@ -36,10 +39,11 @@ from starlette.types import Receive, Scope, Send
 from worker.batching import DynamicBatcher
 from worker.bodies import read_body
 from worker.concurrency import SLOT_RELEASE, ConcurrencyLimiter, InferenceSlots
-from worker.engine import InferenceEngine, batch_policy
-from worker.errors import ModelNotFound, WorkerError
+from worker.engine import InferenceEngine
+from worker.errors import InvalidInput, ModelNotFound, WorkerError
 from worker.fast_lane import FastLane
 from worker.faults import FaultInjector, FaultSpec, FaultState
+from worker.model_control import ModelControl
 from worker.nodeauth import NodeTokenMiddleware
 from worker.protocol import (
     HEADER_LENGTH,
@@ -53,7 +57,7 @@ from worker.protocol.models import MetadataTensor, ModelMetadata, RepositoryEntr
 from worker.registration import ConsulRegistration, consul_registration
 from worker.repository import ModelRepository
 from worker.sharding.forward import FORWARD_PARAMETER, Forwarder
-from worker.streaming import GenerationService, generate_router, generators_for
+from worker.streaming import GenerationService, generate_router
 from worker.telemetry import NodeTelemetry
 
 __all__ = ["EXTENSIONS", "NodeConfig", "create_node_app"]
@@ -85,6 +89,7 @@ class NodeConfig:
     memory_cap_bytes: int | None = None  # models over it are refused (worker.repository); sharding: issue 10
     forward_peers: frozenset[str] | None = None  # node-to-node hops of sharded models (worker.sharding.forward)
     max_concurrency: int = 0  # inference requests served at once, the rest wait in order (worker.concurrency); 0: any
+    model_control: str = "none"  # explicit: load and unload models while serving (worker.model_control)
 
 
 class _State:
@@ -92,7 +97,11 @@ class _State:
 
     engine: InferenceEngine | None = None
     generation: GenerationService | None = None
+    control: ModelControl | None = None
 
+
+# Load and unload bodies carry a few parameters; a config or file override, which is refused, could be large.
+_CONTROL_BODY_BYTES = 1024 * 1024
 
 # Bodies above this are decoded in a thread: a 10 MB nested JSON body took 1.3 s of the event loop,
 # long enough for the gateway's 1 s health probes to fail. Below it a thread hop costs more than it saves.
@@ -131,16 +140,23 @@ def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = Non
         )
         with ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="infer") as executor:
             batchers: dict[str, DynamicBatcher] = {}
-            telemetry.serve((m.config.name for m in repository), lambda: {n: b.depth for n, b in batchers.items()})
-            observers = {m.config.name: telemetry.model(m.config.name) for m in repository}
-            for model in repository:
-                policy = batch_policy(model.config, config.batching, max_concurrent=config.workers)
-                if policy is not None:
-                    name = model.config.name
-                    batchers[name] = DynamicBatcher(model.runtime.run, executor, policy, observers[name])
-            state.engine = InferenceEngine(repository, executor, batchers, observers)
-            state.generation = GenerationService(generators_for(repository, executor), max_tokens=config.max_new_tokens)
-            tasks = [asyncio.create_task(b.run(), name=f"batcher-{name}") for name, b in batchers.items()]
+            # Every folder gets its own metric label, so that a model loaded later is not `unknown`.
+            names = {m.config.name for m in repository} | set(repository.folder_names())
+            telemetry.serve(names, lambda: {n: b.depth for n, b in batchers.items()})
+            state.engine = InferenceEngine(repository, executor, batchers)
+            state.generation = GenerationService({}, max_tokens=config.max_new_tokens)
+            control = ModelControl(
+                repository,
+                state.engine,
+                state.generation,
+                executor,
+                telemetry,
+                batching=config.batching,
+                workers=config.workers,
+                explicit=config.model_control == "explicit",
+            )
+            control.start()
+            state.control = control
             log.info(
                 "node %s serving %s (batching %s)",
                 config.node_id,
@@ -154,9 +170,8 @@ def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = Non
             finally:
                 state.engine = None
                 state.generation = None
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                state.control = None
+                await control.close()
                 repository.close()
                 await forwarder.close()
 
@@ -224,6 +239,11 @@ def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = Non
             raise WorkerError("node is not started")
         return state.engine
 
+    def model_control() -> ModelControl:
+        if state.control is None:
+            raise WorkerError("node is not started")
+        return state.control
+
     def generation() -> GenerationService:
         if state.generation is None:
             raise WorkerError("node is not started")
@@ -249,7 +269,26 @@ def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = Non
         repo = engine().repository
         rows = [RepositoryEntry(name=m.config.name, version=m.config.version, state="READY") for m in repo]
         rows += [RepositoryEntry(name=n, state="UNAVAILABLE", reason=why) for n, why in repo.unavailable.items()]
-        return [row.model_dump(exclude_none=True) for row in rows]
+        control = model_control()
+        if control.explicit:  # what `load` can bring in, as Triton lists a repository's models
+            rows += [RepositoryEntry(name=n, state="UNAVAILABLE", reason="not loaded") for n in control.not_loaded()]
+        return [row.model_dump(exclude_none=True) for row in sorted(rows, key=lambda row: row.name)]
+
+    @app.post("/v2/repository/models/{model}/load")
+    async def load_model(model: str, request: Request) -> Response:
+        """Load the repository's model folder `model`, or reload it from disk (`--model-control-mode explicit`)."""
+        parameters = await _control_parameters(request)
+        if overrides := sorted(k for k in parameters if k == "config" or k.startswith("file:")):
+            raise InvalidInput(f"load parameter {overrides[0]!r} is not supported: change the model's folder instead")
+        await model_control().load(model)
+        return Response(status_code=200)
+
+    @app.post("/v2/repository/models/{model}/unload")
+    async def unload_model(model: str, request: Request) -> Response:
+        """Stop serving `model`; calls already running finish (`--model-control-mode explicit`)."""
+        await _control_parameters(request)  # unload_dependents: no model here depends on another
+        await model_control().unload(model)
+        return Response(status_code=200)
 
     @app.get("/v2/models/{model}")
     @app.get("/v2/models/{model}/versions/{version}")
@@ -283,6 +322,21 @@ def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = Non
     if config.node_token:  # added last, so outermost: nothing (fault control, a slot) before the token check
         app.add_middleware(NodeTokenMiddleware, token=config.node_token)
     return app
+
+
+async def _control_parameters(request: Request) -> dict[str, object]:
+    """The `parameters` of a load or unload body (tritonclient sends none, `{}` or a few)."""
+    body = await read_body(request, _CONTROL_BODY_BYTES)
+    if not body.strip():
+        return {}
+    try:
+        message = json.loads(body)
+    except ValueError as exc:
+        raise InvalidInput(f"the body is not JSON: {exc}") from None
+    parameters = message.get("parameters", {}) if isinstance(message, dict) else None
+    if not isinstance(parameters, dict):
+        raise InvalidInput("the body must be a JSON object whose `parameters` is an object")
+    return parameters
 
 
 def _check_version(meta: ModelMetadata, version: str | None) -> None:

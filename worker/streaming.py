@@ -71,6 +71,11 @@ class GenerationService:
         self.max_prompt = max_prompt
         self.stats: dict[str, StreamStats] = {name: StreamStats() for name in self.generators}
 
+    def add(self, name: str, generator: TextGenerator) -> None:
+        """Serve `generator` for `name` from now on (a model loaded or reloaded while the node serves)."""
+        self.generators[name] = generator
+        self.stats.setdefault(name, StreamStats())
+
     def get(self, model: str, known: Callable[[str], bool]) -> TextGenerator:
         generator = self.generators.get(model)
         if generator is None:

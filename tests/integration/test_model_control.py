@@ -1,0 +1,163 @@
+"""Loading and unloading models on a running node (`--model-control-mode explicit`), with tritonclient,
+the reference v2 client, and a gateway that follows what its node serves."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from gateway_plugin.processes import ServerProcess, start_gateway, start_node
+from tests.integration.polling import until
+
+httpclient = pytest.importorskip("tritonclient.http")
+InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
+
+PREFIX = "/api/v1/distributed"
+
+
+@pytest.fixture
+def model_folder(tmp_path: Path, repository: Path) -> Path:
+    """A repository of its own (the test rewrites it): digits, digits_b and digits_c."""
+    for name in ("digits", "digits_b", "digits_c"):
+        shutil.copytree(repository / name, tmp_path / name)
+    return tmp_path
+
+
+@contextlib.contextmanager
+def _node(folder: Path, *extra: str) -> Iterator[ServerProcess]:
+    node = start_node(folder, "node-mc", extra_args=list(extra))
+    try:
+        node.wait_ready()
+        yield node
+    finally:
+        node.stop()
+
+
+@contextlib.contextmanager
+def _client(node: ServerProcess) -> Iterator[Any]:
+    client = httpclient.InferenceServerClient(url=node.url.removeprefix("http://"), connection_timeout=10)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _logits(client: Any, model: str, images: np.ndarray) -> np.ndarray:
+    tensor = httpclient.InferInput("image", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    return np.asarray(client.infer(model, [tensor]).as_numpy("logits"))
+
+
+def _reference(weights: Path) -> Callable[[np.ndarray], np.ndarray]:
+    session = ort.InferenceSession(str(weights), providers=["CPUExecutionProvider"])
+    return lambda images: np.asarray(session.run(["logits"], {"image": images})[0])
+
+
+def _index(client: Any) -> dict[str, tuple[str, str]]:
+    return {row["name"]: (row.get("state", ""), row.get("reason", "")) for row in client.get_model_repository_index()}
+
+
+def test_load_reload_and_unload_while_serving(model_folder: Path, digits_images: np.ndarray) -> None:
+    b_weights = model_folder / "digits_b" / "model.onnx"
+    served_b = _reference(b_weights)(digits_images)
+    with _node(model_folder, "--model-control-mode", "explicit", "--models", "digits") as node, _client(node) as client:
+        assert _index(client) == {
+            "digits": ("READY", ""),
+            "digits_b": ("UNAVAILABLE", "not loaded"),
+            "digits_c": ("UNAVAILABLE", "not loaded"),
+        }
+        assert not client.is_model_ready("digits_b")
+
+        client.load_model("digits_b")
+        assert client.is_model_ready("digits_b")
+        np.testing.assert_allclose(_logits(client, "digits_b", digits_images), served_b, atol=1e-5)
+
+        # A reload reads the folder again: new weights are served, under the same name.
+        shutil.copy(model_folder / "digits_c" / "model.onnx", b_weights)
+        client.load_model("digits_b")
+        reloaded = _logits(client, "digits_b", digits_images)
+        np.testing.assert_allclose(reloaded, _reference(b_weights)(digits_images), atol=1e-5)
+        assert not np.allclose(reloaded, served_b, atol=1e-3)
+
+        # A failed reload leaves the copy that serves in place, and says why.
+        b_weights.write_bytes(b"not an onnx model")
+        with pytest.raises(InferenceServerException, match="failed to load model 'digits_b'"):
+            client.load_model("digits_b")
+        np.testing.assert_allclose(_logits(client, "digits_b", digits_images), reloaded, atol=1e-5)
+
+        client.unload_model("digits_b")
+        assert _index(client)["digits_b"] == ("UNAVAILABLE", "unloaded")
+        assert not client.is_model_ready("digits_b")
+        with pytest.raises(InferenceServerException, match="unloaded"):
+            _logits(client, "digits_b", digits_images)
+        client.unload_model("digits_b")  # unloading what is not loaded changes nothing, as Triton
+
+        # A model that fails its first load is listed with the reason.
+        with pytest.raises(InferenceServerException, match="failed to load model 'digits_b'"):
+            client.load_model("digits_b")
+        state, reason = _index(client)["digits_b"]
+        assert state == "UNAVAILABLE"
+        assert "InvalidProtobuf" in reason or "INVALID_PROTOBUF" in reason or "Load model" in reason, reason
+        assert client.is_model_ready("digits")  # the others served throughout
+
+
+def test_load_refuses_what_it_cannot_do(model_folder: Path) -> None:
+    with _node(model_folder, "--model-control-mode", "explicit", "--models", "digits") as node:
+        for name, status in (("nope", 404), ("..", 404), (".hidden", 404)):
+            answer = httpx.post(f"{node.url}/v2/repository/models/{name}/load")
+            assert answer.status_code == status, (name, answer.text)
+            assert "error" in answer.json()
+        override = httpx.post(
+            f"{node.url}/v2/repository/models/digits_b/load", json={"parameters": {"config": '{"max_batch_size": 1}'}}
+        )
+        assert override.status_code == 400
+        assert "'config' is not supported" in override.json()["error"]
+        for body in (b"[1]", b"{", b'{"parameters": 3}'):
+            bad = httpx.post(f"{node.url}/v2/repository/models/digits_b/load", content=body)
+            assert bad.status_code == 400, body
+        assert httpx.post(f"{node.url}/v2/models/digits_b/ready").status_code == 405  # nothing loaded by those
+
+
+def test_model_control_is_off_by_default(model_folder: Path) -> None:
+    with _node(model_folder) as node, _client(node) as client:
+        for call in (client.load_model, client.unload_model):
+            with pytest.raises(InferenceServerException, match="--model-control-mode explicit"):
+                call("digits")
+        assert client.is_model_ready("digits")
+        assert {row["name"] for row in client.get_model_repository_index()} == {"digits", "digits_b", "digits_c"}
+
+
+async def test_the_gateway_follows_a_node_that_loads_and_unloads(model_folder: Path, digits_images: np.ndarray) -> None:
+    body = {"model": "digits_b", "inputs": digits_images[:1].tolist()}
+    with _node(model_folder, "--model-control-mode", "explicit", "--models", "digits") as node:
+        gateway = start_gateway(
+            {"DISTINFER_NODES": node.url, "DISTINFER_AUTH_DISABLED": "true", "DISTINFER_PROBE_INTERVAL_S": "0.2"}
+        )
+        try:
+            gateway.wait_ready()
+            async with httpx.AsyncClient(base_url=gateway.url + PREFIX) as client:
+
+                async def status() -> int:
+                    return (await client.post("/inference", json=body)).status_code
+
+                assert await status() == 404
+                (await client.post(f"{node.url}/v2/repository/models/digits_b/load")).raise_for_status()
+                await until(lambda: _is(status(), 200))
+                answer = await client.post("/inference", json=body)
+                assert answer.headers["x-inference-node"] == "node-mc"
+                (await client.post(f"{node.url}/v2/repository/models/digits_b/unload")).raise_for_status()
+                await until(lambda: _is(status(), 404))
+        finally:
+            gateway.stop()
+
+
+async def _is(status: Awaitable[int], expected: int) -> bool:
+    return await status == expected
