@@ -38,7 +38,9 @@ class LoadStats(BaseModel):
     in_flight: int
     throughput_rps: float = Field(description="finished requests per second over the last 10 s")
     requests_total: int
-    errors_total: int
+    errors_total: int = Field(
+        description="calls that failed; cancelled ones (a parallel call's losers, a caller that left) are not"
+    )
     error_rate: float | None
 
 

@@ -171,7 +171,9 @@ class GatewayTelemetry:
                 "outcome": outcome,
                 "latency_ms": round(seconds * 1000, 3),
             },
-            ok=outcome == "ok",
+            # Cut short by us or the caller, a cancelled call failed nobody: not an error (the recent
+            # list still shows it as cancelled).
+            ok=outcome in ("ok", "cancelled"),
             # A cancelled call (a parallel request's losers, a caller that left) was cut short: its time
             # is nobody's latency, as the node windows leave out cancelled attempts.
             seconds=None if outcome == "cancelled" else seconds,
