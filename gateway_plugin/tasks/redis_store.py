@@ -134,6 +134,7 @@ class RedisTaskStore:
         self._depth_key = prefix + "depth"
         self._owners_key = prefix + "owners"
         self._next_prune = 0.0
+        self._owners_backfilled = False
         self._add = client.register_script(_ADD)
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
@@ -275,6 +276,9 @@ class RedisTaskStore:
         expired: list[str] = await self._redis.zrangebyscore(  # type: ignore[assignment]
             self._running_key, "-inf", now, start=0, num=100
         )
+        if not self._owners_backfilled:  # once per gateway, on its first pass
+            self._owners_backfilled = True
+            await self._backfill_owners()
         if now >= self._next_prune:
             self._next_prune = now + _PRUNE_EVERY_S
             await self._prune_index()
@@ -305,6 +309,32 @@ class RedisTaskStore:
                 break
             start += len(ids) - len(gone)
         return forgotten
+
+    async def _backfill_owners(self, *, batch: int = 500) -> int:
+        """Put in their owners' indexes the tasks that a gateway older than those indexes submitted
+        (they were listed for admins but not for their owners); how many it put there."""
+        added, cursor = 0, 0
+        while True:
+            cursor, scanned = await self._redis.zscan(self._index_key, cursor, count=batch)
+            entries: list[tuple[str, float]] = [(str(task_id), float(created)) for task_id, created in scanned]
+            if entries:
+                ids = [task_id for task_id, _ in entries]
+                known: list[str | None] = await self._redis.hmget(self._owners_key, ids)  # type: ignore[assignment]
+                missing = [(i, created) for (i, created), owner in zip(entries, known, strict=True) if owner is None]
+                if missing:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for task_id, _ in missing:
+                            pipe.hget(self._key(task_id), "owner")
+                        owners = await pipe.execute()
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for (task_id, created), owner in zip(missing, owners, strict=True):
+                            if owner is not None:  # None: expired meanwhile, pruned as usual
+                                pipe.zadd(self._owner_key(owner), {task_id: created})
+                                pipe.hset(self._owners_key, task_id, owner)
+                                added += 1
+                        await pipe.execute()
+            if not cursor:
+                return added
 
     async def _forget(self, task_ids: list[str]) -> None:
         """Drop expired records' ids from the shared index and from their owners' indexes."""

@@ -164,6 +164,28 @@ async def test_a_callers_listing_finds_its_tasks_behind_any_number_of_others(red
     assert [r.task_id for r in await store.find(status=TaskStatus.PENDING, owner="alice", limit=10)] == ["mine"]
 
 
+async def test_tasks_submitted_before_the_owner_index_reach_their_owners_listing(tmp_path: Path) -> None:
+    """Regression: tasks that a gateway older than the per-owner indexes had submitted showed by id
+    and in admins' listings, never in their owner's own listing."""
+    async with _on_redis(tmp_path) as store:
+        for n in range(1200):  # over one scan batch
+            assert await store.add(_record(f"old-{n}", "normal", 1.0 + n, owner=f"o{n % 3}"), max_pending=5000)
+        assert await store.add(_record("new", "normal", 5000.0, owner="o0"), max_pending=5000)
+        # What the older gateway left: the records and the shared index, no owner indexes.
+        older = [f"old-{n}" for n in range(1200)]
+        await store._redis.hdel(store._owners_key, *older)  # type: ignore[misc]
+        for owner in ("o0", "o1", "o2"):
+            await store._redis.zrem(store._owner_key(owner), *older)  # type: ignore[misc]
+        assert [r.task_id for r in await store.find(status=None, owner="o1", limit=5)] == []
+
+        await store.reclaim_expired(now=10.0)  # a gateway's first pass fills them in
+        listed = await store.find(status=None, owner="o1", limit=500)
+        assert len(listed) == 400
+        assert [r.task_id for r in listed[:2]] == ["old-1198", "old-1195"]  # newest first, by created_at
+        assert [r.task_id for r in await store.find(status=None, owner="o0", limit=2)] == ["new", "old-1197"]
+        assert await store._redis.hlen(store._owners_key) == 1201  # type: ignore[misc]
+
+
 async def test_the_submitters_trace_context_travels_with_the_task(store: TaskStore) -> None:
     record = _record("traced", "normal", 100.0)
     record.trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
