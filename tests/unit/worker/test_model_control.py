@@ -108,8 +108,9 @@ async def test_a_reload_serves_new_calls_on_the_new_copy_and_old_ones_on_the_old
 
 
 async def test_unknown_folders_and_model_control_off(served: Served, folder: Path) -> None:
-    with pytest.raises(ModelNotFound):
-        await served.control.load("nope")
+    for outside in ("nope", "..", ".", "digits/../digits_b", str(folder / "digits")):  # folders of the repository only
+        with pytest.raises(ModelNotFound):
+            await served.control.load(outside)
     with pytest.raises(ModelNotFound):
         await served.control.unload("nope")
     await served.control.unload("digits_b")  # a folder that is not loaded: nothing to do
