@@ -8,6 +8,7 @@
     │   ├── UnknownModel              404 no node and no local copy has the model
     │   └── UnknownNode               404
     ├── Conflict                      409 the node exists already, or belongs to another source
+    │   └── NoConsensus               409 enough models answered a vote, too few of them agreed
     ├── PayloadTooLarge               413 body or tensor over the limit
     ├── UnsupportedMediaType          415 a request Content-Encoding the gateway cannot decode
     ├── Unprocessable                 422 schema violation
@@ -47,6 +48,7 @@ __all__ = [
     "DistinferError",
     "Forbidden",
     "NoCapacity",
+    "NoConsensus",
     "NotFound",
     "PayloadTooLarge",
     "ProblemResponse",
@@ -120,6 +122,10 @@ class MethodNotAllowed(DistinferError):
 
 class Conflict(DistinferError):
     status, code, title = 409, "conflict", "Conflict with the current state"
+
+
+class NoConsensus(Conflict):
+    code, title = "no_consensus", "The models did not agree"
 
 
 class PayloadTooLarge(DistinferError):

@@ -29,6 +29,7 @@ from gateway_plugin.errors import (
     DeadlineExceeded,
     DistinferError,
     NoCapacity,
+    NoConsensus,
     Unprocessable,
     from_worker,
     problem_body,
@@ -198,6 +199,10 @@ async def run_parallel(svc: Services, body: ParallelRequest, request_id: str) ->
             detail += " agreeing" if body.aggregation == "majority_vote" else ""
         # Out of time, whether the fan-out's own deadline ended it or each call's ran out first.
         late = fanned.timed_out or (answered == 0 and errors and all(e.status == 504 for e in errors))
+        if not late and body.min_responses is not None and answered >= body.min_responses:
+            # Enough answers for the quorum, but they disagree: asking again gets the same votes,
+            # so not the 503 that clients retry.
+            raise NoConsensus(detail, **facts)
         raise (DeadlineExceeded if late else NoCapacity)(detail, **facts)
     result = aggregate(
         body.aggregation, fanned.answers, order=body.models, weights=body.weights, output=body.output, labels=labels
@@ -222,7 +227,7 @@ def parallel_router(services: ServicesDependency, route_class: type[ProblemRoute
     @router.post(
         "/inference/parallel",
         summary="Run one input through several models at once and aggregate the answers",
-        responses={400: {}, 422: {}, 429: {}, 503: {}, 504: {}},
+        responses={400: {}, 409: {}, 422: {}, 429: {}, 503: {}, 504: {}},
     )
     async def parallel(
         body: ParallelRequest, request: Request, svc: Annotated[Services, Depends(services)]

@@ -177,6 +177,15 @@ async def test_majority_vote_ensemble_and_weighted_average_on_real_variants(
     assert vote["output"][0]["data"] == [winner]
     assert vote["output"][1]["data"] == [2]
 
+    # Regression (audit): every model answered but too few agreed, and that was a 503 "no node can
+    # serve", which clients retry for the same votes.
+    body = {"models": list(VARIANTS), "inputs": image, "aggregation": "majority_vote", "min_responses": 3}
+    split = await client.post(f"{API}/inference/parallel", json=body)
+    assert split.status_code == 409, split.text
+    assert split.json()["code"] == "no_consensus"
+    assert split.json()["answered"] == 3
+    assert split.headers["X-Inference-Node"] == "none"
+
     weights = {"digits_a": 1.0, "digits_b": 1.0, "digits_c": 6.0}
     body = {"models": list(VARIANTS), "inputs": image, "aggregation": "ensemble", "weights": weights}
     ensemble = (await client.post(f"{API}/inference/parallel", json=body)).json()
