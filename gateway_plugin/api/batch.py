@@ -14,7 +14,7 @@ A client that disconnects cancels the items still in flight.
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -129,9 +129,14 @@ async def run_batch(svc: Services, body: BatchRequest, batch_id: str, session: s
     return {"results": answers, "succeeded": succeeded, "failed": len(answers) - succeeded}
 
 
+# An event of the stream, with the response of the item it reports when that item succeeded.
+_Event = tuple[ServerSentEvent, Mapping[str, Any] | None]
+
+
 async def _events(
     svc: Services, items: list[InferenceCall | DistinferError], ids: list[str], options: dict[str, Any], batch_id: str
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncGenerator[_Event, None]:
+    """Each item's event as it finishes, then the summary; with the item's response when it succeeded."""
     started = time.perf_counter()
     succeeded = failed = 0
     limiter = svc.admission
@@ -143,17 +148,28 @@ async def _events(
                 succeeded += 1
             else:
                 failed += 1
-            yield ServerSentEvent(dumps(_item(index, result, ids[index])).decode(), event="item", id=str(index))
+            item = _item(index, result, ids[index])
+            yield ServerSentEvent(dumps(item).decode(), event="item", id=str(index)), item.get("response")
         summary = {
             "succeeded": succeeded,
             "failed": failed,
             "total": len(items),
             "latency_ms": round((time.perf_counter() - started) * 1000, 3),
         }
-        yield ServerSentEvent(json.dumps(summary), event="summary")
+        yield ServerSentEvent(json.dumps(summary), event="summary"), None
     finally:
         if limiter is not None:
             limiter.leave()
+
+
+async def _first(events: AsyncIterator[_Event]) -> _Event:
+    return await anext(events)
+
+
+async def _sse(first: ServerSentEvent, rest: AsyncIterator[_Event]) -> AsyncIterator[ServerSentEvent]:
+    yield first
+    async for event, _ in rest:
+        yield event
 
 
 def batch_router(services: ServicesDependency, route_class: type[ProblemRoute] = ProblemRoute) -> APIRouter:
@@ -177,11 +193,19 @@ def batch_router(services: ServicesDependency, route_class: type[ProblemRoute] =
                 items, ids = _prepare(svc, body, batch_id, session)
                 if svc.admission is not None:
                     svc.admission.check()  # a 429 must come before the 200 of an event stream
+            events = _events(svc, items, ids, _options(svc, body, items), batch_id)
+            # CONTRACT §4's routing headers leave with the stream's start: they wait for the first
+            # item to finish and say who served it (`none` if it failed); each event names its own.
+            try:
+                first, response = await unless_disconnected(request.receive, _first(events))
+            except BaseException:
+                await events.aclose()
+                raise
             return EventSourceResponse(
-                _events(svc, items, ids, _options(svc, body, items), batch_id),
+                _sse(first, events),
                 ping=PING_S,
                 send_timeout=SEND_TIMEOUT_S,
-                headers={"X-Request-ID": batch_id},
+                headers=served_headers(batch_id, [response]),
             )
         with serving(), admitted(svc.admission):
             answer = await unless_disconnected(request.receive, run_batch(svc, body, batch_id, session))

@@ -133,12 +133,18 @@ async def test_batch_stream_sends_one_event_per_item_then_a_summary(
     response = await client.post(f"{API}/inference/batch?stream=true", json={"requests": requests})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
+    # Regression (audit): the stream had no X-Inference-Node/Mode (CONTRACT §4); they name who served
+    # the first item to finish.
+    assert response.headers["X-Inference-Mode"] in ("distributed", "none")
+    assert response.headers["X-Inference-Node"] != ""
     events = []
     for block in response.text.replace("\r\n", "\n").split("\n\n"):
         fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
         if "event" in fields:
             events.append((fields["event"], json.loads(fields["data"])))
     assert [name for name, _ in events] == ["item"] * 6 + ["summary"]
+    first = events[0][1]
+    assert response.headers["X-Inference-Node"] == (first["response"]["node_id"] if first["status"] == "ok" else "none")
     assert sorted(data["index"] for _, data in events[:-1]) == list(range(6))
     assert events[-1][1] | {"latency_ms": 0} == {"succeeded": 5, "failed": 1, "total": 6, "latency_ms": 0}
 
