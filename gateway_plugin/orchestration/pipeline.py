@@ -25,6 +25,7 @@ from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.errors import DistinferError, Unprocessable
 from gateway_plugin.orchestration.batch import call_safely
 from gateway_plugin.orchestration.coalesce import Infer
+from worker.config import TensorSpec
 from worker.protocol import Tensor
 
 __all__ = ["PipelineRunner", "Stage", "StageResult", "UpstreamFailed", "validate"]
@@ -124,11 +125,32 @@ def _check_inputs(stage: Stage, stages: Mapping[str, Stage], info_of: Callable[[
             problems.append(f"stage {stage.id!r}: input_map[{name!r}] refers to unknown stage {source!r}")
         else:
             upstream = info_of(stages[source].call.model)
-            if upstream is not None and output not in {spec.name for spec in upstream.outputs}:
+            kept = stages[source].call.outputs
+            produced = None if upstream is None else next((s for s in upstream.outputs if s.name == output), None)
+            if upstream is not None and produced is None:
                 problems.append(
                     f"stage {stage.id!r}: stage {source!r} (model {upstream.name!r}) has no output {output!r}"
                 )
+            elif kept and output not in kept:
+                problems.append(
+                    f"stage {stage.id!r}: input_map[{name!r}] reads {output!r}, which stage {source!r} leaves out"
+                    f" of its outputs {list(kept)}"
+                )
+            elif produced is not None and info is not None:
+                wanted = next((spec for spec in info.inputs if spec.name == name), None)
+                if wanted is not None and (mismatch := _mismatch(produced, wanted)):
+                    problems.append(f"stage {stage.id!r}: input {name!r} from {reference!r}: {mismatch}")
     return problems
+
+
+def _mismatch(produced: TensorSpec, wanted: TensorSpec) -> str | None:
+    """Why an upstream output cannot be a downstream input as it is, by the models' metadata (-1: any size)."""
+    if produced.datatype != wanted.datatype:
+        return f"datatype {produced.datatype}, model expects {wanted.datatype}"
+    dims = zip(produced.shape, wanted.shape, strict=False)
+    if len(produced.shape) != len(wanted.shape) or any(a != b and -1 not in (a, b) for a, b in dims):
+        return f"shape {list(produced.shape)}, model expects {list(wanted.shape)}"
+    return None
 
 
 def validate(stages: Sequence[Stage], info_of: Callable[[str], ModelInfo | None]) -> None:

@@ -313,6 +313,12 @@ async def test_invalid_pipelines_are_refused_before_anything_runs(
     assert after == served  # no stage ever reached a node
 
 
+OUT_OF_VOCABULARY = [
+    {"name": "token", "shape": [1, 1], "datatype": "INT64", "data": [1000]},
+    {"name": "state", "shape": [1, 192], "datatype": "FP32", "data": [0.0] * 192},
+]
+
+
 async def test_pipeline_runs_independent_stages_at_once_and_failures_stop_at_hard_dependants(
     gateway: tuple[httpx.AsyncClient, DistributedInference], slow_node: ServerProcess, images: np.ndarray
 ) -> None:
@@ -323,7 +329,8 @@ async def test_pipeline_runs_independent_stages_at_once_and_failures_stop_at_har
         {"id": "left", "model": SLOW_MODEL, "inputs": one},
         {"id": "right", "model": SLOW_MODEL, "inputs": two},
         {"id": "probs", "model": SOFTMAX_MODEL, "input_map": {"logits": "left.logits"}, "depends_on": ["right"]},
-        {"id": "broken", "model": "digits", "input_map": {"image": "left.logits"}},  # wrong shape: the node says 400
+        # A token beyond charlm's vocabulary: only the node can tell (400); a wrong shape is refused before
+        {"id": "broken", "model": "charlm", "inputs": OUT_OF_VOCABULARY, "depends_on": ["left"]},
         {"id": "after_broken", "model": "digits", "inputs": one, "depends_on": ["broken"]},
         {"id": "soft", "model": "digits", "inputs": one, "depends_on": ["broken"], "dependency": "soft"},
     ]
@@ -359,3 +366,10 @@ async def test_pipeline_runs_independent_stages_at_once_and_failures_stop_at_har
     ran = [stage["response"]["node_id"] for stage in result.values() if "response" in stage]
     assert set(response.headers["X-Inference-Node"].split(", ")) == set(ran)
     assert response.headers["X-Inference-Mode"] == "distributed"
+
+    # Regression (audit): logits mapped onto an image input ran the first stage, then failed the
+    # second at its node; the models' metadata tell before anything runs (CONTRACT §4: 422).
+    wrong = [stages[0], {"id": "b", "model": "digits", "input_map": {"image": "left.logits"}}]
+    refused = await client.post(f"{API}/inference/pipeline", json={"stages": wrong})
+    assert refused.status_code == 422
+    assert "shape [-1, 10], model expects [-1, 1, 8, 8]" in refused.json()["detail"]

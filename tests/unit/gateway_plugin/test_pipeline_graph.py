@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -111,6 +112,32 @@ class FakeCluster:
             raise NoCapacity("try again")
         total = sum(t.data for t in call.inputs)
         return Outcome(call.model, "1", [Tensor.of("y", total * 2)], "n", "distributed", 1, 50.0)
+
+
+def test_outputs_that_cannot_feed_the_input_they_are_mapped_to_are_422_before_anything_runs() -> None:
+    """Regression (audit): a datatype or shape the next model refuses, or an output the upstream stage
+    filtered out, ran the first stage and failed the second at its node (a 200 `partial`)."""
+    models = {
+        **MODELS,
+        "ints": ModelInfo("ints", "1", "fake", (TensorSpec(name="x", datatype="INT64", shape=(-1, 2)),), (), 8),
+        "wide": ModelInfo("wide", "1", "fake", (TensorSpec(name="x", datatype="FP32", shape=(-1, 3)),), (), 8),
+        "flat": ModelInfo("flat", "1", "fake", (TensorSpec(name="x", datatype="FP32", shape=(-1,)),), (), 8),
+        "any": ModelInfo("any", "1", "fake", (TensorSpec(name="x", datatype="FP32", shape=(-1, -1)),), (), 8),
+    }
+    for model, says in (("ints", "datatype FP32, model expects INT64"), ("wide", "shape [-1, 2]"), ("flat", "shape")):
+        stages = [_stage("a"), _stage("b", model, given=False, input_map={"x": "a.y"})]
+        with pytest.raises(Unprocessable) as caught:
+            validate(stages, models.get)
+        assert says in caught.value.extra["errors"][0]["msg"], model
+    validate([_stage("a"), _stage("b", "any", given=False, input_map={"x": "a.y"})], models.get)  # -1 fits any size
+
+    two = {**models, "two": _info("two", outputs=("y", "w"))}
+    filtered = _stage("a", "two")
+    filtered = Stage("a", replace(filtered.call, outputs=["y"]), (), {})
+    with pytest.raises(Unprocessable) as caught:
+        validate([filtered, _stage("b", given=False, input_map={"x": "a.w"})], two.get)
+    assert "leaves out of its outputs ['y']" in caught.value.extra["errors"][0]["msg"]
+    validate([filtered, _stage("b", given=False, input_map={"x": "a.y"})], two.get)
 
 
 def test_a_chain_far_deeper_than_the_recursion_limit_is_checked() -> None:
