@@ -141,7 +141,13 @@ class HealthProber:
             return True  # let the full description say what is wrong
         if index is None:
             return False
-        return {entry.name for entry in index if entry.state in (None, "READY")} != set(node.advertised)
+        # Names and versions: a model reloaded under a new version must not keep its old metadata
+        # (and 404 for the new version) until the next full refresh.
+        ready = {(entry.name, entry.version) for entry in index if entry.state in (None, "READY")}
+        known = {(name, info.version) for name, info in node.advertised.items()}
+        return {name for name, _ in ready} != set(node.advertised) or any(
+            version is not None and (name, version) not in known for name, version in ready
+        )
 
     async def probe(self, node: Node, *, refresh: bool = False) -> None:
         # `health` is what probes saw last; `status` may be an admin's hold, which probes never lift.

@@ -31,7 +31,7 @@ from balancer.strategies import PickContext, Strategy
 from balancer.trust import TrustLedger, TrustPolicy
 from discovery.node import Node, NodeStatus
 from discovery.registry import NodeEvent, NodeRegistry, NodeRemoved
-from worker.errors import NodeBusy, NodeCallError, NodeUnreachable
+from worker.errors import NodeBusy, NodeCallError, NodeLacksModel, NodeUnreachable
 
 __all__ = ["Lease", "NodePool", "PoolConfig", "UnknownStrategy"]
 
@@ -420,6 +420,10 @@ class NodePool:
             state.window.observe(latency_s)
         elif not error.retryable:  # a 4xx: the node judged the request, so the node itself is fine
             state.breaker.record_success(trial=trial)
+        elif isinstance(error, NodeLacksModel):
+            # Unloaded since the prober last looked (it notices within an interval): the node is fine.
+            if trial:
+                state.breaker.release_trial()
         elif isinstance(error, NodeBusy):
             # Busy (429, 408), not broken: left alone for its Retry-After (round robin and weighted
             # read no latency: they kept sending it every nth request) and a slower estimate after;

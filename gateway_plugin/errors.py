@@ -33,6 +33,7 @@ from worker.errors import (
     ModelNotFound,
     ModelNotReady,
     NodeBusy,
+    NodeLacksModel,
     NodeRejected,
     NodeTimeout,
     UnsupportedEncoding,
@@ -176,7 +177,7 @@ def from_worker(exc: WorkerError) -> DistinferError:
         if exc.status == 422:
             return Unprocessable(exc.message)
         return BadRequest(exc.message)
-    if isinstance(exc, ModelNotFound):
+    if isinstance(exc, ModelNotFound | NodeLacksModel):
         return UnknownModel(exc.message)
     if isinstance(exc, ModelNotReady):
         return NoCapacity(exc.message)

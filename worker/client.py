@@ -23,6 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from worker.errors import (
     NodeBusy,
     NodeCallError,
+    NodeLacksModel,
     NodeRejected,
     NodeServerError,
     NodeTimeout,
@@ -241,7 +242,12 @@ class NodeClient:
         if message.header_length is not None:
             send[HEADER_LENGTH] = str(message.header_length)
         url = f"{base_url}/v2/models/{model}/infer"
-        return await self._call("POST", url, timeout_s=timeout_s, data=message.data, headers=send)
+        try:
+            return await self._call("POST", url, timeout_s=timeout_s, data=message.data, headers=send)
+        except NodeRejected as exc:
+            if exc.status == 404:  # the gateway sends a model only where it saw it: unloaded since
+                raise NodeLacksModel(exc.message, node_url=url) from exc
+            raise
 
     def decode(self, answer: RawMessage) -> DecodedResponse:
         """A forwarded answer's tensors (for the rare reader, such as result validation)."""

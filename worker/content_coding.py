@@ -38,10 +38,17 @@ def decode_content(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     return body
 
 
+# A gzip body may be several members one after the other (RFC 1952 §2.2); clients send one. Each
+# member's rest of the body is copied (`unused_data`), so many tiny members cost quadratic time.
+_MAX_MEMBERS = 16
+
+
 def _inflate(data: bytes, wbits: int, coding: str, max_bytes: int) -> bytes:
     parts: list[bytes] = []
     size = 0
-    while True:  # a gzip body may be several members one after the other (RFC 1952 §2.2)
+    while True:
+        if len(parts) == _MAX_MEMBERS:
+            raise InvalidInput(f"the {coding} body has more than {_MAX_MEMBERS} members")
         inflater = zlib.decompressobj(wbits)
         try:
             part = inflater.decompress(data, max_bytes - size + 1)

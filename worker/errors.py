@@ -11,6 +11,7 @@
         ├── NodeUnreachable          connect/reset/refused: retry elsewhere
         ├── NodeTimeout              no answer in time: retry elsewhere
         ├── NodeServerError          5xx from the node: retry elsewhere
+        ├── NodeLacksModel           404 to an infer call: the node no longer has the model, retry elsewhere
         └── NodeRejected             4xx from the node: the request is at fault, never retried
 
 Each carries an HTTP `status` and a stable `code`; servers turn them into v2 error JSON
@@ -33,6 +34,7 @@ __all__ = [
     "ModelNotReady",
     "NodeBusy",
     "NodeCallError",
+    "NodeLacksModel",
     "NodeRejected",
     "NodeServerError",
     "NodeTimeout",
@@ -147,6 +149,14 @@ def retry_after_s(value: str | None, *, now: float | None = None) -> float | Non
     if when.tzinfo is None:  # RFC 9110 dates are GMT; a zone-less one is read as such
         when = when.replace(tzinfo=UTC)
     return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+
+
+class NodeLacksModel(NodeCallError):
+    """A node answered an infer call 404: it does not have the model (unloaded since the gateway last
+    looked). Another node may; the node itself is fine."""
+
+    status = 404
+    code = "node_lacks_model"
 
 
 class NodeRejected(NodeCallError):

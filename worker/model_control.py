@@ -21,7 +21,7 @@ from concurrent.futures import Executor
 from worker.batching import DynamicBatcher
 from worker.engine import InferenceEngine, batch_policy
 from worker.errors import InvalidInput, ModelNotFound
-from worker.repository import LoadedModel, ModelRepository
+from worker.repository import UNLOADED, LoadedModel, ModelRepository
 from worker.streaming import GenerationService, generators_for
 from worker.telemetry import NodeTelemetry
 
@@ -84,6 +84,9 @@ class ModelControl:
                 if name not in self._repository:  # a failed reload leaves the old copy serving
                     self._repository.unavailable[name] = reason
                 raise InvalidInput(f"failed to load model {name!r}: {reason}") from None
+            if model.config.name != name:  # as Triton: unload, the index and metrics go by the folder's name
+                model.runtime.close()
+                raise InvalidInput(f"folder {name!r} holds model {model.config.name!r}: a model loads by its own name")
             retiring = self._retire_batcher(model.config.name)
             self._generation.generators.pop(model.config.name, None)  # a reload may no longer generate
             self._repository.put(model)
@@ -100,7 +103,7 @@ class ModelControl:
                 if name in self._repository.unavailable or name in self._repository.folder_names():
                     return
                 raise ModelNotFound(f"unknown model {name!r}")
-            self._repository.drop(name, "unloaded")
+            self._repository.drop(name, UNLOADED)
             self._generation.generators.pop(name, None)
             retiring = self._retire_batcher(name)
             log.info("model %s unloaded", name)

@@ -21,9 +21,20 @@ from worker.errors import ModelNotFound, ModelNotReady
 from worker.runtimes import Runtime, open_runtime
 from worker.runtimes.onnx import describe_onnx
 
-__all__ = ["LoadedModel", "ModelRepository", "OverMemoryCap", "RepositoryError", "model_bytes", "read_config"]
+__all__ = [
+    "UNLOADED",
+    "LoadedModel",
+    "ModelRepository",
+    "OverMemoryCap",
+    "RepositoryError",
+    "model_bytes",
+    "read_config",
+]
 
 log = logging.getLogger(__name__)
+
+
+UNLOADED = "unloaded"  # the index's reason for a model unloaded on request (worker.model_control)
 
 
 class RepositoryError(Exception):
@@ -163,6 +174,8 @@ class ModelRepository:
         model = self._models.get(name)
         if model is not None:
             return model
+        if self.unavailable.get(name) == UNLOADED:  # deliberately: as a model it never had (a gateway tries another)
+            raise ModelNotFound(f"model {name!r} is not loaded: it was unloaded")
         if name in self.unavailable:
             raise ModelNotReady(f"model {name!r} is not available: {self.unavailable[name]}")
         raise ModelNotFound(f"unknown model {name!r}")

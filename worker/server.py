@@ -36,7 +36,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from worker.batching import DynamicBatcher
 from worker.bodies import read_body
 from worker.concurrency import SLOT_RELEASE, ConcurrencyLimiter, InferenceSlots
 from worker.engine import InferenceEngine
@@ -139,15 +138,14 @@ def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = Non
             memory_cap_bytes=config.memory_cap_bytes,
         )
         with ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="infer") as executor:
-            batchers: dict[str, DynamicBatcher] = {}
+            engine = state.engine = InferenceEngine(repository, executor)
             # Every folder gets its own metric label, so that a model loaded later is not `unknown`.
             names = {m.config.name for m in repository} | set(repository.folder_names())
-            telemetry.serve(names, lambda: {n: b.depth for n, b in batchers.items()})
-            state.engine = InferenceEngine(repository, executor, batchers)
+            telemetry.serve(names, lambda: {n: b.depth for n, b in engine.batchers.items()})
             state.generation = GenerationService({}, max_tokens=config.max_new_tokens)
             control = ModelControl(
                 repository,
-                state.engine,
+                engine,
                 state.generation,
                 executor,
                 telemetry,
@@ -161,7 +159,7 @@ def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = Non
                 "node %s serving %s (batching %s)",
                 config.node_id,
                 sorted(m.config.name for m in repository),
-                sorted(batchers),
+                sorted(engine.batchers),
             )
             try:
                 served = {m.config.name: m.config.runtime for m in repository}

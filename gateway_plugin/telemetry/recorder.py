@@ -25,7 +25,15 @@ from gateway_plugin.errors import DistinferError
 from gateway_plugin.telemetry.metrics import GatewayMetrics
 from gateway_plugin.telemetry.stats import StatsWindow
 from gateway_plugin.telemetry.tracing import GatewayTracing
-from worker.errors import NodeBusy, NodeCallError, NodeRejected, NodeServerError, NodeTimeout, NodeUnreachable
+from worker.errors import (
+    NodeBusy,
+    NodeCallError,
+    NodeLacksModel,
+    NodeRejected,
+    NodeServerError,
+    NodeTimeout,
+    NodeUnreachable,
+)
 from worker.tracing import retro_span
 
 __all__ = ["RECORD", "GatewayTelemetry", "RequestRecord", "after_response", "defer_bookkeeping", "error_outcome"]
@@ -111,7 +119,7 @@ def _attempt_outcome(exc: NodeCallError) -> str:
         return "timeout"
     if isinstance(exc, NodeUnreachable):
         return "unreachable"
-    if isinstance(exc, NodeRejected):
+    if isinstance(exc, NodeRejected | NodeLacksModel):  # the node judged the call: it is healthy
         return "rejected"
     return "server_error" if isinstance(exc, NodeServerError) else "error"
 

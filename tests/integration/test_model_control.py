@@ -68,7 +68,8 @@ def _index(client: Any) -> dict[str, tuple[str, str]]:
 def test_load_reload_and_unload_while_serving(model_folder: Path, digits_images: np.ndarray) -> None:
     b_weights = model_folder / "digits_b" / "model.onnx"
     served_b = _reference(b_weights)(digits_images)
-    with _node(model_folder, "--model-control-mode", "explicit", "--models", "digits") as node, _client(node) as client:
+    explicit = ("--model-control-mode", "explicit", "--models", "digits", "--batching", "on")
+    with _node(model_folder, *explicit) as node, _client(node) as client:
         assert _index(client) == {
             "digits": ("READY", ""),
             "digits_b": ("UNAVAILABLE", "not loaded"),
@@ -79,6 +80,10 @@ def test_load_reload_and_unload_while_serving(model_folder: Path, digits_images:
         client.load_model("digits_b")
         assert client.is_model_ready("digits_b")
         np.testing.assert_allclose(_logits(client, "digits_b", digits_images), served_b, atol=1e-5)
+        # Regression (review): the batch queue gauge read a dict nothing filled any more.
+        metrics = httpx.get(f"{node.url}/metrics").text
+        for model in ("digits", "digits_b"):
+            assert f'distinfer_node_queue_depth{{model="{model}"}} 0.0' in metrics, model
 
         # A reload reads the folder again: new weights are served, under the same name.
         shutil.copy(model_folder / "digits_c" / "model.onnx", b_weights)
@@ -96,7 +101,7 @@ def test_load_reload_and_unload_while_serving(model_folder: Path, digits_images:
         client.unload_model("digits_b")
         assert _index(client)["digits_b"] == ("UNAVAILABLE", "unloaded")
         assert not client.is_model_ready("digits_b")
-        with pytest.raises(InferenceServerException, match="unloaded"):
+        with pytest.raises(InferenceServerException, match=r"\[404\].*unloaded"):
             _logits(client, "digits_b", digits_images)
         client.unload_model("digits_b")  # unloading what is not loaded changes nothing, as Triton
 
@@ -135,11 +140,17 @@ def test_model_control_is_off_by_default(model_folder: Path) -> None:
         assert {row["name"] for row in client.get_model_repository_index()} == {"digits", "digits_b", "digits_c"}
 
 
-async def test_the_gateway_follows_a_node_that_loads_and_unloads(model_folder: Path, digits_images: np.ndarray) -> None:
+async def test_the_gateway_follows_nodes_that_load_and_unload(model_folder: Path, digits_images: np.ndarray) -> None:
     body = {"model": "digits_b", "inputs": digits_images[:1].tolist()}
-    with _node(model_folder, "--model-control-mode", "explicit", "--models", "digits") as node:
+    explicit = ("--model-control-mode", "explicit", "--models", "digits")
+    with _node(model_folder, *explicit) as node, _node(model_folder, *explicit, "--node-id", "node-2") as other:
         gateway = start_gateway(
-            {"DISTINFER_NODES": node.url, "DISTINFER_AUTH_DISABLED": "true", "DISTINFER_PROBE_INTERVAL_S": "0.2"}
+            {
+                "DISTINFER_NODES": f"{node.url},{other.url}",
+                "DISTINFER_AUTH_DISABLED": "true",
+                "DISTINFER_PROBE_INTERVAL_S": "0.2",
+                "DISTINFER_EJECT_CONSECUTIVE_FAILURES": "1",  # one failure held against a node shows
+            }
         )
         try:
             gateway.wait_ready()
@@ -149,15 +160,29 @@ async def test_the_gateway_follows_a_node_that_loads_and_unloads(model_folder: P
                     return (await client.post("/inference", json=body)).status_code
 
                 assert await status() == 404
-                (await client.post(f"{node.url}/v2/repository/models/digits_b/load")).raise_for_status()
+                for each in (node, other):
+                    (await client.post(f"{each.url}/v2/repository/models/digits_b/load")).raise_for_status()
                 await until(lambda: _is(status(), 200))
-                answer = await client.post("/inference", json=body)
-                assert answer.headers["x-inference-node"] == "node-mc"
+                # Regression (review): a node that unloaded a model answered its calls 503, which the
+                # gateway held against the whole node (breaker open, ejected for every model it serves).
                 (await client.post(f"{node.url}/v2/repository/models/digits_b/unload")).raise_for_status()
+                answers = [await client.post("/inference", json=body) for _ in range(12)]
+                assert [a.status_code for a in answers] == [200] * 12
+                assert {a.headers["x-inference-node"] for a in answers} <= {"node-mc", "node-2"}
+                nodes = {n["node_id"]: n for n in (await client.get("/nodes")).json()}
+                assert nodes["node-mc"]["status"] == "online", nodes["node-mc"]
+                await until(lambda: _is(_served_by(client, body), "node-2"))  # the prober saw the unload
+                (await client.post(f"{other.url}/v2/repository/models/digits_b/unload")).raise_for_status()
                 await until(lambda: _is(status(), 404))
         finally:
             gateway.stop()
 
 
-async def _is(status: Awaitable[int], expected: int) -> bool:
-    return await status == expected
+async def _served_by(client: httpx.AsyncClient, body: dict[str, Any]) -> str:
+    answers = [await client.post("/inference", json=body) for _ in range(4)]
+    nodes = {a.headers["x-inference-node"] for a in answers}
+    return nodes.pop() if len(nodes) == 1 else ",".join(sorted(nodes))
+
+
+async def _is(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected

@@ -73,6 +73,7 @@ def make_nodes(count: int, *, weights: Sequence[float] | None = None) -> list[No
 class V2Node:
     def __init__(self) -> None:
         self.models = {"digits"}
+        self.version = "1"  # every model's
         self.ready = True
         self.index_calls = 0
         self.health_calls = 0
@@ -94,7 +95,7 @@ class V2Node:
 
     async def index(self, _: web.Request) -> web.Response:
         self.index_calls += 1
-        return web.json_response([{"name": m, "version": "1", "state": "READY"} for m in sorted(self.models)])
+        return web.json_response([{"name": m, "version": self.version, "state": "READY"} for m in sorted(self.models)])
 
     async def metadata(self, request: web.Request) -> web.Response:
         name = request.match_info["m"]
@@ -102,7 +103,13 @@ class V2Node:
             return web.json_response({"error": f"unknown model {name}"}, status=404)
         tensor = [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
         return web.json_response(
-            {"name": name, "versions": ["1"], "platform": "onnxruntime_onnx", "inputs": tensor, "outputs": tensor}
+            {
+                "name": name,
+                "versions": [self.version],
+                "platform": "onnxruntime_onnx",
+                "inputs": tensor,
+                "outputs": tensor,
+            }
         )
 
 

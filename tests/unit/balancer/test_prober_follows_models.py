@@ -41,6 +41,13 @@ async def test_a_model_loaded_or_dropped_is_routed_after_one_probe_round(served:
         calls = node.index_calls
         await prober.probe_all()
         assert node.index_calls == calls + 1  # one small call a round when nothing changed
+        # Regression (review): a model reloaded under a new version kept its old metadata (and the new
+        # version was a 404) until the full refresh, ten rounds later by default.
+        node.version = "2"
+        await prober.probe_all()
+        current = registry.get(url)
+        assert current is not None
+        assert current.models["digits_a"].version == "2"
 
 
 async def test_probes_do_not_lift_a_hold_and_a_node_that_misses_them_goes_offline(served: tuple[V2Node, str]) -> None:

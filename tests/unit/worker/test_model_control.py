@@ -15,7 +15,7 @@ import pytest
 from tests.integration.polling import until
 from worker.bundled import bundled_models
 from worker.engine import InferenceEngine
-from worker.errors import InvalidInput, ModelNotFound, ModelNotReady
+from worker.errors import InvalidInput, ModelNotFound
 from worker.model_control import ModelControl
 from worker.protocol import Tensor
 from worker.repository import ModelRepository
@@ -78,7 +78,7 @@ async def test_calls_in_flight_finish_on_the_copy_being_unloaded(served: Served)
     await asyncio.sleep(0.05)  # queued in the batcher, behind the held thread
     unloading = asyncio.create_task(served.control.unload("digits_b"))
     await asyncio.sleep(0.05)
-    with pytest.raises(ModelNotReady, match="unloaded"):
+    with pytest.raises(ModelNotFound, match="unloaded"):  # 404: a gateway tries another node, healthy
         await served.infer("digits_b")  # a new call is refused at once...
     assert not unloading.done()  # ...while the unload waits for the calls it holds
     release.set()
@@ -115,6 +115,14 @@ async def test_unknown_folders_and_model_control_off(served: Served, folder: Pat
         await served.control.unload("nope")
     await served.control.unload("digits_b")  # a folder that is not loaded: nothing to do
     assert served.control.not_loaded() == ["digits_b"]
+    # Regression (review): a folder whose config names another model loaded that model, which
+    # `unload <folder>` then left serving; as Triton, a model loads by its own folder's name.
+    renamed = folder / "alias"
+    shutil.copytree(folder / "digits_b", renamed)
+    (renamed / "config.json").write_text((renamed / "config.json").read_text().replace('"digits_b"', '"renamed"'))
+    with pytest.raises(InvalidInput, match="folder 'alias' holds model 'renamed'"):
+        await served.control.load("alias")
+    assert "renamed" not in served.repository
     with ThreadPoolExecutor(max_workers=1) as executor:
         off = Served(folder, executor, explicit=False)
         with pytest.raises(InvalidInput, match="model control is off"):
