@@ -16,6 +16,7 @@ import pytest
 
 from gateway_plugin.processes import ServerProcess, start_gateway, start_node
 from tests.integration.polling import until
+from tests.integration.triton_client import triton_client
 
 httpclient = pytest.importorskip("tritonclient.http")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
@@ -41,15 +42,6 @@ def _node(folder: Path, *extra: str) -> Iterator[ServerProcess]:
         node.stop()
 
 
-@contextlib.contextmanager
-def _client(node: ServerProcess) -> Iterator[Any]:
-    client = httpclient.InferenceServerClient(url=node.url.removeprefix("http://"), connection_timeout=10)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 def _logits(client: Any, model: str, images: np.ndarray) -> np.ndarray:
     tensor = httpclient.InferInput("image", list(images.shape), "FP32")
     tensor.set_data_from_numpy(images)
@@ -69,7 +61,7 @@ def test_load_reload_and_unload_while_serving(model_folder: Path, digits_images:
     b_weights = model_folder / "digits_b" / "model.onnx"
     served_b = _reference(b_weights)(digits_images)
     explicit = ("--model-control-mode", "explicit", "--models", "digits", "--batching", "on")
-    with _node(model_folder, *explicit) as node, _client(node) as client:
+    with _node(model_folder, *explicit) as node, triton_client(node.url) as client:
         assert _index(client) == {
             "digits": ("READY", ""),
             "digits_b": ("UNAVAILABLE", "not loaded"),
@@ -132,7 +124,7 @@ def test_load_refuses_what_it_cannot_do(model_folder: Path) -> None:
 
 
 def test_model_control_is_off_by_default(model_folder: Path) -> None:
-    with _node(model_folder) as node, _client(node) as client:
+    with _node(model_folder) as node, triton_client(node.url) as client:
         for call in (client.load_model, client.unload_model):
             with pytest.raises(InferenceServerException, match="--model-control-mode explicit"):
                 call("digits")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ import pytest
 from gateway_plugin.processes import ServerProcess, free_port, start_gateway
 from tests.integration.conftest import TEST_JWT_SECRET, StartNodes, mounted, settings_for
 from tests.integration.polling import until
+from tests.integration.triton_client import triton_client
 
 httpclient = pytest.importorskip("tritonclient.http")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
@@ -33,21 +33,11 @@ def gateway(two_nodes: list[ServerProcess], repository: Path) -> Iterator[Server
         process.stop()
 
 
-@contextlib.contextmanager
-def _client(base_url: str) -> Iterator[Any]:
-    """A tritonclient client, closed after the block (an open one leaks its socket: a ResourceWarning)."""
-    client = httpclient.InferenceServerClient(url=base_url.removeprefix("http://"), connection_timeout=10)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 def _infer(base_url: str, images: np.ndarray, *, binary: bool) -> np.ndarray:
     tensor = httpclient.InferInput("image", list(images.shape), "FP32")
     tensor.set_data_from_numpy(images, binary_data=binary)
     wanted = httpclient.InferRequestedOutput("logits", binary_data=binary)
-    with _client(base_url) as client:
+    with triton_client(base_url) as client:
         result = client.infer("digits", [tensor], outputs=[wanted], request_id="t-1")
     assert result.get_response()["id"] == "t-1"
     return np.asarray(result.as_numpy("logits"))
@@ -60,7 +50,7 @@ def test_tritonclient_calls_a_node(
     onnx_digits: Callable[[np.ndarray], np.ndarray],
     binary: bool,
 ) -> None:
-    with _client(two_nodes[0].url) as client:
+    with triton_client(two_nodes[0].url) as client:
         assert client.is_server_live()
         assert client.is_model_ready("digits")
         assert client.get_model_metadata("digits")["inputs"][0]["shape"] == [-1, 1, 8, 8]
@@ -72,7 +62,7 @@ def test_tritonclient_calls_a_node(
 def test_a_route_a_node_lacks_reaches_tritonclient_as_a_v2_error(two_nodes: list[ServerProcess]) -> None:
     """Regression: the node answered unknown routes in FastAPI's {"detail": ...} and tritonclient
     failed decoding it ('an exception occurred in the client while decoding the response')."""
-    with _client(two_nodes[0].url) as client, pytest.raises(InferenceServerException, match="Not Found"):
+    with triton_client(two_nodes[0].url) as client, pytest.raises(InferenceServerException, match="Not Found"):
         client.get_model_config("digits")  # no model configuration extension here
     wrong = httpx.delete(f"{two_nodes[0].url}/v2/models/digits/infer")
     assert (wrong.status_code, wrong.json()) == (405, {"error": "Method Not Allowed"})
@@ -95,7 +85,7 @@ def test_tritonclient_reads_the_gateways_health_and_model_metadata(
 ) -> None:
     """Regression (review): only `infer` existed under the prefix; tritonclient's readiness checks
     said False and `get_model_metadata` failed to decode FastAPI's 404."""
-    with _client(gateway.url + PREFIX) as client:
+    with triton_client(gateway.url + PREFIX) as client:
         assert client.is_server_live()
         assert client.is_server_ready()
         assert client.is_model_ready("digits")
@@ -103,7 +93,7 @@ def test_tritonclient_reads_the_gateways_health_and_model_metadata(
         assert not client.is_model_ready("no-such-model")
         assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
         metadata = client.get_model_metadata("digits")
-        with _client(two_nodes[0].url) as direct:
+        with triton_client(two_nodes[0].url) as direct:
             assert metadata["inputs"] == direct.get_model_metadata("digits")["inputs"]
         assert metadata["outputs"][0]["name"] == "logits"
         with pytest.raises(InferenceServerException, match="no node and no local copy"):
@@ -117,7 +107,7 @@ def test_the_gateway_is_not_ready_for_tritonclient_while_no_node_can_serve() -> 
     process = start_gateway({"DISTINFER_NODES": dead, "DISTINFER_AUTH_DISABLED": "true"})
     try:
         process.wait_ready()
-        with _client(process.url + PREFIX) as client:
+        with triton_client(process.url + PREFIX) as client:
             assert client.is_server_live()
             assert not client.is_server_ready()
             assert not client.is_model_ready("digits")  # nobody describes it: 404
@@ -131,7 +121,7 @@ def test_the_gateway_is_not_ready_for_tritonclient_while_no_node_can_serve() -> 
 def test_relay_errors_reach_tritonclient_with_their_message(gateway: ServerProcess) -> None:
     tensor = httpclient.InferInput("image", [1, 1, 4, 4], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, 1, 4, 4), dtype=np.float32))
-    with _client(gateway.url + PREFIX) as client, pytest.raises(InferenceServerException, match="shape"):
+    with triton_client(gateway.url + PREFIX) as client, pytest.raises(InferenceServerException, match="shape"):
         client.infer("digits", [tensor])
 
 
@@ -162,7 +152,10 @@ def test_relay_refuses_a_batch_over_the_gateway_limit(two_nodes: list[ServerProc
         process.wait_ready()
         tensor = httpclient.InferInput("image", [5, 1, 8, 8], "FP32")
         tensor.set_data_from_numpy(np.zeros((5, 1, 8, 8), dtype=np.float32))
-        with _client(process.url + PREFIX) as client, pytest.raises(InferenceServerException, match="over the limit"):
+        with (
+            triton_client(process.url + PREFIX) as client,
+            pytest.raises(InferenceServerException, match="over the limit"),
+        ):
             client.infer("digits", [tensor])
     finally:
         process.stop()
@@ -216,7 +209,7 @@ def test_every_v2_error_of_the_gateway_reaches_tritonclient_with_its_message(
     """Regression (audit): refusals before a v2 route ran (auth's 401, 405) and paths of extensions
     the gateway lacks (404) had no v2 `error` member, and tritonclient failed decoding them."""
     # tritonclient puts a body it cannot decode into its message: match the message it reads alone
-    with _client(gateway.url + PREFIX) as client:
+    with triton_client(gateway.url + PREFIX) as client:
         with pytest.raises(InferenceServerException, match=r"^\[404\] no such path"):
             client.get_model_config("digits")
         with pytest.raises(InferenceServerException, match=r"^\[404\] no such path"):
@@ -236,7 +229,7 @@ def test_every_v2_error_of_the_gateway_reaches_tritonclient_with_its_message(
     )
     try:
         secured.wait_ready()
-        with _client(secured.url + PREFIX) as client:
+        with triton_client(secured.url + PREFIX) as client:
             with pytest.raises(InferenceServerException, match=r"^\[401\] a bearer token"):
                 client.get_model_metadata("digits")
             with pytest.raises(InferenceServerException, match=r"^\[401\] a bearer token"):
@@ -258,7 +251,7 @@ def test_tritonclient_compressed_requests_reach_node_and_gateway(
     tensor = httpclient.InferInput("image", list(digits_images.shape), "FP32")
     tensor.set_data_from_numpy(digits_images, binary_data=True)
     for base_url in (two_nodes[0].url, gateway.url + PREFIX):
-        with _client(base_url) as client:
+        with triton_client(base_url) as client:
             result = client.infer(
                 "digits",
                 [tensor],
