@@ -45,6 +45,8 @@ from worker.protocol.codec import json_tensor
 __all__ = ["ParallelRequest", "check_parallel", "parallel_router", "run_parallel"]
 
 _MODEL = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+_WEIGHTED = frozenset({"weighted_average", "ensemble"})
+_READS_OUTPUT = frozenset({"majority_vote", "ensemble"})  # `output` names the tensor they read
 
 
 class ParallelRequest(BaseModel):
@@ -84,6 +86,9 @@ class ParallelRequest(BaseModel):
             raise ValueError(f"weights name models that are not in `models`: {unknown}")
         if self.min_responses is not None and self.min_responses > len(self.models):
             raise ValueError("min_responses cannot exceed the number of models")
+        if self.aggregation in _WEIGHTED and sum(self.weights.get(m, 1.0) for m in self.models) <= 0:
+            # Known before anything runs (it was a 422 after every model had been called).
+            raise ValueError(f"the weights of the models add up to 0: {self.aggregation} has nothing to weigh")
         return self
 
 
@@ -141,6 +146,15 @@ def check_parallel(svc: Services, body: ParallelRequest, *, inputs: bool = False
     limit = svc.settings.orchestration.max_parallel_models
     if len(body.models) > limit:
         raise Unprocessable(f"at most {limit} models at once (DISTINFER_MAX_PARALLEL_MODELS)")
+    if body.output is not None and body.aggregation in _READS_OUTPUT:
+        # By the models' metadata, where known: a name no model has was found only after the fan-out.
+        lacking = [
+            model
+            for model in body.models
+            if (info := model_info(svc, model)) is not None and body.output not in {spec.name for spec in info.outputs}
+        ]
+        if lacking:
+            raise Unprocessable(f"models {lacking} have no output {body.output!r}")
     if inputs:
         calls, failed = _prepare(svc, body, "check", svc.settings.dispatch.default_timeout_ms)
         if not calls:
