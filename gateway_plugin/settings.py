@@ -141,8 +141,16 @@ class TrustSettings(_Section):
 class DispatchSettings(_Section):
     default_timeout_ms: int = Field(default=5000, gt=0)
     max_timeout_ms: int = Field(default=60_000, gt=0)
+    # A whole batch or pipeline (items and stages, retries and queueing for slots included): without
+    # it, a batch run one item at a time, or a chain of retried stages, held the request for hours.
+    max_batch_pipeline_timeout_ms: int = Field(default=300_000, gt=0)
     binary_to_nodes: bool = True
     connections_per_node: int = Field(default=100, ge=1)
+
+    def whole_timeout_s(self, timeout_ms: int | None) -> float:
+        """A batch's or pipeline's deadline: what the client asks, within the operator's bound."""
+        most = self.max_batch_pipeline_timeout_ms
+        return min(timeout_ms or most, most) / 1000
 
 
 class LimitSettings(_Section):
@@ -279,6 +287,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "DISTINFER_DEFAULT_TIMEOUT_MS": ("dispatch", "default_timeout_ms"),
     "DISTINFER_CONNECTIONS_PER_NODE": ("dispatch", "connections_per_node"),
     "DISTINFER_MAX_TIMEOUT_MS": ("dispatch", "max_timeout_ms"),
+    "DISTINFER_MAX_BATCH_PIPELINE_TIMEOUT_MS": ("dispatch", "max_batch_pipeline_timeout_ms"),
     "DISTINFER_BINARY_TO_NODES": ("dispatch", "binary_to_nodes"),
     "DISTINFER_MAX_BODY_BYTES": ("limits", "max_body_bytes"),
     "DISTINFER_MAX_TENSOR_ELEMENTS": ("limits", "max_tensor_elements"),

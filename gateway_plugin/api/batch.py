@@ -52,6 +52,12 @@ class BatchRequest(BaseModel):
     requests: list[InferenceRequest] = Field(min_length=1, description="each as for POST /inference")
     max_concurrency: int | None = Field(default=None, ge=1, le=1024, description="node requests at once")
     coalesce: bool | None = Field(default=None, description="merge items for one model into multi-row requests")
+    timeout_ms: int | None = Field(
+        default=None,
+        gt=0,
+        description="deadline for the whole batch, waits included (at most, and by default,"
+        " DISTINFER_MAX_BATCH_PIPELINE_TIMEOUT_MS); each item keeps its own timeout_ms within it",
+    )
 
 
 def max_rows_of(svc: Services, model: str) -> int:
@@ -115,6 +121,7 @@ def _options(svc: Services, body: BatchRequest, items: list[InferenceCall | Dist
         "max_concurrency": concurrency,
         "coalesce": svc.settings.orchestration.coalesce if body.coalesce is None else body.coalesce,
         "spread": max(1, min(concurrency, 2 * nodes)),  # two requests per node keep each one busy
+        "timeout_s": svc.settings.dispatch.whole_timeout_s(body.timeout_ms),
     }
 
 

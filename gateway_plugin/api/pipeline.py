@@ -74,6 +74,12 @@ class PipelineRequest(BaseModel):
     )
 
     stages: list[StageRequest] = Field(min_length=1)
+    timeout_ms: int | None = Field(
+        default=None,
+        gt=0,
+        description="deadline for the whole pipeline, retries included (at most, and by default,"
+        " DISTINFER_MAX_BATCH_PIPELINE_TIMEOUT_MS); a stage whose turn comes after it does not run",
+    )
 
 
 def _stage(svc: Services, spec: StageRequest, request_id: str) -> Stage:
@@ -111,6 +117,7 @@ def _stage(svc: Services, spec: StageRequest, request_id: str) -> Stage:
         input_map=dict(spec.input_map),
         retries=spec.retries,
         soft=spec.dependency == "soft",
+        declared=frozenset() if info is None else frozenset(input_spec.name for input_spec in info.inputs),
     )
 
 
@@ -144,8 +151,9 @@ def plan_pipeline(svc: Services, body: PipelineRequest, request_id: str) -> list
 async def run_pipeline(svc: Services, body: PipelineRequest, request_id: str) -> dict[str, Any]:
     """Validate the whole graph, then run it (the endpoint's body, and a task's result)."""
     stages = plan_pipeline(svc, body, request_id)
+    timeout_s = svc.settings.dispatch.whole_timeout_s(body.timeout_ms)
     started = time.perf_counter()
-    results = await PipelineRunner(svc.dispatcher.infer).run(stages)
+    results = await PipelineRunner(svc.dispatcher.infer).run(stages, timeout_s=timeout_s)
     bodies = {spec.id: _stage_body(spec, results[spec.id], request_id) for spec in body.stages}
     ok = sum(1 for result in results.values() if result.status == "ok")
     status = "completed" if ok == len(results) else ("failed" if ok == 0 else "partial")

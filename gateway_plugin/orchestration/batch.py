@@ -3,7 +3,8 @@
 Every item ends as its own `Outcome` or its own error; one failing item never fails another.
 `stream()` yields `(index, result)` in completion order (the SSE progress of a long batch);
 `run()` returns the results in request order. Leaving `stream()` early (a client that hung up)
-cancels the work still in flight.
+cancels the work still in flight. `timeout_s` bounds the whole batch, waits for a slot included:
+an item whose turn comes after it is a 504 without a node call.
 """
 
 from __future__ import annotations
@@ -16,28 +17,13 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import replace
 
 from gateway_plugin.dispatch import InferenceCall, Outcome
-from gateway_plugin.errors import DeadlineExceeded, DistinferError, from_worker
+from gateway_plugin.errors import DeadlineExceeded, DistinferError
+from gateway_plugin.orchestration.calls import Deadline, ItemResult, call_within
 from gateway_plugin.orchestration.coalesce import Group, Infer, merge, plan, split
-from worker.errors import WorkerError
 
-__all__ = ["BatchRunner", "ItemResult", "call_safely"]
+__all__ = ["BatchRunner"]
 
 log = logging.getLogger(__name__)
-
-ItemResult = Outcome | DistinferError
-
-
-async def call_safely(infer: Infer, call: InferenceCall) -> ItemResult:
-    """`infer(call)` with every failure turned into the gateway's error for that one call."""
-    try:
-        return await infer(call)
-    except DistinferError as exc:
-        return exc
-    except WorkerError as exc:
-        return from_worker(exc)
-    except Exception:
-        log.exception("unexpected error in call %s", call.request_id)
-        return DistinferError("unexpected error; see the gateway log")
 
 
 class BatchRunner:
@@ -58,10 +44,16 @@ class BatchRunner:
         coalesce: bool = True,
         spread: int = 1,
         batch_id: str = "batch",
+        timeout_s: float | None = None,
     ) -> list[ItemResult]:
         results: list[ItemResult | None] = [None] * len(items)
         stream = self.stream(
-            items, max_concurrency=max_concurrency, coalesce=coalesce, spread=spread, batch_id=batch_id
+            items,
+            max_concurrency=max_concurrency,
+            coalesce=coalesce,
+            spread=spread,
+            batch_id=batch_id,
+            timeout_s=timeout_s,
         )
         async with contextlib.aclosing(stream) as finished:
             async for index, result in finished:
@@ -76,7 +68,9 @@ class BatchRunner:
         coalesce: bool = True,
         spread: int = 1,
         batch_id: str = "batch",
+        timeout_s: float | None = None,
     ) -> AsyncGenerator[tuple[int, ItemResult], None]:
+        deadline = Deadline("batch", self._clock(), timeout_s)
         calls: list[InferenceCall] = []
         positions: list[int] = []
         refused: list[tuple[int, DistinferError]] = []
@@ -90,7 +84,7 @@ class BatchRunner:
         done: asyncio.Queue[tuple[int, ItemResult]] = asyncio.Queue()
         slots = asyncio.Semaphore(max(1, max_concurrency))
         tasks = [
-            asyncio.create_task(self._guarded(calls, group, slots, done, f"{batch_id}-g{number}"))
+            asyncio.create_task(self._guarded(calls, group, slots, done, f"{batch_id}-g{number}", deadline))
             for number, group in enumerate(groups)
         ]
         try:
@@ -111,6 +105,7 @@ class BatchRunner:
         slots: asyncio.Semaphore,
         done: asyncio.Queue[tuple[int, ItemResult]],
         request_id: str,
+        deadline: Deadline,
     ) -> None:
         """Whatever goes wrong in a group, every member gets an answer: the consumer never hangs."""
         answered: set[int] = set()
@@ -120,7 +115,7 @@ class BatchRunner:
             done.put_nowait((index, result))
 
         try:
-            await self._run_group(calls, group, slots, report, request_id)
+            await self._run_group(calls, group, slots, report, request_id, deadline)
         except Exception:
             log.exception("batch group %s failed", request_id)
         for index in group.members:
@@ -134,16 +129,17 @@ class BatchRunner:
         slots: asyncio.Semaphore,
         report: Callable[[int, ItemResult], None],
         request_id: str,
+        deadline: Deadline,
     ) -> None:
         if group.single:
             index = group.members[0]
             async with slots:
-                result = await call_safely(self._infer, calls[index])
+                result = await self._within(calls[index], deadline)
             report(index, result)
             return
         started = self._clock()
         async with slots:
-            merged = await call_safely(self._infer, merge(calls, group, request_id))
+            merged = await self._within(merge(calls, group, request_id), deadline)
         if isinstance(merged, Outcome):
             parts = split(merged, calls, group)
             if parts is not None:
@@ -157,8 +153,15 @@ class BatchRunner:
         # Someone's rows may have broken the merged call: find out whose by running each alone.
         elapsed = self._clock() - started
         await asyncio.gather(
-            *(self._alone(index, calls[index], elapsed, slots, report) for index in group.members),
+            *(self._alone(index, calls[index], elapsed, slots, report, deadline) for index in group.members),
         )
+
+    async def _within(self, call: InferenceCall, deadline: Deadline) -> ItemResult:
+        """The call, cut to what is left of the batch's deadline; none at all once it is spent."""
+        remaining = deadline.remaining(self._clock())
+        if remaining <= 0:
+            return deadline.spent()
+        return await call_within(self._infer, call, remaining)
 
     async def _alone(
         self,
@@ -167,13 +170,14 @@ class BatchRunner:
         elapsed: float,
         slots: asyncio.Semaphore,
         report: Callable[[int, ItemResult], None],
+        deadline: Deadline,
     ) -> None:
         remaining = call.timeout_s - elapsed
         if remaining <= 0:
             report(index, DeadlineExceeded(f"deadline of {call.timeout_s * 1000:.0f} ms spent"))
             return
         async with slots:
-            result = await call_safely(self._infer, replace(call, timeout_s=remaining))
+            result = await self._within(replace(call, timeout_s=remaining), deadline)
         report(index, result)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.errors import DeadlineExceeded, DistinferError
 from gateway_plugin.orchestration.aggregations import Answer
-from gateway_plugin.orchestration.batch import call_safely
+from gateway_plugin.orchestration.calls import call_safely
 from gateway_plugin.orchestration.coalesce import Infer
 
 __all__ = ["FanOut", "fan_out"]

@@ -5,14 +5,17 @@ models' metadata is known, that every input is given exactly once and every refe
 exists) and returns every problem at once as a 422. `PipelineRunner.run()` starts every stage at
 once; each waits only for its own upstreams, so independent stages overlap. A failed stage fails
 its `hard` dependants (they are skipped with an `upstream_failed` problem), never its siblings; a
-`soft` dependant still runs, without the inputs its failed upstream would have given.
+`soft` dependant still runs, without the inputs its failed upstream would have given, unless its
+model declares one of them (it would only be refused by its node). A whole-pipeline deadline, when
+given, bounds every attempt of every stage; a stage whose turn comes after it does not run.
 
-    UpstreamFailed (DistinferError)   424 a hard dependency did not succeed
+    UpstreamFailed (DistinferError)   424 a hard dependency did not succeed, or a needed input is lost
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import re
 import time
 from collections import Counter
@@ -23,7 +26,7 @@ from typing import Literal
 from discovery.node import ModelInfo
 from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.errors import DistinferError, Unprocessable
-from gateway_plugin.orchestration.batch import call_safely
+from gateway_plugin.orchestration.calls import Deadline, call_within
 from gateway_plugin.orchestration.coalesce import Infer
 from worker.config import TensorSpec
 from worker.protocol import Tensor
@@ -47,6 +50,7 @@ class Stage:
     input_map: Mapping[str, str] = field(default_factory=dict)  # input name -> "<stage>.<output>"
     retries: int = 0
     soft: bool = False
+    declared: frozenset[str] = frozenset()  # the model's inputs by its metadata (empty: unknown)
 
     def upstreams(self) -> tuple[str, ...]:
         """Explicit dependencies, then every stage `input_map` reads from (once each, in order)."""
@@ -181,15 +185,16 @@ class PipelineRunner:
         self._infer = infer
         self._clock = clock
 
-    async def run(self, stages: Sequence[Stage]) -> dict[str, StageResult]:
-        """Run a validated pipeline; every stage ends `ok`, `error` or `skipped`."""
+    async def run(self, stages: Sequence[Stage], *, timeout_s: float | None = None) -> dict[str, StageResult]:
+        """Run a validated pipeline within `timeout_s`; every stage ends `ok`, `error` or `skipped`."""
         start = self._clock()
+        deadline = Deadline("pipeline", start, timeout_s)
         loop = asyncio.get_running_loop()
         futures: dict[str, asyncio.Future[StageResult]] = {s.id: loop.create_future() for s in stages}
 
         async def stage_task(stage: Stage) -> None:
             try:
-                result = await self._stage(stage, futures, start)
+                result = await self._stage(stage, futures, start, deadline)
             except Exception as exc:  # a stage must always settle, or its dependants would wait forever
                 now = self._clock() - start
                 result = StageResult(
@@ -206,7 +211,7 @@ class PipelineRunner:
         return {stage.id: futures[stage.id].result() for stage in stages}
 
     async def _stage(
-        self, stage: Stage, futures: Mapping[str, asyncio.Future[StageResult]], start: float
+        self, stage: Stage, futures: Mapping[str, asyncio.Future[StageResult]], start: float, deadline: Deadline
     ) -> StageResult:
         upstream = {name: await asyncio.shield(futures[name]) for name in stage.upstreams()}
         failed = sorted(name for name, result in upstream.items() if result.status != "ok")
@@ -214,12 +219,17 @@ class PipelineRunner:
         if failed and not stage.soft:
             skipped = UpstreamFailed(f"stage {stage.id!r} did not run: upstream {failed} failed")
             return StageResult("skipped", error=skipped, started_s=begun, finished_s=begun)
+        lost = sorted(name for name, ref in stage.input_map.items() if upstream[ref.split(".", 1)[0]].outcome is None)
+        if needed := [name for name in lost if name in stage.declared]:
+            detail = f"stage {stage.id!r} did not run: model {stage.call.model!r} needs inputs {needed}"
+            skipped = UpstreamFailed(f"{detail}, which failed upstream {failed} would have given")
+            return StageResult("skipped", error=skipped, started_s=begun, finished_s=begun)
         inputs = list(stage.call.inputs)
         for name, reference in stage.input_map.items():
             source, output = reference.split(".", 1)
             result = upstream[source]
             if result.outcome is None:
-                continue  # a soft dependency that failed: the input stays missing
+                continue  # a soft dependency that failed, and an input the model may go without
             tensor = next((t for t in result.outcome.outputs if t.name == output), None)
             if tensor is None:
                 error = Unprocessable(f"stage {source!r} returned no output {output!r} for stage {stage.id!r}")
@@ -228,12 +238,28 @@ class PipelineRunner:
         call = replace(stage.call, inputs=inputs)
         attempts = 0
         while True:
+            remaining = deadline.remaining(self._clock())
+            if remaining <= 0:
+                if attempts == 0:
+                    spent = deadline.spent()
+                    return StageResult("skipped", error=spent, started_s=begun, finished_s=self._clock() - start)
+                break  # the last attempt's own error stands
             attempts += 1
-            answer = await call_safely(self._infer, call)
+            answer = await call_within(self._infer, call, remaining)
             retryable = isinstance(answer, DistinferError) and answer.status >= 500
             if not retryable or attempts > stage.retries:
                 break
         finished = self._clock() - start
         if isinstance(answer, Outcome):
             return StageResult("ok", outcome=answer, started_s=begun, finished_s=finished, attempts=attempts)
+        if attempts > 1:  # the node-level error counts its own attempts; say the stage's too
+            answer = _retold(answer, f"stage {stage.id!r} failed {attempts} times, the last: {answer.detail}")
         return StageResult("error", error=answer, started_s=begun, finished_s=finished, attempts=attempts)
+
+
+def _retold(error: DistinferError, detail: str) -> DistinferError:
+    """The same error (class, status, headers, extra fields) with another detail."""
+    retold = copy.copy(error)
+    retold.detail = detail
+    retold.args = (detail,)
+    return retold

@@ -65,6 +65,11 @@ def _node_requests(node: ServerProcess, model: str) -> int:
     return int(sum(float(value) for value in pattern.findall(text)))
 
 
+def _served(node: ServerProcess) -> int:
+    """Inference requests for the digits variants the node has counted (its own metrics)."""
+    return sum(_node_requests(node, model) for model in VARIANTS)
+
+
 def _item(image: np.ndarray, **extra: Any) -> dict[str, Any]:
     return {"model": "digits", "inputs": image.reshape(8, 8).tolist(), **extra}
 
@@ -216,7 +221,7 @@ async def test_majority_vote_ensemble_and_weighted_average_on_real_variants(
 
 
 async def test_votes_on_no_rows_or_a_missing_output_are_answers_or_422_never_500_or_503(
-    gateway: tuple[httpx.AsyncClient, DistributedInference],
+    gateway: tuple[httpx.AsyncClient, DistributedInference], two_nodes: list[ServerProcess]
 ) -> None:
     """Regressions: zero rows made reshape(0, -1) a 500; a missing output with min_responses a 503."""
     client, _ = gateway
@@ -234,11 +239,20 @@ async def test_votes_on_no_rows_or_a_missing_output_are_answers_or_422_never_500
     assert ensemble.status_code == 200, ensemble.text
     assert ensemble.json()["output"][0]["shape"][0] == 0
     image = [[0.5] * 8] * 8
+    before = {node.url: _served(node) for node in two_nodes}
     for extra in ({}, {"min_responses": 1}):
         body = {"models": models, "inputs": image, "aggregation": "majority_vote", "output": "nope", **extra}
         response = await client.post(f"{API}/inference/parallel", json=body)
         assert response.status_code == 422, (extra, response.text)
         assert "nope" in response.json()["detail"]
+    zero = {model: 0 for model in models}
+    for aggregation in ("weighted_average", "ensemble"):
+        body = {"models": models, "inputs": image, "aggregation": aggregation, "weights": zero}
+        response = await client.post(f"{API}/inference/parallel", json=body)
+        assert response.status_code == 422, response.text
+        assert "add up to 0" in response.json()["detail"]
+    # Regression (audit): both were found only after every model had been called.
+    assert {node.url: _served(node) for node in two_nodes} == before
 
 
 async def test_quorum_answers_early_and_cancels_the_straggler_and_a_deadline_is_504(
@@ -373,3 +387,47 @@ async def test_pipeline_runs_independent_stages_at_once_and_failures_stop_at_har
     refused = await client.post(f"{API}/inference/pipeline", json={"stages": wrong})
     assert refused.status_code == 422
     assert "shape [-1, 10], model expects [-1, 1, 8, 8]" in refused.json()["detail"]
+
+
+async def test_a_pipelines_and_a_batchs_timeout_ms_bound_the_whole_request(
+    gateway: tuple[httpx.AsyncClient, DistributedInference], slow_node: ServerProcess, images: np.ndarray
+) -> None:
+    """Regression (audit): each stage and item had only its own deadline, so a chain of stages, or
+    items queued behind one another, held the request for their sum. Now the whole request's
+    `timeout_ms` (at most DISTINFER_MAX_BATCH_PIPELINE_TIMEOUT_MS) bounds them: what has not run by
+    then is a 504 and never reaches a node."""
+    client, _ = gateway
+    set_latency(slow_node, 700)
+    image = images[0].reshape(8, 8).tolist()
+    async with httpx.AsyncClient(base_url=slow_node.url) as node:
+        served = (await node.get("/v2/faults")).json()["served"]
+    chain = [
+        {"id": "first", "model": SLOW_MODEL, "inputs": image, "timeout_ms": 5000},
+        {"id": "second", "model": SLOW_MODEL, "inputs": image, "depends_on": ["first"], "timeout_ms": 5000},
+        {"id": "third", "model": SLOW_MODEL, "inputs": image, "depends_on": ["second"], "dependency": "soft"},
+    ]
+    response = await client.post(f"{API}/inference/pipeline", json={"stages": chain, "timeout_ms": 1000})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    stages = body["stages"]
+    assert [stages[s]["status"] for s in ("first", "second", "third")] == ["ok", "error", "skipped"]
+    assert stages["second"]["error"]["status"] == 504
+    assert stages["second"]["finished_ms"] < 2500  # its own 5 s were cut to what was left of the 1 s
+    assert stages["third"]["error"]["code"] == "deadline_exceeded"
+    assert "pipeline's deadline of 1000 ms" in stages["third"]["error"]["detail"]
+    assert body["status"] == "partial"
+
+    items = [{"model": SLOW_MODEL, "inputs": image, "timeout_ms": 5000} for _ in range(4)]
+    response = await client.post(
+        f"{API}/inference/batch", json={"requests": items, "max_concurrency": 1, "coalesce": False, "timeout_ms": 1000}
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert results[0]["status"] == "ok"
+    assert results[-1]["status"] == "error"
+    assert results[-1]["error"]["code"] == "deadline_exceeded"
+    assert "batch's deadline of 1000 ms" in results[-1]["error"]["detail"]
+    async with httpx.AsyncClient(base_url=slow_node.url) as node:
+        after = (await node.get("/v2/faults")).json()["served"]
+    # first, second, and at most two batch items reached the node; the third stage and the last item never
+    assert after - served <= 4

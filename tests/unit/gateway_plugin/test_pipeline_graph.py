@@ -218,3 +218,18 @@ async def test_a_failure_skips_hard_dependants_only_and_soft_ones_run_without_it
     assert cluster.seen["p-soft"] == ["x"]  # ran without z, which its failed upstream would have given
     assert results["retried"].attempts == 2
     assert "p-hard" not in cluster.seen
+
+
+async def test_a_soft_stage_whose_model_needs_a_lost_input_is_skipped_not_sent() -> None:
+    """Regression (audit): a soft dependant went to its node without an input its model declares,
+    which the node could only refuse (a 400 blamed on the stage). It runs only when its model may go
+    without the lost input (metadata unknown here: `declared` empty)."""
+    cluster = FakeCluster()
+    needs = replace(_stage("needs", "pair", input_map={"z": "bad.y"}, soft=True), declared=frozenset({"x", "z"}))
+    results = await PipelineRunner(cluster.infer).run([_stage("bad", "fails"), needs])
+    skipped = results["needs"]
+    assert skipped.status == "skipped"
+    assert isinstance(skipped.error, DistinferError)
+    assert skipped.error.code == "upstream_failed"
+    assert "needs inputs ['z']" in skipped.error.detail
+    assert "p-needs" not in cluster.seen
