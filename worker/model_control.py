@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 from worker.batching import DynamicBatcher
@@ -60,6 +61,7 @@ class ModelControl:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._retiring: set[asyncio.Task[None]] = set()  # held here: the loop keeps only weak references
         self._lock = asyncio.Lock()  # one load or unload at a time
+        self.on_change: Callable[[], None] = _nothing  # told after each load or unload (Consul registration)
 
     def start(self) -> None:
         """Serve the models the repository loaded at start (batchers run from here on)."""
@@ -92,6 +94,7 @@ class ModelControl:
             self._repository.put(model)
             self._serve(model)
             log.info("model %s loaded", model.config.name)
+            self.on_change()
         if retiring is not None:
             await retiring
 
@@ -107,6 +110,7 @@ class ModelControl:
             self._generation.generators.pop(name, None)
             retiring = self._retire_batcher(name)
             log.info("model %s unloaded", name)
+            self.on_change()
         if retiring is not None:
             await retiring
 
@@ -154,3 +158,7 @@ class ModelControl:
         finally:  # past the deadline, or the node stops: calls still waiting get a 503 the gateway retries elsewhere
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def _nothing() -> None:
+    pass

@@ -6,8 +6,10 @@ check on `/v2/health/ready` and `DeregisterCriticalServiceAfter`, its models, ru
 and memory in `Meta` and as `key=value` tags. The check starts `passing` (the node has just
 answered it), so gateways can route to the node as soon as their blocking query returns.
 Every `resync_s` it checks that the agent still holds the service (an agent restarted in `-dev`
-mode forgets it) and registers again if not. Leaving the context deregisters it: the lifespan's
-shutdown, which uvicorn runs on SIGTERM and SIGINT.
+mode forgets it) and registers again if not, or if the node's models changed since (explicit model
+control loads and unloads them; `refresh()` makes that happen at once). Consul's register call
+replaces a service of the same id, tags and Meta included. Leaving the context deregisters it: the
+lifespan's shutdown, which uvicorn runs on SIGTERM and SIGINT.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -95,12 +97,25 @@ def service_definition(reg: ConsulRegistration, node_id: str, models: Mapping[st
 
 
 class NodeRegistration:
-    def __init__(self, reg: ConsulRegistration, node_id: str, models: Mapping[str, str], client: ConsulClient) -> None:
+    def __init__(
+        self,
+        reg: ConsulRegistration,
+        node_id: str,
+        models: Callable[[], Mapping[str, str]],
+        client: ConsulClient,
+    ) -> None:
         self._reg = reg
-        self._definition = service_definition(reg, node_id, models)
+        self._node_id = node_id
+        self._models = models  # read at each sync: what the node serves now
+        self._definition = service_definition(reg, node_id, models())
         self.service_id: str = self._definition["service_id"]
         self._client = client
         self.registered = asyncio.Event()
+        self._refresh = asyncio.Event()
+
+    def refresh(self) -> None:
+        """The node's models changed: sync with the agent now rather than at the next resync."""
+        self._refresh.set()
 
     async def _wait_until_serving(self, timeout_s: float = 30.0) -> None:
         """uvicorn listens only once the lifespan has started (and is ready from then): wait until
@@ -125,25 +140,41 @@ class NodeRegistration:
             timeout_s,
         )
 
-    async def _register(self) -> None:
-        await self._client.agent.service.register(**self._definition, token=self._reg.token)
+    async def _register(self, definition: dict[str, Any]) -> None:
+        await self._client.agent.service.register(**definition, token=self._reg.token)
+        self._definition = definition
         self.registered.set()
-        log.info("registered with consul %s as %s", self._reg.url, self.service_id)
+        models = definition["meta"]["models"]
+        log.info("registered with consul %s as %s (models %s)", self._reg.url, self.service_id, models)
+
+    async def _sync(self) -> None:
+        definition = service_definition(self._reg, self._node_id, self._models())
+        if not self.registered.is_set():
+            await self._register(definition)
+        elif definition != self._definition:
+            log.info("models changed: registering %s again", self.service_id)
+            await self._register(definition)
+        else:
+            services = await self._client.agent.services(token=self._reg.token)
+            if self.service_id not in (services or {}):
+                log.warning("consul agent lost service %s: registering again", self.service_id)
+                await self._register(definition)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep until the next resync, or until `refresh()`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._refresh.wait()
+        self._refresh.clear()
 
     async def run(self) -> None:
         await self._wait_until_serving()
         delay = 0.2
         while True:
             try:
-                if not self.registered.is_set():
-                    await self._register()
-                else:
-                    services = await self._client.agent.services(token=self._reg.token)
-                    if self.service_id not in (services or {}):
-                        log.warning("consul agent lost service %s: registering again", self.service_id)
-                        await self._register()
+                await self._sync()
                 delay = 0.2
-                await asyncio.sleep(self._reg.resync_s)
+                await self._pause(self._reg.resync_s)
             except (ConsulException, aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("consul %s: %s: %s; retrying in %.1fs", self._reg.url, type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
@@ -161,7 +192,7 @@ class NodeRegistration:
 
 @asynccontextmanager
 async def consul_registration(
-    reg: ConsulRegistration | None, node_id: str, models: Mapping[str, str]
+    reg: ConsulRegistration | None, node_id: str, models: Callable[[], Mapping[str, str]]
 ) -> AsyncIterator[NodeRegistration | None]:
     """Registered while inside (from when the node serves); deregistered on the way out. No-op without `reg`."""
     if reg is None:

@@ -162,8 +162,13 @@ def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = Non
                 sorted(engine.batchers),
             )
             try:
-                served = {m.config.name: m.config.runtime for m in repository}
-                async with consul_registration(config.consul, config.node_id, served):
+
+                def served() -> dict[str, str]:
+                    return {m.config.name: m.config.runtime for m in repository}
+
+                async with consul_registration(config.consul, config.node_id, served) as registration:
+                    if registration is not None:
+                        control.on_change = registration.refresh  # a load or unload updates tags and Meta
                     yield
             finally:
                 state.engine = None

@@ -154,3 +154,38 @@ async def test_a_watch_without_the_token_sees_nothing_and_keeps_asking(agent: Co
             await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         deregister(agent, f"{service}-x")
+
+
+def _registered_models(agent: ConsulAgent, service: str) -> tuple[str, list[str]]:
+    headers = {"X-Consul-Token": agent.token} if agent.token else {}
+    response = httpx.get(f"{agent.url}/v1/health/service/{service}", headers=headers)
+    response.raise_for_status()
+    [entry] = response.json()
+    tags = sorted(tag for tag in entry["Service"]["Tags"] if tag.startswith("model="))
+    return entry["Service"]["Meta"]["models"], tags
+
+
+async def test_a_node_that_loads_or_unloads_a_model_updates_its_registration(
+    agent: ConsulAgent, repository: Path
+) -> None:
+    """Regression: in explicit model control the registration kept the models the node started with,
+    so a gateway reading Consul sent requests for an unloaded model to the node (and missed a new one).
+    The resync is 10 s; a load or unload re-registers at once."""
+    service = f"distinfer-mc-{uuid.uuid4().hex[:8]}"
+    args = ["--models", "digits", "--model-control-mode", "explicit"]
+    args += ["--consul-url", agent.url, "--consul-service", service]
+    node = start_node(repository, "mc-node", extra_args=args, env={"DISTINFER_CONSUL_TOKEN": agent.token or ""})
+    try:
+        node.wait_ready()
+        await until(lambda: passing(agent, service) != [], timeout_s=15)
+        assert _registered_models(agent, service) == ("digits", ["model=digits"])
+        async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
+            (await client.post("/v2/repository/models/digits_b/load")).raise_for_status()
+        await until(lambda: _registered_models(agent, service)[0] == "digits,digits_b", timeout_s=5)
+        assert _registered_models(agent, service)[1] == ["model=digits", "model=digits_b"]
+        async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
+            (await client.post("/v2/repository/models/digits/unload")).raise_for_status()
+        await until(lambda: _registered_models(agent, service) == ("digits_b", ["model=digits_b"]), timeout_s=5)
+        assert passing(agent, service) != []  # still one passing instance: replaced, not lost
+    finally:
+        node.stop()

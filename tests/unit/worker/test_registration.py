@@ -67,7 +67,7 @@ async def test_registers_when_serving_re_registers_when_lost_and_deregisters_on_
     agent = ConsulClient(fake.url)
     reg = ConsulRegistration(url=fake.url, advertise_host="127.0.0.1", port=port, token="t", resync_s=0.1)
     try:
-        async with consul_registration(reg, "n1", {"digits": "onnx"}) as registration:
+        async with consul_registration(reg, "n1", lambda: {"digits": "onnx"}) as registration:
             assert registration is not None
             await asyncio.wait_for(registration.registered.wait(), 5)
             services = await agent.agent.services()
@@ -82,7 +82,7 @@ async def test_registers_when_serving_re_registers_when_lost_and_deregisters_on_
                 await asyncio.sleep(0.05)
             assert list(await agent.agent.services()) == ["distinfer-node-n1"]
         assert await agent.agent.services() == {}
-        async with consul_registration(None, "n1", {}) as nothing:
+        async with consul_registration(None, "n1", dict) as nothing:
             assert nothing is None
     finally:
         await agent.close()
@@ -92,7 +92,7 @@ async def test_registers_when_serving_re_registers_when_lost_and_deregisters_on_
 async def test_an_agent_that_is_down_does_not_stop_the_node(node_port: tuple[int, dict[str, int]]) -> None:
     port, _ = node_port
     reg = ConsulRegistration(url="http://127.0.0.1:9", advertise_host="127.0.0.1", port=port)
-    async with consul_registration(reg, "n1", {}) as registration:
+    async with consul_registration(reg, "n1", dict) as registration:
         assert registration is not None
         await asyncio.sleep(0.3)
         assert not registration.registered.is_set()
