@@ -6,12 +6,17 @@ Pure ASGI (no BaseHTTPMiddleware: bodies stream, contextvars survive). Per reque
 
 1. not the path (or method), or the flag off: the original app gets the untouched `receive` and
    `send`: the same request in, the same bytes out;
-2. the caller outside the rollout (sticky: hash of the verified JWT `sub`, else the client
+2. a caller the cluster may not serve: the same, so the host's own auth answers as it always did.
+   By default that is any caller without a verified bearer token carrying the `infer` scope (as
+   every `/api/v1/distributed` route asks; nobody is refused when the plugin's auth is disabled).
+   A host whose endpoint checks callers another way passes `authorize=`, an async check of the
+   request's scope (for an endpoint open to all: one that always says yes);
+3. the caller outside the rollout (sticky: hash of the verified JWT `sub`, else the client
    address): the same;
-3. mode `shadow`: the original handler answers as always while the request and its answer are
+4. mode `shadow`: the original handler answers as always while the request and its answer are
    copied (bounded); once the answer is sent, a background task asks the cluster and compares
    (`distributed.shadow`); skipped, never queued, when too many are running;
-4. mode `serve`: the body is read (bounded), the adapter maps it to a cluster request, the
+5. mode `serve`: the body is read (bounded), the adapter maps it to a cluster request, the
    cluster answers in the endpoint's own shape (`X-Inference-Mode: distributed`). When the
    cluster cannot (no node has the model, every attempt failed, deadline spent, bad input, an
    adapter that declines) the original handler runs on the same body, and its answer goes out
@@ -23,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -32,13 +37,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from compat.adapters import JsonInferenceAdapter, LegacyAdapter, LegacyRequest, compare_outputs, outcome_arrays
 from gateway_plugin import DistinferError, DistributedInference
 from gateway_plugin.api.served import node_header
+from gateway_plugin.auth import INFER
 from gateway_plugin.flags import FeatureFlags
 
-__all__ = ["MODE_HEADER", "LegacyInferenceMiddleware"]
+__all__ = ["MODE_HEADER", "Authorize", "LegacyInferenceMiddleware"]
 
 log = logging.getLogger(__name__)
 
 MODE_HEADER = b"x-inference-mode"
+
+# Whether the caller of this request may be served by the cluster (see `authorize=`).
+Authorize = Callable[[Scope], Awaitable[bool]]
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -112,9 +121,11 @@ class LegacyInferenceMiddleware:
         adapter: LegacyAdapter | None = None,
         rtol: float = 1e-3,
         atol: float = 1e-4,
+        authorize: Authorize | None = None,
     ) -> None:
         self.app = app
         self.distributed = distributed
+        self.authorize: Authorize = authorize or self._bearer_with_infer
         self.path = path
         self.methods = frozenset(method.upper() for method in methods)
         self.adapter: LegacyAdapter = adapter or JsonInferenceAdapter()
@@ -129,6 +140,10 @@ class LegacyInferenceMiddleware:
         if not flags.enabled:
             await self.app(scope, receive, send)
             return
+        if not await self.authorize(scope):
+            # Regression (audit): the cluster answered callers the host's own auth would have refused.
+            await self.app(scope, receive, send)
+            return
         if not FeatureFlags.in_rollout(await self._caller(scope), flags.rollout_percent):
             await self.app(scope, receive, send)
             return
@@ -136,6 +151,13 @@ class LegacyInferenceMiddleware:
             await self._shadow(scope, receive, send)
         else:
             await self._serve(scope, receive, send)
+
+    async def _bearer_with_infer(self, scope: Scope) -> bool:
+        try:
+            await self.distributed.auth.authorize(Headers(scope=scope).get("authorization"), INFER)
+        except DistinferError:  # no token, a bad one, no `infer` scope, or the JWKS out of reach
+            return False
+        return True
 
     async def _caller(self, scope: Scope) -> str:
         headers = Headers(scope=scope)

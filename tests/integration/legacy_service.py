@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from compat import LegacyInferenceMiddleware, cluster_health
+from compat.middleware import Authorize
 from gateway_plugin import DistributedInference, Settings
 from gateway_plugin.processes import free_port
 from worker.bundled import bundled_models
@@ -35,15 +36,25 @@ class Seen:
 
 
 def existing_service(
-    settings: Settings | None, *, weights: str = "digits", middleware: bool = True
+    settings: Settings | None,
+    *,
+    weights: str = "digits",
+    middleware: bool = True,
+    api_key: str | None = None,
+    authorize: Authorize | None = None,
 ) -> tuple[FastAPI, DistributedInference | None, Seen]:
-    """The service; `settings=None` builds it as it was before distinfer (no plugin at all)."""
+    """The service; `settings=None` builds it as it was before distinfer (no plugin at all).
+
+    `api_key`: the endpoint refuses (401) callers without `X-API-Key: <api_key>`, as a host's own
+    auth does; `authorize` goes to the middleware."""
     session = ort.InferenceSession(str(bundled_models() / weights / "model.onnx"), providers=["CPUExecutionProvider"])
     seen = Seen()
     app = FastAPI()
 
     @app.post("/api/inference")
     async def inference(request: Request) -> JSONResponse:
+        if api_key is not None and request.headers.get("x-api-key") != api_key:
+            return JSONResponse({"detail": "the host's own auth refused"}, status_code=401)
         body = await request.body()
         seen.requests.append((list(request.headers.raw), body))
         parsed = json.loads(body)
@@ -69,7 +80,9 @@ def existing_service(
         distributed = DistributedInference(settings=settings)
         app.include_router(distributed.router)
         if middleware:
-            app.add_middleware(LegacyInferenceMiddleware, distributed=distributed, path="/api/inference")
+            app.add_middleware(
+                LegacyInferenceMiddleware, distributed=distributed, path="/api/inference", authorize=authorize
+            )
         plugin = distributed
 
         @app.get("/health")

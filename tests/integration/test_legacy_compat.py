@@ -24,13 +24,16 @@ PREFIX = "/api/v1/distributed"
 IMAGE = (np.arange(64, dtype=np.float32).reshape(8, 8) / 64).round(3).tolist()
 BODY = json.dumps({"model": "digits", "inputs": IMAGE}).encode()
 JSON = {"Content-Type": "application/json"}
+CALLER = bearer()  # one token for the module: the flag-off test compares the handler's headers byte for byte
 
 
 @asynccontextmanager
-async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+async def client_for(app: FastAPI, headers: dict[str, str] | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the service; it sends a valid `infer` token unless `headers` says otherwise."""
     async with LifespanManager(app, startup_timeout=STARTUP_TIMEOUT_S) as manager:
         transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+        sent = CALLER if headers is None else headers
+        async with httpx.AsyncClient(transport=transport, base_url="http://service", headers=sent) as client:
             yield client
 
 
@@ -134,7 +137,7 @@ async def test_a_body_over_the_plugins_limit_reaches_the_original_handler_whole(
     app, _, seen = existing_service(settings_for([], limits=LimitSettings(max_body_bytes=1000)))
     big = json.dumps({"model": "digits", "inputs": IMAGE, "pad": "x" * 1200}).encode()
     async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:  # real uvicorn
-        response = await client.post("/api/inference", content=big, headers=JSON)
+        response = await client.post("/api/inference", content=big, headers={**JSON, **CALLER})
     assert response.status_code == 200, response.text
     assert response.headers["X-Inference-Mode"] == "local-fallback"
     assert seen.requests[-1][1] == big  # the handler read the whole body, as sent
@@ -151,7 +154,7 @@ async def test_rollout_is_sticky_per_caller_and_changes_at_runtime(two_nodes: li
     settings.flags = FlagSettings(enabled=True, rollout_percent=50)
     app, distributed, _ = existing_service(settings)
     admin = bearer(INFER, ADMIN, sub="ops")
-    async with client_for(app) as client:
+    async with client_for(app, headers={}) as client:
         modes: dict[str, str] = {}
         for i in range(24):
             caller = bearer(sub=f"user-{i}")
@@ -160,8 +163,8 @@ async def test_rollout_is_sticky_per_caller_and_changes_at_runtime(two_nodes: li
             modes[f"user-{i}"] = first
         share = sum(mode == "distributed" for mode in modes.values()) / len(modes)
         assert 0.15 < share < 0.85, modes
-        # No token: the client address decides, stickily too.
-        assert len({await _mode_of(client, {}) for _ in range(3)}) == 1
+        # No token: the host's own handler (and its own auth) answers; see the test below.
+        assert {await _mode_of(client, {}) for _ in range(3)} == {"legacy"}
 
         # Runtime changes, no restart: 0 %, 100 %, off, and back on while everything else is 404.
         assert (await client.put(f"{PREFIX}/flags", json={"rollout_percent": 0}, headers=admin)).status_code == 200
@@ -186,6 +189,35 @@ async def test_rollout_is_sticky_per_caller_and_changes_at_runtime(two_nodes: li
         assert bad.status_code == 422
     assert distributed is not None
     assert distributed.flags.current().enabled
+
+
+async def test_only_callers_the_plugins_auth_admits_are_served_by_the_cluster(two_nodes: list[ServerProcess]) -> None:
+    """Regression (audit): with the flag on, the middleware answered from the cluster whoever called:
+    the host's own auth never ran, and neither did the plugin's. A caller without a verified `infer`
+    token now reaches the host's handler, which refuses it as it always did."""
+    urls = [n.url for n in two_nodes]
+    app, _, seen = existing_service(settings_for(urls), api_key="host-key")
+    forged = bearer(secret="not-the-gateways-secret-but-long-enough-0123456789")
+    async with client_for(app, headers={}) as client:
+        for headers in ({}, {"Authorization": "Bearer not-a-jwt"}, forged, bearer("reports")):  # no `infer`
+            refused = await client.post("/api/inference", content=BODY, headers={**JSON, **headers})
+            assert refused.status_code == 401, (headers, refused.text)
+            assert refused.json() == {"detail": "the host's own auth refused"}
+            assert "X-Inference-Mode" not in refused.headers
+        served = await client.post("/api/inference", content=BODY, headers={**JSON, **bearer()})
+        assert served.status_code == 200, served.text
+        assert served.headers["X-Inference-Mode"] == "distributed"
+    assert seen.requests == []
+
+    async def open_endpoint(scope: Any) -> bool:
+        return True  # an endpoint open to all: the host says so
+
+    settings = settings_for(urls)
+    settings.flags = FlagSettings(enabled=True, rollout_percent=50)
+    app, _, _ = existing_service(settings, authorize=open_endpoint)
+    async with client_for(app, headers={}) as client:
+        # Without a token the client address picks the rollout bucket, stickily.
+        assert len({await _mode_of(client, {}) for _ in range(3)}) == 1
 
 
 async def _wait_compared(distributed: DistributedInference, count: int) -> dict[str, Any]:
