@@ -252,6 +252,9 @@ class Authenticator:
             return self._secret, _HMAC
         if self._jwks is not None and isinstance(kid, str):
             jwk = await self._jwks.get(kid)
+            if str(jwk.key_type).lower() == "oct":
+                # A JWKS is public: a symmetric key in it lets anyone who reads it sign (Regression, audit).
+                raise _invalid(f"key {kid!r} of the JWKS is symmetric; only public keys verify tokens")
             if jwk.algorithm_name != alg and alg not in _algorithms_of(jwk):
                 raise _invalid(f"algorithm {alg} does not match key {kid!r}")
             return jwk, (alg,)

@@ -212,6 +212,24 @@ async def test_jwks_keys_are_cached_and_refreshed_on_an_unknown_kid(jwks: _Jwks,
     await rejected(auth, mint_token(rotated, algorithm="RS256", kid="k1"), "bad signature")
 
 
+async def test_a_symmetric_key_in_the_jwks_verifies_nothing(jwks: _Jwks) -> None:
+    """Regression (audit): an `oct` key published with alg HS384 or HS512 verified tokens signed with
+    it, and a JWKS is public: anyone who read the set could mint admin tokens."""
+    secret = b"published-in-the-jwks-for-all-to-read-" + b"0123456789abcdef" * 3
+    for alg in ("HS384", "HS512"):
+        oct_key = {"kty": "oct", "k": base64.urlsafe_b64encode(secret).rstrip(b"=").decode(), "alg": alg}
+        jwks.keys.append({**oct_key, "kid": f"oct-{alg}", "use": "sig"})
+    auth = Authenticator(AuthSettings(jwt_jwks_url=jwks.url, jwks_refresh_s=0))
+    for alg in ("HS384", "HS512"):
+        forged = jwt.encode(
+            {"sub": "mallory", "scope": "admin", "exp": time.time() + 60},
+            secret,
+            algorithm=alg,
+            headers={"kid": f"oct-{alg}"},
+        )
+        await rejected(auth, forged, "is symmetric")
+
+
 async def test_jwks_down_is_503_not_401(jwks: _Jwks, rsa_key: rsa.RSAPrivateKey) -> None:
     jwks.down = True
     auth = Authenticator(AuthSettings(jwt_jwks_url=jwks.url, jwks_refresh_s=0))
