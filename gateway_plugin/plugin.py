@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -28,6 +28,7 @@ from fastapi import APIRouter, Depends
 from fastapi.routing import APIRoute
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
@@ -50,12 +51,12 @@ from gateway_plugin.api import (
 from gateway_plugin.api.health import summary
 from gateway_plugin.api.inference import build_call
 from gateway_plugin.api.openapi_problems import document_problems
-from gateway_plugin.api.routing import add_not_found_route, record_routes
+from gateway_plugin.api.routing import Guard, add_not_found_route, record_routes
 from gateway_plugin.api.schemas import InferenceRequest
 from gateway_plugin.api.stats import stats_router
 from gateway_plugin.api.tasks import task_runner, tasks_router
 from gateway_plugin.api.v2_metadata import v2_health_router, v2_metadata_router
-from gateway_plugin.auth import INFER, Authenticator, node_ssl_context
+from gateway_plugin.auth import ADMIN, INFER, Authenticator, node_ssl_context
 from gateway_plugin.balancing import build_pool, build_resilience
 from gateway_plugin.cache import CachingDispatcher, ResponseCache
 from gateway_plugin.catalog import ModelCatalog
@@ -175,8 +176,22 @@ class DistributedInference:
         return summary(self._services)
 
     def _build_router(self) -> APIRouter:
+        async def infer_guard(request: Request) -> None:
+            await self.auth.authorize(request.headers.get("authorization"), INFER)
+
+        async def admin_guard(request: Request) -> None:
+            await self.auth.authorize(request.headers.get("authorization"), ADMIN)
+
+        async def enabled_guard(request: Request) -> None:
+            self._check_enabled()
+
+        guards: dict[Callable[..., Any], Guard] = {
+            self.require_enabled: enabled_guard,
+            self.require_infer: infer_guard,
+            self.require_admin: admin_guard,
+        }
         route_class = problem_route(
-            self.settings.limits.max_body_bytes, self.telemetry.route_hook, gate=self.require_enabled
+            self.settings.limits.max_body_bytes, self.telemetry.route_hook, gate=self.require_enabled, guards=guards
         )
         router = APIRouter(prefix=self.settings.api.prefix, lifespan=self.lifespan, route_class=route_class)
         enabled, infer = Depends(self.require_enabled), Depends(self.require_infer)
@@ -188,7 +203,8 @@ class DistributedInference:
             applied = [dependency.dependency for dependency in dependencies]
             document_problems(sub.routes, applied=applied, auth=auth, gate=self.require_enabled)
             router.include_router(sub, dependencies=list(dependencies))
-            record_routes(route_class, sub, gated=enabled in dependencies)  # for the Allow and 404 of a 405
+            # For the Allow and 404 of a 405, and the checks made before a body is read.
+            record_routes(route_class, sub, gated=enabled in dependencies, dependencies=applied)
 
         # Hot routes first: FastAPI tries each included router in order, and a miss costs a scan of its routes.
         # The relay is served as plain ASGI (RawRoute): the dependencies document it, `_guard_infer` enforces them.

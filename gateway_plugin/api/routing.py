@@ -10,7 +10,7 @@ import logging
 import os
 import random
 import re
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, ClassVar
 
 from fastapi.exceptions import RequestValidationError
@@ -116,6 +116,13 @@ class ProblemRoute(APIRoute):
     gated_paths: ClassVar[set[str]] = set()
     # Whether this route answers inference calls whatever its tags (the v2 relay's are the protocol's).
     serves_inference: ClassVar[bool] = False
+    # What the flag's and auth's dependencies check, run before the body is read, by the dependency
+    # they stand for. Regression (audit): a body was read, inflated and parsed (16 MB of JSON: seconds
+    # on the event loop) before the caller was known, and a bad body was a 400 where 401 was due.
+    guards: ClassVar[Mapping[Callable[..., Any], Guard]] = {}
+    # Each endpoint's guards, in its dependencies' order (`record_routes`): by endpoint, which every
+    # FastAPI version keeps on the route that serves it (from 0.165 an included route is not copied).
+    early: ClassVar[dict[Callable[..., Any], tuple[Guard, ...]]] = {}
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Starlette answers a method the route lacks with the host's plain 405; ours is problem+json.
@@ -159,11 +166,14 @@ class ProblemRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         limit = self.max_body_bytes
+        early, endpoint = type(self).early, self.endpoint
 
         async def handle(request: Request) -> Response:
             request_id = request_id_of(request)
             try:
                 if limit is not None and request.method in _BODY_METHODS:
+                    for guard in early.get(endpoint, ()):
+                        await guard(request)
                     # FastAPI reads bodies whole and unbounded; read it here under the cap first.
                     # Starlette's Request caches the body in `_body`, where FastAPI then finds it.
                     request._body = await read_body(request, limit)
@@ -312,22 +322,41 @@ def add_not_found_route(router: APIRouter, route_class: type[ProblemRoute]) -> b
 
 # (route, scope, receive, send, the route's own ASGI handling) -> None
 RouteHook = Callable[[APIRoute, Scope, Receive, Send, ASGIApp], Awaitable[None]]
+# A dependency's check, run on the bare request (its headers) before the body is read.
+Guard = Callable[[Request], Awaitable[Any]]
 
 
 def problem_route(
-    max_body_bytes: int, hook: RouteHook | None = None, gate: Callable[[], Awaitable[None]] | None = None
+    max_body_bytes: int,
+    hook: RouteHook | None = None,
+    gate: Callable[[], Awaitable[None]] | None = None,
+    guards: Mapping[Callable[..., Any], Guard] | None = None,
 ) -> type[ProblemRoute]:
-    """A ProblemRoute class that caps request bodies at `max_body_bytes` (and runs `hook` around requests)."""
+    """A ProblemRoute class that caps request bodies at `max_body_bytes` (and runs `hook` around
+    requests); `guards`: what a dependency checks, to check before a body is read."""
     attributes: dict[str, Any] = {"max_body_bytes": max_body_bytes, "hook": hook, "gate": gate}
+    attributes["guards"] = dict(guards or {})
+    attributes["early"] = {}
     attributes |= {"methods_by_path": {}, "gated_paths": set()}  # its own: filled by `record_routes`
     return type("LimitedProblemRoute", (ProblemRoute,), attributes)
 
 
-def record_routes(route_class: type[ProblemRoute], router: APIRouter, *, gated: bool) -> None:
+def record_routes(
+    route_class: type[ProblemRoute],
+    router: APIRouter,
+    *,
+    gated: bool,
+    dependencies: Sequence[Callable[..., Any]] = (),
+) -> None:
     """Note, for `route_class`'s 405 answers, the methods `router` serves at each path and whether
-    they are behind the gate (included with its dependency)."""
+    they are behind the gate (included with its dependency); and the guards of each endpoint, from
+    `dependencies` (those `router` is included with) and the route's own."""
     for route in router.routes:
         if isinstance(route, APIRoute) and route.methods:
             route_class.methods_by_path.setdefault(route.path_format, set()).update(route.methods)
             if gated:
                 route_class.gated_paths.add(route.path_format)
+            calls = [*dependencies, *(d.call for d in route.dependant.dependencies if d.call is not None)]
+            guards = tuple(dict.fromkeys(route_class.guards[c] for c in calls if c in route_class.guards))
+            if guards:
+                route_class.early[route.endpoint] = guards

@@ -297,3 +297,42 @@ async def test_the_auth_dependencies_on_the_hosts_own_routes_answer_401_and_403_
     assert 'scope="admin"' in not_admin.headers["www-authenticate"]
     assert (fine.status_code, fine.json()) == (200, {"sub": "ana"})
     assert (admin.status_code, admin.json()) == (200, {"admin": True})
+
+
+async def test_a_body_is_not_read_before_the_caller_is_known() -> None:
+    """Regression (audit): every JSON route read, inflated and parsed its body before auth ran: an
+    anonymous caller had the gateway parse 16 MB of JSON on its event loop, and a malformed or
+    oversized body was a 400 or 413 where the contract says 401 (or 404 with the flag off)."""
+    from gateway_plugin.settings import LimitSettings
+
+    settings = settings_for([], limits=LimitSettings(max_body_bytes=4096))
+    malformed, oversized = b'{"model": "digits", "inputs": [', b'{"pad": "' + b"x" * 10_000 + b'"}'
+    json = {"Content-Type": "application/json"}
+    routes = [
+        ("POST", "/inference"),
+        ("POST", "/inference/batch"),
+        ("POST", "/inference/parallel"),
+        ("POST", "/inference/pipeline"),
+        ("POST", "/inference/stream/charlm"),
+        ("POST", "/tasks"),
+        ("POST", "/nodes"),
+        ("PUT", "/flags"),
+    ]
+    async with mounted(settings, headers={}) as (client, distributed):
+        for method, path in routes:
+            for body in (malformed, oversized):
+                response = await client.request(method, PREFIX + path, content=body, headers=json)
+                assert response.status_code == 401, (method, path, response.status_code, response.text)
+                assert response.headers["content-type"] == "application/problem+json"
+        for method, path in [("POST", "/nodes"), ("PUT", "/flags")]:  # admin routes: an infer token is 403
+            response = await client.request(method, PREFIX + path, content=malformed, headers={**json, **bearer()})
+            assert response.status_code == 403, (method, path, response.text)
+        # With a valid token the body is read and judged as before.
+        answered = await client.post(f"{PREFIX}/inference", content=malformed, headers={**json, **bearer()})
+        assert answered.status_code == 400
+        too_big = await client.post(f"{PREFIX}/inference", content=oversized, headers={**json, **bearer()})
+        assert too_big.status_code == 413
+        # With the flag off a gated route is not there at all: 404 before auth or the body.
+        distributed.flags.update(enabled=False)
+        gone = await client.post(f"{PREFIX}/inference", content=malformed, headers=json)
+        assert gone.status_code == 404
