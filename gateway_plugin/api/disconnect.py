@@ -52,12 +52,14 @@ async def unless_disconnected(receive: Receive, work: Coroutine[Any, Any, T]) ->
 async def _disconnected(receive: Receive) -> None:
     """Returns once the client has left; waits for ever when the next message says nothing of it.
 
-    One message only: a host's middleware may hand the app a `receive` that replays the body on
-    every call (a loop on it would never yield) or that raises once the body is read. Not knowing
-    is no reason to cancel anyone's work.
+    One message only (two after an empty body: a GET's, unread): a host's middleware may hand the
+    app a `receive` that replays the body on every call (a loop on it would never yield) or that
+    raises once the body is read. Not knowing is no reason to cancel anyone's work.
     """
     try:
         message = await receive()
+        if message.get("type") == "http.request" and not message.get("body") and not message.get("more_body"):
+            message = await receive()  # a GET's empty body, which nobody read: the next one tells
     except Exception:
         message = {}
     if message.get("type") != "http.disconnect":

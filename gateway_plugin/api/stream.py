@@ -26,6 +26,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
+from starlette.types import Receive
 
 from gateway_plugin.admission import Place, admitted
 from gateway_plugin.api.disconnect import unless_disconnected
@@ -142,6 +143,7 @@ async def _stream(
     strategy: str | None,
     timeout_ms: int | None,
     request_id: str,
+    receive: Receive,
 ) -> EventSourceResponse:
     if svc.streams is None:
         raise NoCapacity("streaming is not available: the plugin is not started")
@@ -150,7 +152,8 @@ async def _stream(
     started = time.perf_counter()
     call = StreamCall(model, prompt, parameters, request_id, _timeout_s(svc, timeout_ms), strategy)
     try:
-        stream = await svc.streams.open(call)
+        # Until the first token: a client that leaves meanwhile must not hold the node (Regression, audit).
+        stream = await unless_disconnected(receive, svc.streams.open(call))
     except BaseException:
         if place is not None:
             place.release()
@@ -192,7 +195,8 @@ def stream_router(services: ServicesDependency, route_class: type[ProblemRoute] 
     ) -> EventSourceResponse:
         given = {"max_tokens": max_tokens, "temperature": temperature, "top_k": top_k, "seed": seed, "stop": stop}
         parameters = {key: value for key, value in given.items() if value is not None}
-        return await _stream(svc, model, prompt, parameters, strategy, timeout_ms, request_id_of(request))
+        request_id = request_id_of(request)
+        return await _stream(svc, model, prompt, parameters, strategy, timeout_ms, request_id, request.receive)
 
     @router.post("/inference/stream/{model}", summary="Stream tokens, or one result, as SSE", responses=responses)
     async def stream_post(
@@ -203,7 +207,8 @@ def stream_router(services: ServicesDependency, route_class: type[ProblemRoute] 
     ) -> EventSourceResponse:
         request_id = body.request_id or request_id_of(request)
         if body.prompt is not None:
-            return await _stream(svc, model, body.prompt, body.parameters, body.strategy, body.timeout_ms, request_id)
+            options = (body.parameters, body.strategy, body.timeout_ms, request_id, request.receive)
+            return await _stream(svc, model, body.prompt, *options)
         single = InferenceRequest(
             model=model,
             inputs=body.inputs,

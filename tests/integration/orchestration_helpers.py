@@ -24,7 +24,9 @@ SOFTMAX_MODEL = "softmax"  # logits [-1, 10] -> probabilities [-1, 10]: a stage 
 T = TypeVar("T")
 
 
-def _slow_repository(root: Path) -> Path:
+def _slow_repository(root: Path, extra: tuple[str, ...] = ()) -> Path:
+    for name in extra:  # bundled models served as they are (slowed down too)
+        shutil.copytree(bundled_models() / name, root / name)
     target = root / SLOW_MODEL
     shutil.copytree(bundled_models() / "digits", target)
     config = json.loads((target / "config.json").read_text())
@@ -48,9 +50,12 @@ def _softmax_model(folder: Path) -> None:
     )
 
 
-def slow_node_fixture(tmp_path_factory: pytest.TempPathFactory, latency_ms: int = 300) -> Iterator[ServerProcess]:
-    """A node serving only `slow_digits` and `softmax`, every inference delayed (see `set_latency`)."""
-    repository = _slow_repository(tmp_path_factory.mktemp("slow-repo"))
+def slow_node_fixture(
+    tmp_path_factory: pytest.TempPathFactory, latency_ms: int = 300, extra: tuple[str, ...] = ()
+) -> Iterator[ServerProcess]:
+    """A node serving only `slow_digits` and `softmax` (and the bundled `extra`), every inference
+    delayed, token streams' first token too (see `set_latency`)."""
+    repository = _slow_repository(tmp_path_factory.mktemp("slow-repo"), extra)
     args = ["--fault-latency-ms", str(latency_ms), "--fault-control", "--workers", "4"]
     node = start_node(repository, "slow-node", extra_args=args)
     try:

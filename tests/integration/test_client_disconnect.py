@@ -55,7 +55,7 @@ def test_node_does_not_treat_a_vanished_client_as_its_own_error(two_nodes: list[
 
 @pytest.fixture(scope="module")
 def slow_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    yield from slow_node_fixture(tmp_path_factory)
+    yield from slow_node_fixture(tmp_path_factory, extra=("charlm",))
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +68,13 @@ def slow_gateway(slow_node: ServerProcess) -> Iterator[ServerProcess]:
         process.stop()
 
 
-@pytest.mark.parametrize("route", ["inference", "batch", "parallel", "pipeline", "stream"])
+@pytest.mark.parametrize("route", ["inference", "batch", "parallel", "pipeline", "stream", "tokens", "tokens_get"])
 def test_a_client_that_leaves_cancels_its_orchestrated_calls(
     slow_node: ServerProcess, slow_gateway: ServerProcess, route: str
 ) -> None:
     """Regression: Starlette keeps a handler running after its client left; a batch, fan-out or
-    pipeline ran all its node calls to the end (minutes of cluster work and an admission place)."""
+    pipeline ran all its node calls to the end (minutes of cluster work and an admission place).
+    So did a token stream whose client left before its first token (audit)."""
     set_latency(slow_node, 10_000)
     one = {"model": SLOW_MODEL, "inputs": [[0.0] * 8] * 8, "timeout_ms": 30_000}
     bodies: dict[str, Any] = {
@@ -82,14 +83,22 @@ def test_a_client_that_leaves_cancels_its_orchestrated_calls(
         "pipeline": {"stages": [{"id": "a", **one}, {"id": "b", **one, "depends_on": ["a"]}]},
         "inference": one,
         "stream": {"inputs": one["inputs"], "timeout_ms": 30_000},  # a result stream: one node call
+        "tokens": {"prompt": "the ", "parameters": {"max_tokens": 4}, "timeout_ms": 30_000},
     }
     paths = {"inference": "/inference", "stream": f"/inference/stream/{SLOW_MODEL}"}
+    paths["tokens"] = "/inference/stream/charlm"
     try:
         api = f"{slow_gateway.url}/api/v1/distributed"
         with httpx.Client(timeout=10) as client:
             assert client.get(f"{api}/health/ready").status_code == 200
+            url, once = api + paths.get(route, f"/inference/{route}"), httpx.Timeout(1.0)
+            if route == "tokens_get":
+                tokens = f"{api}/inference/stream/charlm"
+                request = client.build_request("GET", tokens, params={"prompt": "the "}, timeout=once)
+            else:
+                request = client.build_request("POST", url, json=bodies[route], timeout=once)
             with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
-                client.post(api + paths.get(route, f"/inference/{route}"), json=bodies[route], timeout=1.0)
+                client.send(request)
             left = time.monotonic()
             while _in_flight(client, api) and time.monotonic() - left < 5:
                 time.sleep(0.1)
