@@ -74,18 +74,18 @@ class FeatureFlags:
         if self.provider is None:
             return FlagState(local.enabled, local.rollout_percent, local.mode)
         try:
-            enabled = self.provider.get_boolean_value(FLAG_KEYS["enabled"], local.enabled)
+            enabled = _switch(self.provider.get_boolean_value(FLAG_KEYS["enabled"], local.enabled))
             percent = self.provider.get_float_value(FLAG_KEYS["rollout_percent"], local.rollout_percent)
             mode = self.provider.get_string_value(FLAG_KEYS["mode"], local.mode)
+            share = float(percent)  # a hand-written provider's "abc" or None: its failure, not ours
         except Exception:  # a provider's failure must not take requests down: fall back to local values
             log.exception("flag provider failed; using the local flag values")
             return FlagState(local.enabled, local.rollout_percent, local.mode)
-        share = float(percent)
         if math.isnan(share):  # min/max keep a NaN: nobody would be in the rollout, and GET /flags says null
             log.warning("flag provider gave a NaN rollout percent; using the local value")
             share = local.rollout_percent
         return FlagState(
-            enabled=bool(enabled),
+            enabled=enabled,
             rollout_percent=min(max(share, 0.0), 100.0),
             mode="shadow" if mode == "shadow" else "serve",
             source="provider",
@@ -97,7 +97,7 @@ class FeatureFlags:
         if self.provider is None:
             return self._local.enabled
         try:
-            return bool(self.provider.get_boolean_value(FLAG_KEYS["enabled"], self._local.enabled))
+            return _switch(self.provider.get_boolean_value(FLAG_KEYS["enabled"], self._local.enabled))
         except Exception:
             log.exception("flag provider failed; using the local flag values")
             return self._local.enabled
@@ -119,3 +119,10 @@ class FeatureFlags:
     @staticmethod
     def in_rollout(caller: str, percent: float) -> bool:
         return percent >= 100 or rollout_bucket(caller) < percent
+
+
+def _switch(value: object) -> bool:
+    """A provider's boolean; a string or number is its error (`bool("false")` is True: the flag on)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"the flag provider gave {type(value).__name__} {str(value)[:20]!r} for a boolean")
+    return value

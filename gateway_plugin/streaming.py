@@ -133,11 +133,20 @@ def _item(event: Event, where: str | None) -> StreamToken | StreamEnd:
     if isinstance(event.get("error"), str):
         raise NodeServerError(f"the node reported: {event['error']}", node_url=where or "local")
     if "finish_reason" in event:
-        return StreamEnd(str(event["finish_reason"]), int(event.get("tokens", 0)))
+        return StreamEnd(str(event["finish_reason"]), _count(event, "tokens", where))
     text = event.get("text_output")
     if not isinstance(text, str):
         raise NodeServerError("an event has no text_output", node_url=where or "local")
-    return StreamToken(int(event.get("index", 0)), text)
+    return StreamToken(_count(event, "index", where), text)
+
+
+def _count(event: Event, key: str, where: str | None) -> int:
+    """A whole number the node sent; anything else is the node's fault (Regression, audit: `int()`
+    of a string or a list was a 500 before the first token and a cut-off stream after it)."""
+    value = event.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise NodeServerError(f"an event's {key!r} is not a count: {str(value)[:40]!r}", node_url=where or "local")
+    return value
 
 
 class StreamRelay:

@@ -116,3 +116,26 @@ async def test_the_relay_guard_reads_the_flag_once() -> None:
     with pytest.raises(NotFound):
         await plugin._guard_infer(None)
     assert provider.reads == [True, True]
+
+
+class _Untyped(_Broken):
+    """A hand-written provider that answers strings (no OpenFeature type checks in between)."""
+
+    def __init__(self, enabled: object, percent: object) -> None:
+        self.values = {"enabled": enabled, "percent": percent}
+
+    def get_boolean_value(self, flag_key: str, default_value: bool) -> bool:
+        return self.values["enabled"]  # type: ignore[return-value]
+
+    def get_float_value(self, flag_key: str, default_value: float) -> float:
+        return self.values["percent"]  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(("enabled", "percent"), [(True, "abc"), (True, None), ("false", 50.0), (1, 50.0)])
+def test_a_provider_value_of_the_wrong_type_falls_back_to_local_values(enabled: object, percent: object) -> None:
+    """Regression (audit): `float("abc")` sat outside the fallback (the legacy endpoint and GET /flags
+    answered 500), and `bool("false")` turned the flag on."""
+    flags = FeatureFlags(FlagSettings(enabled=False, rollout_percent=40), _Untyped(enabled, percent))
+    state = flags.current()
+    assert (state.enabled, state.rollout_percent, state.source) == (False, 40, "settings")
+    assert flags.enabled is (enabled is True)  # the switch alone: a string or a number is not a boolean

@@ -77,3 +77,20 @@ async def test_an_error_event_and_a_spent_deadline_end_the_stream() -> None:
     with pytest.raises(DeadlineExceeded):
         async for _ in stream(stalled(), timeout_s=0.05).items():
             pass
+
+
+@pytest.mark.parametrize(
+    "bad", [{"text_output": "b", "index": "two"}, {"text_output": "", "finish_reason": "x", "tokens": [1]}]
+)
+async def test_an_event_with_a_count_that_is_not_one_interrupts_the_stream_as_the_nodes_fault(
+    bad: dict[str, Any],
+) -> None:
+    """Regression (audit): `int()` of a node's string or list raised ValueError/TypeError: the
+    client's stream was cut with no `error` or `done` event."""
+
+    async def garbage() -> AsyncIterator[dict[str, Any]]:
+        yield bad
+
+    with pytest.raises(StreamInterrupted, match="is not a count"):
+        async for _ in stream(garbage()).items():
+            pass
