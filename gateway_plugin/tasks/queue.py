@@ -71,7 +71,7 @@ class TaskQueue:
         if not await self._store.add(record, max_pending=self.max_size):
             raise QueueFull(
                 f"the task queue is full ({self.max_size} tasks may wait; on the memory store, "
-                "DISTINFER_TASK_MAX_PENDING_BYTES of their requests); retry later",
+                "DISTINFER_TASK_MAX_PENDING_BYTES of their requests; on Redis, its maxmemory); retry later",
                 retry_after_s=self.retry_after_s(),
             )
 

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis.asyncio as redis
+from redis import exceptions as redis_errors
 
 from gateway_plugin.tasks.model import PRIORITY_RANK, TaskRecord, TaskStatus
 from gateway_plugin.tasks.store import PendingSnapshot
@@ -62,11 +63,14 @@ _LISTED += ("started_at", "finished_at", "error", "worker")
 # 15 MB batch parsed it whole (285 ms, the event loop blocked) to answer with 200 bytes.
 _SHOWN: tuple[str, ...] = (*_LISTED, "result", "handovers", "trace")
 
+# Frees before it writes: at `maxmemory` Redis refuses a script's HSET only until the script has
+# written something, so the request's bytes go first (Regression, audit: under `noeviction` every
+# task's end was refused, and the task ran again once its lease ran out).
 _FINISH = """
 if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return 0 end
-redis.call('HSET', KEYS[2], 'status', ARGV[2], 'finished_at', ARGV[3], 'result', ARGV[4], 'error', ARGV[5])
 redis.call('HDEL', KEYS[2], 'request')
 redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], 'status', ARGV[2], 'finished_at', ARGV[3], 'result', ARGV[4], 'error', ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 return 1
 """
@@ -107,6 +111,8 @@ return moved
 
 
 _PRUNE_EVERY_S = 5.0  # how often a replica looks for index entries of expired records
+_FILTERED_PAGE = 500  # ids per round trip when a listing filters by status
+_MAX_SCANNED = 100_000  # index entries a listing looks at, at most
 
 
 def _dump(value: Any) -> str:
@@ -175,7 +181,10 @@ class RedisTaskStore:
         keys += [self._owner_key(record.owner), self._owners_key]
         args: list[str | int] = [max_pending, repr(record.score), repr(record.created_at), record.task_id]
         args += [record.priority, record.owner, *flat]
-        return bool(await self._add(keys=keys, args=args))
+        try:
+            return bool(await self._add(keys=keys, args=args))
+        except redis_errors.OutOfMemoryError:  # Redis at `maxmemory`: full, as a full queue is (429, not 503)
+            return False
 
     async def claim(self, *, now: float, lease_until: float, worker: str) -> TaskRecord | None:
         keys = [self._pending_key, self._running_key, self._depth_key]
@@ -218,12 +227,20 @@ class RedisTaskStore:
         # fell out of reach behind 1,000 newer tasks of others (Regression, audit).
         index = self._index_key if owner is None else self._owner_key(owner)
         found: list[TaskRecord] = []
-        start, page = 0, max(50, limit)
-        while len(found) < limit and start < 20 * page:  # a bounded scan, newest first
+        start = 0
+        # A status filter reads one field per task until it has enough: it once read whole rows of
+        # at most 1,000 to 2,000 tasks, and older matches were missing (Regression, audit).
+        page = _FILTERED_PAGE if status is not None else max(50, limit)
+        while len(found) < limit and start < _MAX_SCANNED:  # a bounded scan, newest first
             ids: list[str] = await self._redis.zrevrange(index, start, start + page - 1)  # type: ignore[assignment]
             if not ids:
                 break
-            start += page
+            start += len(ids)
+            if status is not None:
+                ids, gone = await self._with_status(ids, status)
+                if gone:
+                    await self._forget(gone)
+                    start -= len(gone)
             async with self._redis.pipeline(transaction=False) as pipe:
                 for task_id in ids:
                     pipe.hmget(self._key(task_id), _LISTED)  # not the request nor the result: a listing shows neither
@@ -238,6 +255,15 @@ class RedisTaskStore:
                 if record and record.matches(status=status, owner=owner):
                     found.append(record)
         return found[:limit]
+
+    async def _with_status(self, ids: list[str], status: TaskStatus) -> tuple[list[str], list[str]]:
+        """Of `ids`, those whose task has `status` now, and those whose record has expired."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.hget(self._key(task_id), "status")
+            statuses: list[str | None] = await pipe.execute()
+        matching = [task_id for task_id, now in zip(ids, statuses, strict=True) if now == status.value]
+        return matching, [task_id for task_id, now in zip(ids, statuses, strict=True) if now is None]
 
     async def finish(
         self,

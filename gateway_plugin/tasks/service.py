@@ -215,6 +215,11 @@ class TaskService:
                 otel_context.detach(token)
         self._running[record.task_id] = task
         try:
+            # A cancel that came between the claim and the line above found nothing here to cancel
+            # (Regression, audit: the store said `cancelled` while the task ran); one from now on does.
+            with contextlib.suppress(Exception):  # a store out of reach now: the watcher looks again soon
+                if (await self.store.statuses([record.task_id])).get(record.task_id) is not TaskStatus.RUNNING:
+                    task.cancel()
             # asyncio.wait, not await: a user's cancel ends `task`, a shutdown ends this worker.
             await asyncio.wait({task})
         except asyncio.CancelledError:
@@ -247,8 +252,17 @@ class TaskService:
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
     ) -> None:
+        # Shielded, and waited for when the gateway stops meanwhile: a cancelled write left the task
+        # running on nobody, to be run again after its lease as if this gateway had crashed (audit).
+        writing = asyncio.ensure_future(
+            self.store.finish(record.task_id, status, now=self._clock(), result=result, error=error)
+        )
         try:
-            await self.store.finish(record.task_id, status, now=self._clock(), result=result, error=error)
+            await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await writing
+            raise
         except Exception as exc:  # its lease runs out and another gateway runs it again
             log.warning("could not record the end of task %s: %s", record.task_id, exc)
 

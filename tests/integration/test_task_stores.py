@@ -197,3 +197,42 @@ async def test_the_submitters_trace_context_travels_with_the_task(store: TaskSto
     plain = await store.get("plain")
     assert plain is not None
     assert plain.trace is None
+
+
+async def test_a_status_filter_finds_a_callers_older_tasks_behind_many_newer_ones(store: TaskStore) -> None:
+    """Regression (audit): a filtered Redis listing read whole rows of the newest 1,000 to 2,000 of
+    the caller's tasks only, so its older pending task was missing (the memory store found it)."""
+    if isinstance(store, MemoryTaskStore):
+        store = MemoryTaskStore(max_tasks=5000, ttl_s=60)
+    assert await store.add(_record("old-pending", "normal", 1.0), max_pending=5000)
+    for n in range(2100):
+        assert await store.add(_record(f"done-{n}", "normal", 2.0 + n / 1000), max_pending=5000)
+        assert await store.cancel(f"done-{n}", now=3.0) is TaskStatus.PENDING
+    for owner in ("me", None):
+        listed = await store.find(status=TaskStatus.PENDING, owner=owner, limit=10)
+        assert [record.task_id for record in listed] == ["old-pending"], owner
+    assert len(await store.find(status=TaskStatus.CANCELLED, owner="me", limit=3)) == 3
+
+
+async def test_a_redis_at_maxmemory_still_records_ends_and_refuses_new_tasks_as_a_full_queue(tmp_path: Path) -> None:
+    """Regression (audit): under `maxmemory` with `noeviction`, finishing a task began with a write
+    Redis refused, so its end was lost and it ran again after its lease; and a submission into the
+    full Redis was a 503 `task_store_unavailable` rather than 429 `queue_full`."""
+    async with _on_redis(tmp_path) as store:
+        big = {"pad": "x" * 200_000}
+        added = 0
+        for n in range(200):
+            record = TaskRecord(f"t{n}", "inference", big, "normal", "me", float(n), queue_score("normal", n, 10.0))
+            if not await store.add(record, max_pending=1000):
+                break
+            added += 1
+            if n == 5:
+                used = int((await store._redis.info("memory"))["used_memory"])
+                await store._redis.config_set("maxmemory", used + 2_000_000)
+        assert 5 < added < 200  # the add that found Redis full was refused (False: QueueFull's 429)
+        claimed = await store.claim(now=1000.0, lease_until=2000.0, worker="w")
+        assert claimed is not None
+        assert await store.finish(claimed.task_id, TaskStatus.COMPLETED, now=1001.0, result={"ok": True})
+        done = await store.get(claimed.task_id)
+        assert done is not None
+        assert (done.status, done.result) == (TaskStatus.COMPLETED, {"ok": True})

@@ -305,6 +305,68 @@ async def test_a_task_cancelled_as_it_is_claimed_does_not_run() -> None:
     assert ran == []
 
 
+class CancelledAfterTheClaimStore(MemoryTaskStore):
+    """A DELETE answered after the claim returned, before the worker has registered the run (the
+    turns of the event loop between the two)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_tasks=100, ttl_s=60)
+        self.cancels: list[asyncio.Future[TaskStatus | None]] = []
+
+    async def claim(self, *, now: float, lease_until: float, worker: str) -> TaskRecord | None:
+        record = await super().claim(now=now, lease_until=lease_until, worker=worker)
+        if record is not None:
+            asyncio.get_running_loop().call_soon(self._cancel_now, record.task_id, now)
+        return record
+
+    def _cancel_now(self, task_id: str, now: float) -> None:
+        self.cancels.append(asyncio.ensure_future(self.cancel(task_id, now=now)))
+
+
+async def test_a_task_cancelled_right_after_its_claim_makes_no_node_call() -> None:
+    """Regression (audit): the store said `cancelled` and the DELETE answered so, but the runner
+    started afterwards and a short task made all its node calls."""
+    finished: list[str] = []
+
+    async def runner(kind: str, request: dict[str, Any], task_id: str) -> dict[str, Any]:
+        await asyncio.sleep(0.3)  # its node call
+        finished.append(task_id)
+        return {}
+
+    store = CancelledAfterTheClaimStore()
+    service = TaskService(store, runner, TaskSettings(workers=1), poll_s=0.01)
+    task = await service.submit("inference", {"name": "x"}, "normal", ME)
+    async with running(service):
+        await _until(service, task.task_id, TaskStatus.CANCELLED, ME)
+        await asyncio.sleep(0.5)
+    assert finished == []
+
+
+class SlowFinishingStore(MemoryTaskStore):
+    """Records a task's end late: a Redis round trip, stretched."""
+
+    def __init__(self) -> None:
+        super().__init__(max_tasks=100, ttl_s=60)
+        self.finishing = asyncio.Event()
+
+    async def finish(self, task_id: str, status: TaskStatus, **kwargs: Any) -> bool:
+        self.finishing.set()
+        await asyncio.sleep(0.2)
+        return await super().finish(task_id, status, **kwargs)
+
+
+async def test_a_stop_while_a_tasks_end_is_written_still_records_it() -> None:
+    """Regression (audit): the stop cancelled the write: the task stayed `running` on nobody and ran
+    again after its lease on another gateway, counted as a crash."""
+    store = SlowFinishingStore()
+    service = TaskService(store, Runner(), TaskSettings(workers=1), poll_s=0.01)
+    task = await service.submit("inference", {"name": "quick"}, "normal", ME)
+    async with running(service):
+        await asyncio.wait_for(store.finishing.wait(), timeout=10)  # the stop comes mid-write
+    record = await service.get(task.task_id, ME)
+    assert (record.status, record.result) == (TaskStatus.COMPLETED, {"echo": "quick"})
+
+
 async def test_a_task_handed_back_by_one_stopping_gateway_after_another_still_runs() -> None:
     """Regression: every graceful handover counted towards MAX_ATTEMPTS, so a long task caught by a
     rolling update of three replicas was failed as if it had crashed three gateways."""
