@@ -147,14 +147,11 @@ def check_parallel(svc: Services, body: ParallelRequest, *, inputs: bool = False
     if len(body.models) > limit:
         raise Unprocessable(f"at most {limit} models at once (DISTINFER_MAX_PARALLEL_MODELS)")
     if body.output is not None and body.aggregation in _READS_OUTPUT:
-        # By the models' metadata, where known: a name no model has was found only after the fan-out.
-        lacking = [
-            model
-            for model in body.models
-            if (info := model_info(svc, model)) is not None and body.output not in {spec.name for spec in info.outputs}
-        ]
-        if lacking:
-            raise Unprocessable(f"models {lacking} have no output {body.output!r}")
+        # A name no model has was found only after the fan-out. Only when no model can have it: one
+        # that lacks it may still be left out (it fails, or the quorum is met without it).
+        infos = [model_info(svc, model) for model in body.models]
+        if all(info is not None and body.output not in {spec.name for spec in info.outputs} for info in infos):
+            raise Unprocessable(f"none of the models {body.models} has an output {body.output!r}")
     if inputs:
         calls, failed = _prepare(svc, body, "check", svc.settings.dispatch.default_timeout_ms)
         if not calls:

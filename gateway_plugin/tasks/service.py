@@ -95,7 +95,7 @@ class TaskService:
         self._poll_s = poll_s
         self._watch_s = min(settings.lease_s / 3, 0.5)
         self.replica = uuid.uuid4().hex[:8]
-        self._running: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self._running: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._wake = asyncio.Event()
 
     # ------------------------------------------------------------------ API
@@ -204,6 +204,24 @@ class TaskService:
             error = DistinferError(f"given up after {MAX_ATTEMPTS} attempts that did not finish")
             await self._finish(record, TaskStatus.ERROR, error=problem_body(error, record.task_id))
             return
+        # A cancel that came since the claim found nothing here to stop (Regression, audit: the store
+        # said `cancelled` while the task ran). Held in its place while the store is asked, a cancel
+        # from now on finds the placeholder, then the task.
+        placeholder: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._running[record.task_id] = placeholder
+        try:
+            with contextlib.suppress(Exception):  # a store out of reach now: the watcher looks again soon
+                if (await self.store.statuses([record.task_id])).get(record.task_id) is not TaskStatus.RUNNING:
+                    placeholder.cancel()
+            _stop_if_cancelled()  # a stop whose cancel the store's client swallowed
+        except asyncio.CancelledError:  # the gateway stops: the next one picks the task up again
+            self._running.pop(record.task_id, None)
+            with contextlib.suppress(Exception):
+                await self.store.requeue(record.task_id)
+            raise
+        if placeholder.cancelled():
+            self._running.pop(record.task_id, None)
+            return
         # In the submitter's trace: the queue-wait span, and the runner's (a task copies the context).
         token = otel_context.attach(_PROPAGATOR.extract(record.trace)) if record.trace else None
         try:
@@ -215,11 +233,6 @@ class TaskService:
                 otel_context.detach(token)
         self._running[record.task_id] = task
         try:
-            # A cancel that came between the claim and the line above found nothing here to cancel
-            # (Regression, audit: the store said `cancelled` while the task ran); one from now on does.
-            with contextlib.suppress(Exception):  # a store out of reach now: the watcher looks again soon
-                if (await self.store.statuses([record.task_id])).get(record.task_id) is not TaskStatus.RUNNING:
-                    task.cancel()
             # asyncio.wait, not await: a user's cancel ends `task`, a shutdown ends this worker.
             await asyncio.wait({task})
         except asyncio.CancelledError:

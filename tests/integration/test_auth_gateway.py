@@ -336,3 +336,26 @@ async def test_a_body_is_not_read_before_the_caller_is_known() -> None:
         distributed.flags.update(enabled=False)
         gone = await client.post(f"{PREFIX}/inference", content=malformed, headers=json)
         assert gone.status_code == 404
+
+
+async def test_dependency_overrides_replace_the_checks_made_before_the_body_too() -> None:
+    """Regression (review): the checks made before a body is read called the plugin's auth itself, so
+    `app.dependency_overrides` (README, for tests) no longer replaced it on POST, PUT and PATCH routes."""
+    from asgi_lifespan import LifespanManager
+
+    distributed = DistributedInference(settings=settings_for([]))
+    app = FastAPI()
+    app.include_router(distributed.router)
+
+    async def anyone() -> Principal:
+        return Principal(sub="tester", scopes=frozenset({INFER, ADMIN}), claims={})
+
+    app.dependency_overrides[distributed.require_infer] = anyone
+    app.dependency_overrides[distributed.require_admin] = anyone
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://host") as client:
+            flags = await client.put(f"{PREFIX}/flags", json={"rollout_percent": 50})
+            assert flags.status_code == 200, flags.text
+            batch = await client.post(f"{PREFIX}/inference/batch", json={"requests": [{"model": "m", "inputs": [1.0]}]})
+            assert batch.status_code == 200, batch.text  # reached the handler: its item fails on its own

@@ -253,6 +253,16 @@ async def test_votes_on_no_rows_or_a_missing_output_are_answers_or_422_never_500
         assert "add up to 0" in response.json()["detail"]
     # Regression (audit): both were found only after every model had been called.
     assert {node.url: _served(node) for node in two_nodes} == before
+    # Only an output that no model has is refused up front: digits cannot read charlm's inputs and
+    # fails alone, and charlm's `next_state` is the vote (Regression, review: this was a 422).
+    tokens = [
+        {"name": "token", "shape": [1, 1], "datatype": "INT64", "data": [5]},
+        {"name": "state", "shape": [1, 192], "datatype": "FP32", "data": [0.0] * 192},
+    ]
+    body = {"models": ["digits", "charlm"], "inputs": tokens, "aggregation": "majority_vote", "output": "next_state"}
+    mixed = await client.post(f"{API}/inference/parallel", json=body)
+    assert mixed.status_code == 200, mixed.text
+    assert [entry["status"] for entry in mixed.json()["responses"]] == ["error", "ok"]
 
 
 async def test_quorum_answers_early_and_cancels_the_straggler_and_a_deadline_is_504(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -305,6 +306,11 @@ class CancelledAfterTheClaimStore(MemoryTaskStore):
     def _cancel_now(self, task_id: str, now: float) -> None:
         self.cancels.append(asyncio.ensure_future(self.cancel(task_id, now=now)))
 
+    async def statuses(self, task_ids: Iterable[str]) -> Mapping[str, TaskStatus | None]:
+        ids = list(task_ids)
+        await asyncio.sleep(0.02)  # a Redis round trip: the runner must not start meanwhile (review)
+        return await super().statuses(ids)
+
 
 @pytest.mark.parametrize("store_class", [CancelledAsClaimedStore, CancelledAfterTheClaimStore])
 async def test_a_task_cancelled_as_or_right_after_it_is_claimed_makes_no_node_call(
@@ -328,9 +334,7 @@ async def test_a_task_cancelled_as_or_right_after_it_is_claimed_makes_no_node_ca
     async with running(service):
         await _until(service, task.task_id, TaskStatus.CANCELLED, ME)
         await asyncio.sleep(0.5)
-    assert finished == []
-    if store_class is CancelledAsClaimedStore:
-        assert started == []  # the record it read said cancelled: not even started
+    assert (started, finished) == ([], [])  # not even started
 
 
 class SlowFinishingStore(MemoryTaskStore):
