@@ -262,19 +262,24 @@ class SlowAnsweringStore(MemoryTaskStore):
         return record
 
 
+async def _stopped_when(store: MemoryTaskStore, moment: asyncio.Event) -> tuple[TaskService, TaskRecord]:
+    """One task `quick` submitted, the workers stopped as soon as `moment` is set; its record then."""
+    service = TaskService(store, Runner(), TaskSettings(workers=1), poll_s=0.01)
+    task = await service.submit("inference", {"name": "quick"}, "normal", ME)
+    async with running(service):
+        await asyncio.wait_for(moment.wait(), timeout=10)
+    return service, await service.get(task.task_id, ME)
+
+
 async def test_a_stop_that_lands_during_a_claim_puts_the_task_back_at_once() -> None:
     """Regression (audit): the claimed task was left `running` on nobody until its lease ran out,
     and that start was counted as a crash's."""
     store = SlowAnsweringStore()
-    service = TaskService(store, Runner(), TaskSettings(workers=1), poll_s=0.01)
-    task = await service.submit("inference", {"name": "quick"}, "normal", ME)
-    async with running(service):
-        await asyncio.wait_for(store.claimed.wait(), timeout=10)  # the stop comes mid-claim
-    record = await service.get(task.task_id, ME)
+    service, record = await _stopped_when(store, store.claimed)  # the stop comes mid-claim
     assert record.status is TaskStatus.PENDING
     assert (record.attempts, record.handovers) == (1, 1)  # handed back, not a crash
     async with running(service):
-        done = await _until(service, task.task_id, TaskStatus.COMPLETED, ME)
+        done = await _until(service, record.task_id, TaskStatus.COMPLETED, ME)
     assert done.result == {"echo": "quick"}
 
 
@@ -354,11 +359,7 @@ async def test_a_stop_while_a_tasks_end_is_written_still_records_it() -> None:
     """Regression (audit): the stop cancelled the write: the task stayed `running` on nobody and ran
     again after its lease on another gateway, counted as a crash."""
     store = SlowFinishingStore()
-    service = TaskService(store, Runner(), TaskSettings(workers=1), poll_s=0.01)
-    task = await service.submit("inference", {"name": "quick"}, "normal", ME)
-    async with running(service):
-        await asyncio.wait_for(store.finishing.wait(), timeout=10)  # the stop comes mid-write
-    record = await service.get(task.task_id, ME)
+    _, record = await _stopped_when(store, store.finishing)  # the stop comes mid-write
     assert (record.status, record.result) == (TaskStatus.COMPLETED, {"echo": "quick"})
 
 
