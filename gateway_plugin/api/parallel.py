@@ -37,6 +37,7 @@ from gateway_plugin.errors import (
 from gateway_plugin.inputs import is_tensor_list, to_tensors
 from gateway_plugin.orchestration import Aggregation, Answer, aggregate, fan_out
 from gateway_plugin.orchestration.aggregations import quorum_met, quorum_reached
+from gateway_plugin.parameters import ClientParameters
 from gateway_plugin.services import Services, ServicesDependency
 from worker.errors import WorkerError
 from worker.protocol import Tensor, dumps
@@ -75,7 +76,7 @@ class ParallelRequest(BaseModel):
     min_responses: int | None = Field(default=None, ge=1, description="quorum: answer once k answered (votes: agree)")
     timeout_ms: int | None = Field(default=None, gt=0, description="deadline for the whole fan-out")
     output: str | None = Field(default=None, description="output tensor that votes and ensembles read (default first)")
-    parameters: dict[str, Any] = {}
+    parameters: ClientParameters = {}
     strategy: str | None = None
 
     @model_validator(mode="after")

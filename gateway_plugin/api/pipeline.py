@@ -28,6 +28,7 @@ from gateway_plugin.dispatch import InferenceCall
 from gateway_plugin.errors import UnknownModel, Unprocessable, problem_body
 from gateway_plugin.inputs import check_batch_size, to_tensors
 from gateway_plugin.orchestration import PipelineRunner, Stage, StageResult, validate
+from gateway_plugin.parameters import ClientParameters
 from gateway_plugin.services import Services, ServicesDependency
 from worker.engine import check_inputs
 from worker.protocol import Tensor, dumps
@@ -54,7 +55,7 @@ class StageRequest(BaseModel):
         default="hard", description="soft: run even when an upstream failed, without its inputs"
     )
     outputs: list[str] | None = Field(default=None, max_length=_MAX_EDGES)
-    parameters: dict[str, Any] = {}
+    parameters: ClientParameters = {}
     strategy: str | None = None
 
 

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway_plugin.parameters import ClientParameters
+
 __all__ = [
     "InferenceRequest",
     "InferenceResponse",
@@ -37,7 +39,7 @@ class InferenceRequest(BaseModel):
     model: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     inputs: Any
     outputs: list[str] | None = Field(default=None, description="names of the outputs to return; all when absent")
-    parameters: dict[str, Any] = {}
+    parameters: ClientParameters = {}
     priority: Priority = "normal"
     strategy: str | None = None
     timeout_ms: int | None = Field(default=None, gt=0)

@@ -35,6 +35,7 @@ from gateway_plugin.api.routing import ProblemRoute, request_id_of
 from gateway_plugin.api.schemas import InferenceRequest
 from gateway_plugin.api.served import INFERENCE_TAG, node_header
 from gateway_plugin.errors import DistinferError, NoCapacity, problem_body
+from gateway_plugin.parameters import ClientParameters
 from gateway_plugin.services import Services, ServicesDependency
 from gateway_plugin.streaming import StreamCall, StreamEnd, TokenStream
 
@@ -55,7 +56,7 @@ class StreamRequest(BaseModel):
 
     prompt: str | None = Field(default=None, max_length=16_384)
     inputs: Any = None
-    parameters: dict[str, Any] = Field(
+    parameters: ClientParameters = Field(
         default={}, description="generation: max_tokens, temperature (0 = greedy), top_k, seed, stop"
     )
     strategy: str | None = None
