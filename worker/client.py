@@ -21,6 +21,7 @@ import aiohttp
 from pydantic import TypeAdapter, ValidationError
 
 from worker.errors import (
+    AnswerTooLarge,
     NodeBusy,
     NodeCallError,
     NodeLacksModel,
@@ -28,6 +29,7 @@ from worker.errors import (
     NodeServerError,
     NodeTimeout,
     NodeUnreachable,
+    PayloadTooLarge,
     WorkerError,
     retry_after_s,
 )
@@ -114,7 +116,7 @@ class NodeClient:
             ) as response:
                 declared = response.content_length
                 if declared is not None and declared > self._max_response_bytes:
-                    raise NodeServerError(f"{url}: response of {declared} bytes is over the limit", node_url=url)
+                    raise AnswerTooLarge(f"{url}: an answer of {declared} bytes is over the limit", node_url=url)
                 # A declared length of an unencoded body is already checked, and aiohttp stops at it: one
                 # read. A compressed body's length says nothing of what it inflates to: read it under the cap.
                 sized = declared is not None and "Content-Encoding" not in response.headers
@@ -148,7 +150,7 @@ class NodeClient:
         async for chunk in response.content.iter_any():
             size += len(chunk)
             if size > self._max_response_bytes:
-                raise NodeServerError(f"{url}: response is over {self._max_response_bytes} bytes", node_url=url)
+                raise AnswerTooLarge(f"{url}: an answer over {self._max_response_bytes} bytes", node_url=url)
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -289,6 +291,8 @@ def _read_answer(reply: _Reply, base_url: str, read: Callable[[bytes, int | None
     """`read(body, header length)` of a 200 answer; what it cannot read is the node's fault."""
     try:
         return read(reply.body, parse_header_length(reply.headers.get(HEADER_LENGTH)))
+    except PayloadTooLarge as exc:  # well formed, but more than this gateway takes: not the node's fault
+        raise AnswerTooLarge(f"{base_url}: the answer is over the limit: {exc}", node_url=base_url) from exc
     except WorkerError as exc:
         # A node that answers 200 with garbage is a sick node, not a bad request.
         raise NodeServerError(f"{base_url}: undecodable inference answer: {exc}", node_url=base_url) from exc

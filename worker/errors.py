@@ -13,6 +13,7 @@
         ├── NodeServerError          5xx from the node: retry elsewhere
         ├── NodeLacksModel           404 to an infer call: the node no longer has the model, retry elsewhere
         └── NodeRejected             4xx from the node: the request is at fault, never retried
+            └── AnswerTooLarge       413  the node's answer is over the gateway's limits: any node's would be
 
 Each carries an HTTP `status` and a stable `code`; servers turn them into v2 error JSON
 (`{"error": "..."}`), the gateway into problem+json.
@@ -28,6 +29,7 @@ from types import MappingProxyType
 from typing import ClassVar
 
 __all__ = [
+    "AnswerTooLarge",
     "InferenceFailed",
     "InvalidInput",
     "ModelNotFound",
@@ -164,3 +166,15 @@ class NodeRejected(NodeCallError):
 
     retryable = False
     code = "node_rejected"
+
+
+class AnswerTooLarge(NodeRejected):
+    """The node answered, but over the caller's limits (response bytes, tensor elements or strings).
+
+    The same request gives the same answer on every node, and the node is not at fault: retrying it
+    elsewhere, or counting it against the node's breaker, would only spread the refusal (a sharded
+    model's activation over DISTINFER_MAX_TENSOR_ELEMENTS opened a healthy node's breaker).
+    """
+
+    status = 413
+    code = "answer_too_large"

@@ -15,10 +15,12 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway_plugin.api.inference import model_info
 from gateway_plugin.api.routing import V2_TAG, ProblemRoute, problem_error, raw_route, scope_request_id, with_v2_error
 from gateway_plugin.api.served import node_header, not_served
 from gateway_plugin.dispatch import InferenceCall, Outcome
 from gateway_plugin.errors import DistinferError, UnknownModel, from_worker, problem
+from gateway_plugin.parameters import check_client_parameters
 from gateway_plugin.services import Services, ServicesDependency
 from gateway_plugin.signature import SignatureChecks
 from gateway_plugin.telemetry.recorder import defer_bookkeeping
@@ -171,7 +173,8 @@ async def _relay(
     # Checked from the header; the tensors are built only if something must read them (local
     # fallback, the cache key, a node without the binary extension): the body goes on as sent.
     decoded, inputs = check_request(body, header_length, svc.limits)
-    info = svc.catalog.info(model)
+    check_client_parameters(decoded.parameters)  # the body goes on as sent: a reserved one must not
+    info = model_info(svc, model)  # a sharded model's whole signature, as /inference checks it
     if info is not None:
         if version is not None and version != info.version:
             raise UnknownModel(f"model {model!r} has no version {version!r}")

@@ -25,7 +25,7 @@ import pytest
 from bench.shard_model import write_mlp
 from gateway_plugin.cli import main
 from gateway_plugin.processes import ServerProcess, free_port, start_node
-from gateway_plugin.settings import BalancerSettings, ShardingSettings
+from gateway_plugin.settings import BalancerSettings, LimitSettings, ShardingSettings
 from tests.integration.conftest import mounted, settings_for
 from tests.integration.polling import until
 
@@ -177,6 +177,41 @@ async def test_batch_parallel_and_pipeline_serve_a_sharded_model(cluster: Cluste
     assert pipeline.status_code == 200, pipeline.text
     assert pipeline.json()["status"] == "completed", pipeline.text
     assert np.max(np.abs(_rows(pipeline.json()["output"]) - expected)) <= TOLERANCE
+
+
+async def test_an_activation_over_the_tensor_limit_is_a_413_that_blames_no_node(cluster: Cluster) -> None:
+    """Regression: a stage's answer over DISTINFER_MAX_TENSOR_ELEMENTS read as garbage from the node: stage 0
+    re-ran on every try, each a failure of the healthy node (its breaker opened), and the caller got 503."""
+    x = np.ones((2, 256), dtype=np.float32)  # 512 elements in; stage 0 answers 2 x 1024
+    settings = _sharded(cluster, [cluster.a, cluster.b])
+    settings.limits = LimitSettings(max_tensor_elements=600)
+    async with mounted(settings) as (client, distributed):
+        for _ in range(3):
+            refused = await client.post(INFER, json={"model": "mlp", "inputs": x.tolist()})
+            assert refused.status_code == 413, refused.text
+            assert "stage 0 (mlp.stage0of2)" in refused.json()["detail"]
+            assert "the answer is over the limit: tensor 'relu1'" in refused.json()["detail"]
+        trips = {node.node_id: distributed.pool.breaker(node.key).trips for node in distributed.registry.nodes()}
+        metrics = (await client.get("/metrics")).text
+    assert trips == {"node-a": 0, "node-b": 0}
+    assert 'outcome="server_error"' not in metrics
+
+
+async def test_the_v2_relay_checks_a_sharded_model_as_inference_does(cluster: Cluster) -> None:
+    """Regression: the relay asked only the catalog, which lists the stages: the batch limit and the
+    version in the path went unchecked for a sharded model."""
+    settings = _sharded(cluster, [cluster.a, cluster.b])
+    settings.limits = LimitSettings(max_batch_size=4)
+    v2 = "/api/v1/distributed/v2/models/mlp"
+    rows = {"inputs": [_tensor(np.ones((8, 256), dtype=np.float32))]}
+    one = {"inputs": [_tensor(np.ones((1, 256), dtype=np.float32))]}
+    async with mounted(settings) as (client, _):
+        too_many = await client.post(f"{v2}/infer", json=rows)
+        wrong_version = await client.post(f"{v2}/versions/999/infer", json=one)
+        served = await client.post(f"{v2}/versions/1/infer", json=one)
+    assert too_many.status_code == 413, too_many.text
+    assert wrong_version.status_code == 404, wrong_version.text
+    assert served.status_code == 200, served.text
 
 
 async def test_concurrent_callers_get_their_own_rows_back(cluster: Cluster) -> None:
