@@ -35,6 +35,11 @@ __all__ = ["Dispatcher", "InferenceCall", "Outcome"]
 log = logging.getLogger(__name__)
 
 _NONE: frozenset[str] = frozenset()
+# A timeout counts against a node given at least this many times its p95 (and this floor), or this
+# long when it has no latency yet (Dispatcher._fair_time).
+_FAIR_TIME_P95S = 4.0
+_FAIR_TIME_MIN_S = 0.1
+_FAIR_TIME_UNKNOWN_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +192,7 @@ class Dispatcher:
         run.tried.add(node.key)
         began = self._clock()
         timeout = run.deadline - began
+        bounded = self._attempt_timeout is not None and self._attempt_timeout <= timeout
         if self._attempt_timeout is not None:
             timeout = min(timeout, self._attempt_timeout)
         try:
@@ -210,7 +216,8 @@ class Dispatcher:
                         headers=observed.headers,
                     )
         except NodeCallError as exc:
-            lease.report(self._clock() - began, exc)
+            if not isinstance(exc, NodeTimeout) or bounded or self._fair_time(node.key, timeout):
+                lease.report(self._clock() - began, exc)
             raise
         finally:
             # At once, whatever happened: a slot held until the answer is out would count a slow
@@ -222,6 +229,17 @@ class Dispatcher:
         else:  # a success informs later picks only: no need to delay the answer for it
             self._observer.later(lambda: lease.report(elapsed))
         return _Answer(node, response, lease.panic)
+
+    def _fair_time(self, key: str, budget_s: float) -> bool:
+        """Whether a node that timed out within `budget_s` (the caller's deadline) had time to answer.
+
+        A caller asking for 20 ms from a model that takes 50 ms learns nothing of the node: counted as
+        failures, a few such requests opened every healthy node's breaker, for everyone. The timeout
+        is the node's fault when it had several times its usual latency (its p95), or a second when
+        it has none yet; the attempt timeout setting, when it bounds an attempt, always counts.
+        """
+        p95 = self._pool.p95_s(key)
+        return budget_s >= (_FAIR_TIME_UNKNOWN_S if p95 is None else max(_FAIR_TIME_P95S * p95, _FAIR_TIME_MIN_S))
 
     async def _attempt_hedged(self, run: _Run, lease: Lease) -> tuple[_Answer, bool]:
         primary = self._attempt(run, lease)

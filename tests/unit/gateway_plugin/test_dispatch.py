@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -135,6 +136,41 @@ async def test_attempt_timeout_leaves_room_for_a_retry() -> None:
     outcomes = [await dispatcher.infer(call(timeout_s=1.0)) for _ in range(2)]
     assert {o.node_id for o in outcomes} == {"n1"}
     assert max(o.attempts for o in outcomes) == 2
+
+
+async def test_a_callers_too_short_deadline_is_not_held_against_healthy_nodes() -> None:
+    """Regression: every timeout counted as a node failure, so a caller asking 5 ms of a model that takes
+    20 ms opened every healthy node's breaker within a few requests: panic mode for everyone."""
+    pool, urls = cluster(3)
+    client = FakeClient()
+    for url in urls:
+        client.delay[url] = 0.02
+    dispatcher = Dispatcher(pool, client, retry=RetryPolicy(max_attempts=3))  # type: ignore[arg-type]
+    for _ in range(6):  # no latency known yet: a caller's 5 ms is no verdict
+        with pytest.raises(DeadlineExceeded):
+            await dispatcher.infer(call(timeout_s=0.005))
+    for _ in range(60):  # latency known (a p95 of 20 ms): 5 ms is still too little to blame a node
+        await dispatcher.infer(call())
+    assert all(pool.p95_s(url) for url in urls)
+    for _ in range(6):
+        with pytest.raises(DeadlineExceeded):
+            await dispatcher.infer(call(timeout_s=0.005))
+    assert [pool.breaker(url).state for url in urls] == [BreakerState.CLOSED] * 3
+    assert not (await dispatcher.infer(call())).panic
+
+
+async def test_a_node_that_hangs_well_past_its_usual_latency_is_ejected() -> None:
+    pool, (a, b) = cluster(2)
+    client = FakeClient()
+    dispatcher = Dispatcher(pool, client, retry=RetryPolicy(max_attempts=1))  # type: ignore[arg-type]
+    for _ in range(40):  # both answer at once: their p95 (over 16 samples or more) is ~0
+        await dispatcher.infer(call())
+    client.delay[a] = 5.0  # then node a hangs; 150 ms is many times its latency (and over the 100 ms floor)
+    for _ in range(4):
+        with contextlib.suppress(DeadlineExceeded, NoCapacity):
+            await dispatcher.infer(call(timeout_s=0.15))
+    assert pool.breaker(a).state is BreakerState.OPEN
+    assert pool.breaker(b).state is BreakerState.CLOSED
 
 
 async def test_hedge_takes_the_fast_answer_and_cancels_the_slow_one() -> None:
