@@ -56,7 +56,7 @@ class _Entry(BaseModel):
 
     url: str
     node_id: str | None = Field(default=None, min_length=1, max_length=128)
-    weight: float = Field(default=1.0, ge=0)
+    weight: float = Field(default=1.0, ge=0, le=1_000_000, allow_inf_nan=False)  # as the admin API's
     labels: dict[str, str] = {}
 
 

@@ -8,13 +8,24 @@ next to one of weight 1 is picked 3 times in 4, interleaved (a a b a), not in bu
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 
 from balancer.strategies.base import PickContext, Signals
 from discovery.node import Node
 
-__all__ = ["Weighted", "node_weight"]
+__all__ = ["MAX_WEIGHT", "Weighted", "node_weight"]
+
+
+# As the admin API caps a weight. An infinite one made the scores NaN (inf - inf), no node tied for
+# the best, and every pick raised: a 500 for each request.
+MAX_WEIGHT = 1_000_000.0
+
+
+def _bounded(value: float) -> float:
+    """0 to MAX_WEIGHT; NaN reads as the default 1."""
+    return 1.0 if math.isnan(value) else min(max(value, 0.0), MAX_WEIGHT)
 
 
 def node_weight(node: Node, signals: Signals) -> float:
@@ -22,7 +33,7 @@ def node_weight(node: Node, signals: Signals) -> float:
         capacity = float(signals.labels(node).get("capacity", 1.0))
     except ValueError:
         capacity = 1.0
-    return max(node.spec.weight, 0.0) * max(capacity, 0.0)
+    return _bounded(node.spec.weight) * _bounded(capacity)
 
 
 class Weighted:

@@ -85,6 +85,18 @@ def test_weighted_uses_advertised_capacity_and_handles_membership_changes() -> N
     assert strategy.choose(CTX, nodes[1:], signals, rng).key == nodes[1].key
 
 
+@pytest.mark.parametrize("capacity", ["inf", "1e400", "nan", "-inf"])
+def test_weighted_keeps_picking_whatever_capacity_a_node_advertises(capacity: str) -> None:
+    """Regression: an infinite capacity (or weight) made every score NaN: no node tied for the best,
+    and every pick raised IndexError (a 500 for each request)."""
+    nodes = make_nodes(3, weights=[float("inf"), 1, 1])
+    signals = FakeSignals(node_labels={nodes[1].key: {"capacity": capacity}})
+    strategy = Weighted()
+    picks = Counter(strategy.choose(CTX, nodes, signals, random.Random(3)).key for _ in range(300))
+    assert sum(picks.values()) == 300
+    assert picks[nodes[0].key] >= 100  # the weight over the cap counts as the cap (1e6), not as nothing
+
+
 def test_weighted_ties_are_not_first_registered_wins() -> None:
     nodes = make_nodes(4)
     firsts = Counter(Weighted().choose(CTX, nodes, FakeSignals(), random.Random(seed)).key for seed in range(200))

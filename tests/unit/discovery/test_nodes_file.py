@@ -63,6 +63,9 @@ def test_label_values_are_the_text_written() -> None:
         "nodes:\n  - url: http://a:1\n    wieght: 2",  # a typo is an error, not ignored
         "nodes:\n  - url: http://a:1\n  - url: http://a:1/",  # twice
         "nodes:\n  - url: http://a:1\n    weight: -1",
+        "nodes:\n  - url: http://a:1\n    weight: .inf",  # infinite weights broke `weighted` (500s)
+        "nodes:\n  - url: http://a:1\n    weight: 1e999",
+        "nodes:\n  - url: http://a:1\n    weight: .nan",
         "hosts: []",
     ],
 )
