@@ -126,9 +126,13 @@ class ConsulSource:
             returned = int(raw_index)
         except (TypeError, ValueError) as exc:
             raise ConsulException(f"bad X-Consul-Index {raw_index!r}") from exc
+        if not isinstance(entries, list):  # a proxy's or another API's JSON: no listing, keep the last
+            raise ConsulException(f"the answer is not a list of instances: {type(entries).__name__}")
         specs: dict[str, NodeSpec] = {}
-        for entry in entries or []:
+        for entry in entries:
             try:
+                if not isinstance(entry, Mapping):
+                    raise ValueError(f"an entry that is not an object: {entry!r:.80}")
                 spec = spec_from_entry(entry)
             except ValueError as exc:
                 log.warning("consul: skipping an instance of %s: %s", self._service, exc)
@@ -143,9 +147,21 @@ class ConsulSource:
             started = loop.time()
             try:
                 returned, specs = await self._query(client)
-            except (ConsulException, aiohttp.ClientError, TimeoutError) as exc:
+            except Exception as exc:  # the watch must outlive any one answer (a proxy's
+                # non-UTF-8 error page raised UnicodeDecodeError, and ended discovery for good)
+                expected = isinstance(exc, ConsulException | aiohttp.ClientError | TimeoutError | ValueError)
                 delay = self._backoff.next_delay()
-                log.warning("consul %s: %s: %s; retrying in %.2fs", self._url, type(exc).__name__, exc, delay)
+                log.warning(
+                    "consul %s: %s: %s; retrying in %.2fs",
+                    self._url,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    exc_info=None if expected else exc,
+                )
+                # Whatever index the old answers had, a restarted server counts from 1 again: ask
+                # without blocking first (else its new listing waited out a whole `wait`).
+                self.index = 0
                 await asyncio.sleep(delay)
                 continue
             self._backoff.reset()

@@ -151,6 +151,72 @@ async def test_an_agent_that_goes_away_keeps_the_listing_and_is_retried() -> Non
         await stop(task)
 
 
+async def test_a_restarted_agent_whose_index_starts_over_is_followed_at_once() -> None:
+    """Regression: after an outage the watch blocked on the old agent's index; the new agent counts
+    from 1 again, so its listing showed only when the whole `wait` ran out (60 s by default)."""
+    port = free_port()
+    first = FakeConsul()
+    await first.start(port=port)
+    registry = NodeRegistry()
+    source = ConsulSource(first.url, wait_s=30, backoff=Backoff(base_s=0.05, cap_s=0.2))
+    task = await watching(source, registry)
+    try:
+        agent = ConsulClient(first.url)
+        for n in range(12):  # the old agent's index climbs well above where the new one starts
+            await agent.agent.service.register(**instance(n))
+        await agent.close()
+        await wait_for(lambda: len(registry.nodes()) == 12)
+        await first.stop()
+        await asyncio.sleep(0.3)
+        second = FakeConsul()
+        await second.start(port=port)
+        try:
+            agent = ConsulClient(second.url)
+            await agent.agent.service.register(**instance(99))
+            await agent.close()
+            assert await wait_for(lambda: urls(registry) == ["http://127.0.0.1:9099"], timeout_s=5) < 5
+        finally:
+            await second.stop()
+    finally:
+        await stop(task)
+
+
+async def test_the_watch_outlives_answers_it_cannot_read() -> None:
+    """Regression: a JSON object, a null entry or a proxy's non-UTF-8 error page raised out of the watch
+    (AttributeError, UnicodeDecodeError) and ended discovery for good."""
+    from aiohttp import web
+
+    good = [{"Node": {"Node": "a", "Address": "127.0.0.1"}, "Service": {"ID": "n1", "Port": 9001}}]
+    answers = [
+        web.json_response({"error": "not a list"}, headers={"X-Consul-Index": "5"}),
+        web.json_response([None, *good], headers={"X-Consul-Index": "6"}),
+        web.Response(status=502, body=b"Bad gateway \xe9", content_type="text/html"),
+    ]
+
+    async def health(request: web.Request) -> web.Response:
+        if answers:
+            return answers.pop(0)
+        await asyncio.sleep(0.05)
+        return web.json_response(good, headers={"X-Consul-Index": "7"})
+
+    app = web.Application()
+    app.router.add_get("/v1/health/service/{name}", health)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    registry = NodeRegistry()
+    source = ConsulSource(f"http://127.0.0.1:{port}", wait_s=1, backoff=Backoff(base_s=0.01, cap_s=0.05))
+    task = await watching(source, registry)
+    try:
+        await wait_for(lambda: not answers and urls(registry) == ["http://127.0.0.1:9001"])
+        await asyncio.sleep(0.1)
+        assert not task.done()
+    finally:
+        await stop(task)
+        await runner.cleanup()
+
+
 async def test_acl_token_and_datacenter() -> None:
     fake = FakeConsul(acl_tokens={"reader": "read", "writer": "write"})
     await fake.start()
