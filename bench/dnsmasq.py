@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import dns.exception
@@ -48,8 +48,20 @@ class Dnsmasq:
     def nameserver(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def serve(self, targets: Mapping[str, int], address: str = "127.0.0.1") -> None:
-        """Answer `srv_name` with one SRV record per `{target name: port}`, each target at `address`."""
+    def serve(
+        self,
+        targets: Mapping[str, int],
+        address: str = "127.0.0.1",
+        *,
+        failing: Collection[str] = (),
+        priorities: Mapping[str, int] | None = None,
+    ) -> None:
+        """Answer `srv_name` with one SRV record per `{target name: port}`, each target at `address`.
+
+        A target name with a dot is a full host name. Those in `failing` get no address record: their
+        domain is sent to a server that is not there, so looking them up fails (SERVFAIL/REFUSED).
+        `priorities`: a target's SRV priority (default 0, the first choice).
+        """
         zone = self.srv_name.split(".", 2)[-1]  # _service._proto.<zone>
         lines = [
             f"port={self.port}",
@@ -61,8 +73,13 @@ class Dnsmasq:
             "local-ttl=1",
         ]
         for name, port in targets.items():
-            host = f"{name}.{zone}"
-            lines += [f"srv-host={self.srv_name},{host},{port},0,10", f"host-record={host},{address}"]
+            host = name if "." in name else f"{name}.{zone}"
+            priority = (priorities or {}).get(name, 0)
+            lines.append(f"srv-host={self.srv_name},{host},{port},{priority},10")
+            if name in failing:
+                lines.append(f"server=/{host.split('.', 1)[1]}/127.0.0.1#{free_port()}")
+            else:
+                lines.append(f"host-record={host},{address}")
         self.config.write_text("\n".join(lines) + "\n", encoding="utf-8")
         self.stop()
         command = [self.binary, "--keep-in-foreground", f"--conf-file={self.config}", "--pid-file=", "--log-facility=-"]

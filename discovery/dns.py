@@ -2,12 +2,14 @@
 
 `DISTINFER_DNS_SRV` is a name such as `_http._tcp.distinfer.default.svc.cluster.local` (a
 Kubernetes headless service) or `distinfer-node.service.consul` (Consul DNS). Each record of the
-lowest priority (RFC 2782: the others are backups) names a target and port; every A/AAAA address
-of the target becomes a node `http://<address>:<port>`, weighted by the record's weight.
+lowest priority (RFC 2782: the others are backups, used when none of those has an address) names
+a target and port; every A/AAAA address of the target becomes a node `http://<address>:<port>`,
+weighted by the record's weight.
 
 The name is resolved again after the smallest TTL of the answer (clamped to
 [`min_interval_s`, `max_interval_s`]). NXDOMAIN or an empty answer means no nodes; a timeout or
-an unreachable server keeps the last listing and retries with back-off.
+an unreachable server keeps the last listing and retries with back-off, and a target whose own
+lookup fails keeps its last addresses while the others are followed.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ class DnsSrvSource:
             self._resolver.nameservers = [host]
             self._resolver.port = port
         self._resolver.cache = None  # the TTL schedule below is the cache
+        self._known: dict[str, list[str]] = {}  # target -> its last addresses (kept through a failed lookup)
+        self._empty = False
         self.synced = asyncio.Event()
 
     async def _addresses(self, target: str) -> tuple[list[str], float]:
@@ -93,39 +97,67 @@ class DnsSrvSource:
                 found += [rdata.to_text() for rdata in answer.rrset]
         return found, ttl
 
+    async def _target(self, target: str) -> tuple[list[str], float]:
+        """A target's addresses; on a lookup failure, the last ones it had (retried soon).
+
+        One target whose A lookup failed (SERVFAIL, a timeout) used to fail the whole round, so the
+        fleet froze: no node added or removed while that one target stayed broken.
+        """
+        try:
+            addresses, ttl = await self._addresses(target)
+        except dns.exception.DNSException as exc:
+            kept = self._known.get(target, [])
+            log.warning("dns: addresses of %s: %s: %s; keeping %s", target, type(exc).__name__, exc, kept or "none")
+            return kept, self._min
+        self._known[target] = addresses
+        return addresses, ttl
+
     async def resolve(self) -> tuple[list[NodeSpec], float]:
         """The nodes the SRV name lists now, and how long that answer may be trusted (seconds)."""
         try:
             answer = await self._resolver.resolve(self._name, dns.rdatatype.SRV, lifetime=self._timeout, search=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer) as exc:
+            self._say_empty(f"{type(exc).__name__}")
             return [], self._min
         if answer.rrset is None:
+            self._say_empty("no records")
             return [], self._min
         records = list(answer.rrset)
-        best = min(record.priority for record in records)
+        self._known = {t: a for t, a in self._known.items() if t in {r.target.to_text() for r in records}}
         ttl = float(answer.rrset.ttl)
         specs: dict[str, NodeSpec] = {}
-        for record in sorted(records, key=lambda r: (r.target.to_text(), r.port)):
-            if record.priority != best:
-                continue
-            target = record.target.to_text()
-            addresses, address_ttl = await self._addresses(target)
-            ttl = min(ttl, address_ttl)
-            if not addresses:
-                log.warning("dns: SRV target %s of %s has no address", target, self._name)
-            for address in addresses:
-                host = f"[{address}]" if ":" in address else address
-                try:
-                    spec = NodeSpec(
-                        url=f"{self._scheme}://{host}:{record.port}",
-                        weight=float(record.weight) if record.weight > 0 else 1.0,
-                        labels={"srv_target": target.rstrip("."), "srv_priority": str(record.priority)},
-                    )
-                except ValueError as exc:  # port 0: "not offered here" (RFC 2782)
-                    log.warning("dns: SRV record %s of %s skipped: %s", target, self._name, exc)
+        # RFC 2782: the lowest priority first; a higher one (a backup) only when none of those has an address.
+        for priority in sorted({record.priority for record in records}):
+            for record in sorted(records, key=lambda r: (r.target.to_text(), r.port)):
+                if record.priority != priority:
                     continue
-                specs.setdefault(spec.url, spec)
+                target = record.target.to_text()
+                addresses, address_ttl = await self._target(target)
+                ttl = min(ttl, address_ttl)
+                if not addresses:
+                    log.warning("dns: SRV target %s of %s has no address", target, self._name)
+                for address in addresses:
+                    host = f"[{address}]" if ":" in address else address
+                    try:
+                        spec = NodeSpec(
+                            url=f"{self._scheme}://{host}:{record.port}",
+                            weight=float(record.weight) if record.weight > 0 else 1.0,
+                            labels={"srv_target": target.rstrip("."), "srv_priority": str(record.priority)},
+                        )
+                    except ValueError as exc:  # port 0: "not offered here" (RFC 2782)
+                        log.warning("dns: SRV record %s of %s skipped: %s", target, self._name, exc)
+                        continue
+                    specs.setdefault(spec.url, spec)
+            if specs:
+                break
+        self._empty = not specs
         return list(specs.values()), ttl
+
+    def _say_empty(self, why: str) -> None:
+        """Log once when the name comes to list nothing (a short name is not searched: use a full one)."""
+        if not self._empty:
+            log.warning("dns: %s lists no nodes (%s); is it a fully qualified name?", self._name, why)
+        self._empty = True
 
     async def run(self, registry: NodeRegistry) -> None:
         listed: list[NodeSpec] | None = None

@@ -16,6 +16,7 @@ import pytest
 
 from bench.dnsmasq import SRV_NAME as SRV
 from bench.dnsmasq import Dnsmasq, find_dnsmasq
+from discovery.dns import DnsSrvSource
 from gateway_plugin.processes import ServerProcess
 from gateway_plugin.settings import DiscoverySettings
 from tests.integration.conftest import mounted
@@ -83,3 +84,32 @@ async def test_a_record_no_client_can_reach_is_skipped_not_fatal(
     async with mounted(gateway_settings(discovery)) as (client, distributed):
         assert [node.node_id for node in distributed.registry.nodes()] == ["node-a"]
         assert {await served_by(client) for _ in range(3)} == {"node-a"}
+
+
+async def test_a_target_whose_lookup_fails_keeps_its_addresses_and_the_rest_are_followed(dnsmasq: Dnsmasq) -> None:
+    """Regression: one SRV target whose A lookup failed (SERVFAIL) failed the whole round, so the
+    listing froze: nodes added or removed meanwhile were never seen."""
+    source = DnsSrvSource(SRV, nameserver=dnsmasq.nameserver, timeout_s=1.0)
+    dnsmasq.serve({"a": 9001, "b.elsewhere.test": 9002})
+    first, _ = await source.resolve()
+    assert sorted(spec.url for spec in first) == ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]
+    # a leaves, c joins, and b's own lookup now fails: b keeps its last address, the rest is followed.
+    dnsmasq.serve({"b.elsewhere.test": 9002, "c": 9003}, failing={"b.elsewhere.test"})
+    second, ttl = await source.resolve()
+    assert sorted(spec.url for spec in second) == ["http://127.0.0.1:9002", "http://127.0.0.1:9003"]
+    assert ttl <= 1.0
+
+
+async def test_backup_priorities_serve_when_the_first_has_no_address(dnsmasq: Dnsmasq) -> None:
+    """RFC 2782: a higher priority is a backup; it was ignored even when the lowest gave no address."""
+    source = DnsSrvSource(SRV, nameserver=dnsmasq.nameserver, timeout_s=1.0)
+    dnsmasq.serve(
+        {"gone.elsewhere.test": 9001, "backup": 9002},
+        failing={"gone.elsewhere.test"},
+        priorities={"backup": 20},
+    )
+    specs, _ = await source.resolve()
+    assert [spec.url for spec in specs] == ["http://127.0.0.1:9002"]
+    dnsmasq.serve({"first": 9001, "backup": 9002}, priorities={"backup": 20})
+    specs, _ = await source.resolve()
+    assert [spec.url for spec in specs] == ["http://127.0.0.1:9001"]  # a backup only while needed
