@@ -39,7 +39,7 @@ class ValidatorStats:
 @dataclass(frozen=True, slots=True)
 class _Job:
     node_key: str
-    outputs: Sequence[Tensor]
+    outputs: Sequence[Tensor] | Callable[[], Sequence[Tensor]]
     rerun: Rerun
 
 
@@ -59,8 +59,13 @@ class Validator:
     def enabled(self) -> bool:
         return self._rate > 0
 
-    def offer(self, node_key: str, outputs: Sequence[Tensor], rerun: Rerun) -> bool:
-        """Sample this answer for checking; True when it was queued."""
+    def offer(self, node_key: str, outputs: Sequence[Tensor] | Callable[[], Sequence[Tensor]], rerun: Rerun) -> bool:
+        """Sample this answer for checking; True when it was queued.
+
+        `outputs` may be a function that reads them (a relayed answer is bytes): it is called only for
+        a sampled answer, in the validation task. Decoding every relayed answer on the request path, to
+        sample one in a thousand, cost each request its decode, and failed good answers over its limits.
+        """
         if self._rate <= 0 or self._rng.random() >= self._rate:
             return False
         try:
@@ -75,7 +80,8 @@ class Validator:
         while True:
             job = await self._queue.get()
             try:
-                await self.check(job.node_key, job.outputs, job.rerun)
+                outputs = job.outputs() if callable(job.outputs) else job.outputs
+                await self.check(job.node_key, outputs, job.rerun)
             except NodeCallError as exc:
                 self.stats.skipped += 1  # the failed node was already reported to its breaker
                 log.info("validation re-run failed: %s", exc.message)

@@ -9,6 +9,7 @@ reports each attempt's outcome back through its lease (breakers, latency, node s
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -159,7 +160,9 @@ class Dispatcher:
                     raise from_worker(exc) from exc
                 continue
             if self._validator is not None and self._validator.enabled:
-                self._validator.offer(answer.node.key, self._outputs(answer), lambda skip: self._rerun(run, skip))
+                # Read (decoded, for a relayed answer) only if sampled, off the request's path.
+                read = functools.partial(self._outputs, answer)
+                self._validator.offer(answer.node.key, read, lambda skip: self._rerun(run, skip))
             response = answer.response
             forwarded = response.message if isinstance(response, ForwardedAnswer) else None
             return Outcome(

@@ -13,7 +13,7 @@ import pytest
 from balancer.trust import TrustLedger, TrustPolicy, outputs_agree
 from balancer.validation import Validator
 from tests.fake_clock import FakeClock
-from worker.errors import NodeServerError
+from worker.errors import NodeServerError, PayloadTooLarge
 from worker.protocol import Tensor
 
 
@@ -137,3 +137,38 @@ async def test_run_survives_failing_reruns(clock: FakeClock) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert (validator.stats.skipped, validator.stats.agreed) == (2, 1)
+
+
+async def test_an_answer_is_read_only_if_sampled_and_off_the_requests_path(clock: FakeClock) -> None:
+    """Regression: the dispatcher decoded every relayed answer to offer it, whatever the sample rate:
+    a decode per request, and a good answer over the gateway's limits failed the caller (413)."""
+    ledger = TrustLedger(TrustPolicy(), clock)
+    cluster = FakeCluster({"a": [1.0], "b": [1.0]})
+    reads: list[str] = []
+
+    def read() -> Sequence[Tensor]:
+        reads.append("read")
+        return logits([1.0])
+
+    def unreadable() -> Sequence[Tensor]:
+        raise PayloadTooLarge("tensor 'y': 8 elements is over the limit of 4")
+
+    rare = Validator(ledger, sample_rate=0.001, rng=random.Random(1))
+    assert sum(rare.offer("a", read, cluster.rerun) for _ in range(100)) == 0
+    assert reads == []  # never sampled: never read
+    validator = Validator(ledger, sample_rate=1.0)
+    assert validator.offer("a", unreadable, cluster.rerun)  # queued; read in the validation task
+    assert validator.offer("a", read, cluster.rerun)
+    assert reads == []
+    task = asyncio.create_task(validator.run())
+    try:
+        for _ in range(200):
+            if validator.stats.agreed:
+                break
+            await asyncio.sleep(0.005)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert reads == ["read"]
+    assert (validator.stats.skipped, validator.stats.agreed) == (1, 1)
