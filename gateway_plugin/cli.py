@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -236,13 +237,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM as an orderly exit: commands that start node and gateway processes (demo, bench) stop
+    them in `finally` blocks, which Python's default SIGTERM skips (`kill`, a cancelled CI job and
+    supervisors left the nodes running). The servers' own commands leave SIGTERM to uvicorn."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from gateway_plugin.telemetry.logs import configure_logging
 
     # Request lines (logger distinfer.requests / distinfer.node.requests) follow --log-level.
     configure_logging(getattr(args, "log_format", "auto"), requests=getattr(args, "log_level", "") in ("debug", "info"))
-    return int(args.run(args))
+    if args.run not in (_run_node, _run_gateway):
+        _exit_on_sigterm()
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:  # Ctrl-C: the `finally` blocks ran; no traceback for it
+        return 130
 
 
 if __name__ == "__main__":
