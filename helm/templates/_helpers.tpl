@@ -95,7 +95,8 @@ _http._tcp.{{ include "distinfer.node.headless" . }}.{{ .Release.Namespace }}.sv
 {{- end -}}
 
 {{- define "distinfer.createAuthSecret" -}}
-{{- if and (not .Values.auth.disabled) (not .Values.auth.existingSecret) .Values.auth.createSecret (not .Values.auth.jwksUrl) -}}true{{- end -}}
+{{- /* With a JWKS URL too: the Secret then holds only the gateway→node token (nodes went without one). */ -}}
+{{- if and (not .Values.auth.disabled) (not .Values.auth.existingSecret) .Values.auth.createSecret -}}true{{- end -}}
 {{- end -}}
 
 {{/* Settings both kinds of pod need from Secrets, and the downward API. */}}

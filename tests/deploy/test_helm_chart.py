@@ -153,6 +153,9 @@ BAD_VALUES = {
     # The image has the OTLP/HTTP protobuf exporter only: anything else crash-looped every pod at start.
     "otlp over grpc": {"otel": {"protocol": "grpc"}},
     "otlp http/json": {"otel": {"protocol": "http/json"}},
+    # A ConfigMap is readable by far more than Secrets are: the password goes in tasks.redisUrlSecret.
+    "a password in the redis url": {"tasks": {"store": "redis", "redisUrl": "redis://:s3cr3t@redis:6379/0"}},
+    "a user and password in the redis url": {"tasks": {"store": "redis", "redisUrl": "rediss://u:p@redis/0"}},
 }
 
 
@@ -265,6 +268,21 @@ def test_the_generated_auth_secret_feeds_gateway_and_nodes(rendered: dict[str, R
     assert node_env["DISTINFER_NODE_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == f"{RELEASE}-distinfer-auth"
     assert out.gateway_environment()["DISTINFER_AUTH_DISABLED"] == "false"
     assert "distinfer token" in out.notes
+
+
+def test_with_a_jwks_url_the_chart_still_gives_gateway_and_nodes_their_node_token() -> None:
+    """Regression: a JWKS URL turned off the generated Secret, and with it the node token: nodes ran
+    without one, open to any pod in the cluster."""
+    out = render({"auth": {"jwksUrl": "https://idp.example/.well-known/jwks.json"}})
+    secret = out.one("Secret", f"{RELEASE}-distinfer-auth")
+    assert set(secret["data"]) == {"node-token"}  # no HS256 secret beside the JWKS
+    gateway_env = {e["name"]: e for e in _containers(out.one("Deployment", GATEWAY))[0]["env"]}
+    node_env = {e["name"]: e for e in _containers(out.one("StatefulSet", NODE))[0]["env"]}
+    for env in (gateway_env, node_env):
+        assert env["DISTINFER_NODE_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "node-token"
+        assert env["DISTINFER_NODE_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == f"{RELEASE}-distinfer-auth"
+    assert "the JWKS at https://idp.example/" in out.notes
+    assert "HS256" not in out.notes
 
 
 def test_an_existing_secret_is_referenced_and_none_is_created(rendered: dict[str, Rendered]) -> None:
