@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -44,6 +44,8 @@ from worker.sharding.plan import PipelineSpec
 __all__ = ["MICRO_BATCH_PARAMETER", "FORWARDING_PARAMETER", "ShardRunner"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 MICRO_BATCH_PARAMETER = "shard_micro_batch"
 FORWARDING_PARAMETER = "shard_forwarding"
@@ -138,7 +140,10 @@ class ShardRunner:
         ]
         self._in_flight += 1
         try:
-            results = await _gather([run(passed, deadline, trace, forwarding) for run in runs])
+            # As many pieces at once as there are stages (one per stage is all a pipeline needs): a
+            # request of 1,024 rows cut into rows of 1 made 1,024 stage calls at once on one admission place.
+            work = [run(passed, deadline, trace, forwarding) for run in runs]
+            results = await _gather(work, limit=len(self.spec.stages))
         finally:
             self._in_flight -= 1
         outputs = [_concat(name, [result[name] for result in results]) for name in wanted]
@@ -296,11 +301,21 @@ def _sends(spec: PipelineSpec) -> list[tuple[str, ...]]:
     return sends
 
 
-async def _gather(work: Sequence[Coroutine[Any, Any, dict[str, Tensor]]]) -> list[dict[str, Tensor]]:
-    """Run the chunks together; the first failure cancels the others and is raised as it is."""
+async def _gather(work: Sequence[Coroutine[Any, Any, _T]], *, limit: int) -> list[_T]:
+    """Run the chunks together, at most `limit` at once; the first failure cancels the others and is
+    raised as it is."""
     if len(work) == 1:
         return [await work[0]]
-    tasks = [asyncio.ensure_future(item) for item in work]
+    slots = asyncio.Semaphore(max(limit, 1))
+
+    async def bounded(item: Coroutine[Any, Any, _T]) -> _T:
+        try:
+            async with slots:
+                return await item
+        finally:
+            item.close()  # cancelled before its turn, it never started: no "never awaited" warning
+
+    tasks = [asyncio.ensure_future(bounded(item)) for item in work]
     try:
         return list(await asyncio.gather(*tasks))
     except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -94,6 +95,40 @@ async def test_micro_batches_come_back_in_row_order() -> None:
     assert outcome.attempts == 6
     assert outcome.node_id == "node-0>node-1"
     assert {call.request_id for call in stages.calls} >= {"req.m0.s0", "req.m2.s1"}
+
+
+class SlowStages(FakeStages):
+    """Counts the stage calls in flight at once."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        super().__init__()
+        self.now = self.most = 0
+        self.fail_after = fail_after
+
+    async def infer(self, call: InferenceCall) -> Outcome:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await asyncio.sleep(0.001)
+            if self.fail_after is not None and len(self.calls) >= self.fail_after:
+                raise NoCapacity("a stage failed")
+            return await super().infer(call)
+        finally:
+            self.now -= 1
+
+
+async def test_micro_batches_run_at_most_one_per_stage_at_once() -> None:
+    """Regression: every micro-batch ran at once: 64 rows cut into rows of 1 made 64 calls at a time,
+    from one request holding one admission place."""
+    stages = SlowStages()
+    runner = ShardRunner(SPEC, stages, NoNodes())  # type: ignore[arg-type]
+    outcome = await runner.infer(_call(64, {"shard_micro_batch": 1}))
+    np.testing.assert_array_equal(outcome.outputs[0].data, np.arange(128, dtype=np.float32).reshape(64, 2) * 2 + 1)
+    assert len(stages.calls) == 128
+    assert stages.most == 2  # two stages: two pieces in flight, one on each
+    failing = SlowStages(fail_after=5)
+    with pytest.raises(NoCapacity):  # a failure cancels the pieces still waiting for their turn, cleanly
+        await ShardRunner(SPEC, failing, NoNodes()).infer(_call(64, {"shard_micro_batch": 1}))  # type: ignore[arg-type]
 
 
 async def test_runner_parameters_are_not_passed_to_stages_and_are_checked() -> None:
