@@ -62,6 +62,11 @@ class CircuitBreaker:
         return BreakerSnapshot(self._state, self._trips, round(max(left, 0.0), 3))
 
     @property
+    def half_open(self) -> bool:
+        """Half-open as of the last look (no clock read: for a snapshot just built from `allows()`)."""
+        return self._state is BreakerState.HALF_OPEN
+
+    @property
     def reopens_at(self) -> float | None:
         """While open, the clock reading at which it turns half-open (and admits trials); else None."""
         return self._open_until if self._state is BreakerState.OPEN else None

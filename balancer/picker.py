@@ -31,6 +31,10 @@ class Picker:
     # Busy nodes `ready` held back, for a strategy that finds none it may use in `ready` (capability's
     # labels): a request goes to a busy node rather than fail.
     spill: tuple[Node, ...] = ()
+    # Ready nodes whose breaker is half-open with a trial slot free: the next request goes to one of
+    # them (if the strategy may use it), so that a recovered node is noticed at once. `latency` kept
+    # avoiding one for a minute after its ejection ended: its estimate still held the timeouts.
+    trial: tuple[Node, ...] = ()
 
 
 EMPTY_PICKER = Picker((), frozenset(), frozenset(), (), False, (), math.inf)

@@ -330,7 +330,11 @@ class NodePool:
             free = [node for node in usable if not self._busy(node.key)]
             ready = free or usable  # all busy: spill over rather than refuse
             spill = usable if len(usable) > len(ready) else []
-        return Picker(nodes, frozenset(n.key for n in nodes), keys, tuple(ready), False, (), expires, tuple(spill))
+        # Admitted: their breakers were just asked, so a half-open one has a trial slot free.
+        trial = tuple(node for node in ready if self._states[node.key].breaker.half_open)
+        return Picker(
+            nodes, frozenset(n.key for n in nodes), keys, tuple(ready), False, (), expires, tuple(spill), trial
+        )
 
     def _without(self, picker: Picker, exclude: frozenset[str]) -> Picker:
         """The picker minus nodes already tried (a retry, a hedge): built per call, O(nodes)."""
@@ -366,8 +370,10 @@ class NodePool:
                 listener(model)
         else:
             context = PickContext(model, affinity_key)
+            chosen = strategy_obj.choose(context, picker.trial, self, self._rng) if picker.trial else None
             # Empty for a retry or hedge when every node left is backing off (strategies need one).
-            chosen = strategy_obj.choose(context, picker.ready, self, self._rng) if picker.ready else None
+            if chosen is None and picker.ready:
+                chosen = strategy_obj.choose(context, picker.ready, self, self._rng)
             if chosen is None and picker.spill:  # none it may use among the free: a busy one, not a refusal
                 chosen = strategy_obj.choose(context, picker.spill, self, self._rng)
         if chosen is None:

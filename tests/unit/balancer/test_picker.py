@@ -152,6 +152,31 @@ def test_a_breaker_opening_and_closing_changes_the_next_pick(clock: FakeClock) -
     assert picked(pool) == {a, b, c}
 
 
+@pytest.mark.parametrize("strategy", ["latency", "least_loaded", "round_robin", "weighted"])
+def test_a_half_open_node_gets_the_next_request_whatever_the_strategy(clock: FakeClock, strategy: str) -> None:
+    """Regression: `latency` kept avoiding a half-open node (its estimate still held the failures that
+    ejected it), so a recovered node got its trial a minute after its ejection ended."""
+    _, pool, (a, _, _) = setup(clock)
+    for _ in range(60):  # everyone answers in 10 ms
+        lease = pool.pick("digits", strategy=strategy)
+        assert lease is not None
+        lease.report(0.010)
+        lease.done()
+    for _ in range(EJECTION.consecutive_failures):  # then a times out, slowly: a poor latency estimate
+        lease = pool.pick("digits", strategy=strategy, exclude=only(pool, a))
+        assert lease is not None
+        lease.report(5.0, BOOM)
+        lease.done()
+    assert pool.breaker(a).state is BreakerState.OPEN
+    clock.advance(EJECTION.base_ejection_s)
+    lease = pool.pick("digits", strategy=strategy)
+    assert lease is not None
+    assert (lease.node.key, lease.trial) == (a, True)
+    lease.report(0.010)
+    lease.done()
+    assert pool.breaker(a).state is BreakerState.CLOSED
+
+
 def test_an_ejection_expiring_by_time_is_seen_without_any_other_change(clock: FakeClock) -> None:
     _, pool, (a, b, c) = setup(clock)
     trip(pool, a)
