@@ -113,6 +113,20 @@ async def test_offer_samples_and_bounds_the_queue(clock: FakeClock) -> None:
         Validator(ledger, sample_rate=2)
 
 
+async def run_until_agreed(validator: Validator) -> None:
+    """Run the validation task until one check agreed (or a second passed), then stop it."""
+    task = asyncio.create_task(validator.run())
+    try:
+        for _ in range(200):
+            if validator.stats.agreed:
+                break
+            await asyncio.sleep(0.005)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def test_run_survives_failing_reruns(clock: FakeClock) -> None:
     ledger = TrustLedger(TrustPolicy(), clock)
     validator = Validator(ledger, sample_rate=1.0)
@@ -126,16 +140,7 @@ async def test_run_survives_failing_reruns(clock: FakeClock) -> None:
 
     for rerun in (refused, broken, good.rerun):
         validator.offer("a", logits([1.0]), rerun)
-    task = asyncio.create_task(validator.run())
-    try:
-        for _ in range(200):
-            if validator.stats.agreed:
-                break
-            await asyncio.sleep(0.005)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await run_until_agreed(validator)
     assert (validator.stats.skipped, validator.stats.agreed) == (2, 1)
 
 
@@ -160,15 +165,6 @@ async def test_an_answer_is_read_only_if_sampled_and_off_the_requests_path(clock
     assert validator.offer("a", unreadable, cluster.rerun)  # queued; read in the validation task
     assert validator.offer("a", read, cluster.rerun)
     assert reads == []
-    task = asyncio.create_task(validator.run())
-    try:
-        for _ in range(200):
-            if validator.stats.agreed:
-                break
-            await asyncio.sleep(0.005)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await run_until_agreed(validator)
     assert reads == ["read"]
     assert (validator.stats.skipped, validator.stats.agreed) == (1, 1)

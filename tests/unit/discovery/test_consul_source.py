@@ -126,34 +126,16 @@ def test_index_rules() -> None:
     assert next_index(5, -2) == 0
 
 
-async def test_an_agent_that_goes_away_keeps_the_listing_and_is_retried() -> None:
-    port = free_port()
-    first = FakeConsul()
-    await first.start(port=port)
-    registry = NodeRegistry()
-    source = ConsulSource(first.url, wait_s=1, backoff=Backoff(base_s=0.05, cap_s=0.2))
-    task = await watching(source, registry)
-    try:
-        agent = ConsulClient(first.url)
-        await agent.agent.service.register(**instance(1))
-        await agent.close()
-        await wait_for(lambda: len(registry.nodes()) == 1)
-        await first.stop()
-        await asyncio.sleep(0.5)
-        assert len(registry.nodes()) == 1  # an outage of Consul is not an outage of the nodes
-        second = FakeConsul()  # a restarted -dev agent: empty, and its index starts over
-        await second.start(port=port)
-        try:
-            assert await wait_for(lambda: registry.nodes() == [], timeout_s=5) < 5
-        finally:
-            await second.stop()
-    finally:
-        await stop(task)
+async def register(url: str, *numbers: int) -> None:
+    agent = ConsulClient(url)
+    for n in numbers:
+        await agent.agent.service.register(**instance(n))
+    await agent.close()
 
 
-async def test_a_restarted_agent_whose_index_starts_over_is_followed_at_once() -> None:
-    """Regression: after an outage the watch blocked on the old agent's index; the new agent counts
-    from 1 again, so its listing showed only when the whole `wait` ran out (60 s by default)."""
+async def test_an_agent_that_goes_away_keeps_the_listing_and_a_restarted_one_is_followed_at_once() -> None:
+    """Regression (the restart): after an outage the watch blocked on the old agent's index; a new
+    agent counts from 1 again, so its listing showed only when the whole `wait` ran out (60 s by default)."""
     port = free_port()
     first = FakeConsul()
     await first.start(port=port)
@@ -161,19 +143,15 @@ async def test_a_restarted_agent_whose_index_starts_over_is_followed_at_once() -
     source = ConsulSource(first.url, wait_s=30, backoff=Backoff(base_s=0.05, cap_s=0.2))
     task = await watching(source, registry)
     try:
-        agent = ConsulClient(first.url)
-        for n in range(12):  # the old agent's index climbs well above where the new one starts
-            await agent.agent.service.register(**instance(n))
-        await agent.close()
+        await register(first.url, *range(12))  # the old agent's index climbs well above where a new one starts
         await wait_for(lambda: len(registry.nodes()) == 12)
         await first.stop()
-        await asyncio.sleep(0.3)
-        second = FakeConsul()
+        await asyncio.sleep(0.5)
+        assert len(registry.nodes()) == 12  # an outage of Consul is not an outage of the nodes
+        second = FakeConsul()  # a restarted -dev agent: empty, and its index starts over
         await second.start(port=port)
         try:
-            agent = ConsulClient(second.url)
-            await agent.agent.service.register(**instance(99))
-            await agent.close()
+            await register(second.url, 99)
             assert await wait_for(lambda: urls(registry) == ["http://127.0.0.1:9099"], timeout_s=5) < 5
         finally:
             await second.stop()
