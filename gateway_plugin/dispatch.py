@@ -36,11 +36,6 @@ __all__ = ["Dispatcher", "InferenceCall", "Outcome"]
 log = logging.getLogger(__name__)
 
 _NONE: frozenset[str] = frozenset()
-# A timeout counts against a node given at least this many times its p95 (and this floor), or this
-# long when it has no latency yet (Dispatcher._fair_time).
-_FAIR_TIME_P95S = 4.0
-_FAIR_TIME_MIN_S = 0.1
-_FAIR_TIME_UNKNOWN_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +214,9 @@ class Dispatcher:
                         headers=observed.headers,
                     )
         except NodeCallError as exc:
-            if not isinstance(exc, NodeTimeout) or bounded or self._fair_time(node.key, timeout):
+            # A trial's timeout always counts: unreported, it freed the trial slot, and a hung
+            # half-open node took every next request.
+            if not isinstance(exc, NodeTimeout) or bounded or lease.trial or self._had_time(node.key, timeout):
                 lease.report(self._clock() - began, exc)
             raise
         finally:
@@ -233,16 +230,16 @@ class Dispatcher:
             self._observer.later(lambda: lease.report(elapsed))
         return _Answer(node, response, lease.panic)
 
-    def _fair_time(self, key: str, budget_s: float) -> bool:
+    def _had_time(self, key: str, budget_s: float) -> bool:
         """Whether a node that timed out within `budget_s` (the caller's deadline) had time to answer.
 
-        A caller asking for 20 ms from a model that takes 50 ms learns nothing of the node: counted as
+        A caller asking 20 ms of a model that takes 50 ms learns nothing of the node: counted as
         failures, a few such requests opened every healthy node's breaker, for everyone. The timeout
-        is the node's fault when it had several times its usual latency (its p95), or a second when
-        it has none yet; the attempt timeout setting, when it bounds an attempt, always counts.
+        is the node's fault when the node usually answers within the budget (its p95), or when it
+        has no p95 yet (nothing tells it from a hung node then).
         """
         p95 = self._pool.p95_s(key)
-        return budget_s >= (_FAIR_TIME_UNKNOWN_S if p95 is None else max(_FAIR_TIME_P95S * p95, _FAIR_TIME_MIN_S))
+        return p95 is None or budget_s >= p95
 
     async def _attempt_hedged(self, run: _Run, lease: Lease) -> tuple[_Answer, bool]:
         primary = self._attempt(run, lease)

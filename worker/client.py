@@ -116,7 +116,8 @@ class NodeClient:
             ) as response:
                 declared = response.content_length
                 if declared is not None and declared > self._max_response_bytes:
-                    raise AnswerTooLarge(f"{url}: an answer of {declared} bytes is over the limit", node_url=url)
+                    # Bytes depend on the node's encoding (JSON or binary): another node's answer may fit.
+                    raise NodeServerError(f"{url}: response of {declared} bytes is over the limit", node_url=url)
                 # A declared length of an unencoded body is already checked, and aiohttp stops at it: one
                 # read. A compressed body's length says nothing of what it inflates to: read it under the cap.
                 sized = declared is not None and "Content-Encoding" not in response.headers
@@ -150,7 +151,7 @@ class NodeClient:
         async for chunk in response.content.iter_any():
             size += len(chunk)
             if size > self._max_response_bytes:
-                raise AnswerTooLarge(f"{url}: an answer over {self._max_response_bytes} bytes", node_url=url)
+                raise NodeServerError(f"{url}: response is over {self._max_response_bytes} bytes", node_url=url)
             chunks.append(chunk)
         return b"".join(chunks)
 

@@ -169,7 +169,7 @@ class NodeRejected(NodeCallError):
 
 
 class AnswerTooLarge(NodeRejected):
-    """The node answered, but over the caller's limits (response bytes, tensor elements or strings).
+    """The node answered, but a tensor is over the caller's limits (elements, string bytes).
 
     The same request gives the same answer on every node, and the node is not at fault: retrying it
     elsewhere, or counting it against the node's breaker, would only spread the refusal (a sharded
