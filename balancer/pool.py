@@ -370,7 +370,9 @@ class NodePool:
                 listener(model)
         else:
             context = PickContext(model, affinity_key)
-            chosen = strategy_obj.choose(context, picker.trial, self, self._rng) if picker.trial else None
+            # Sessions stay where they live (model_affinity): a trial comes when the hash picks the node.
+            trying = picker.trial if picker.trial and strategy_obj.name != "model_affinity" else ()
+            chosen = strategy_obj.choose(context, trying, self, self._rng) if trying else None
             # Empty for a retry or hedge when every node left is backing off (strategies need one).
             if chosen is None and picker.ready:
                 chosen = strategy_obj.choose(context, picker.ready, self, self._rng)

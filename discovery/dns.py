@@ -77,6 +77,7 @@ class DnsSrvSource:
             self._resolver.port = port
         self._resolver.cache = None  # the TTL schedule below is the cache
         self._known: dict[str, list[str]] = {}  # target -> its last addresses (kept through a failed lookup)
+        self._failures: dict[str, int] = {}  # target -> failed lookups in a row
         self._empty = False
         self.synced = asyncio.Event()
 
@@ -107,8 +108,12 @@ class DnsSrvSource:
             addresses, ttl = await self._addresses(target)
         except dns.exception.DNSException as exc:
             kept = self._known.get(target, [])
-            log.warning("dns: addresses of %s: %s: %s; keeping %s", target, type(exc).__name__, exc, kept or "none")
-            return kept, self._min
+            failures = self._failures[target] = self._failures.get(target, 0) + 1
+            if failures == 1:  # logged as it starts failing, not on every round
+                log.warning("dns: addresses of %s: %s: %s; keeping %s", target, type(exc).__name__, exc, kept or "none")
+            return kept, min(self._min * 2**failures, self._max)  # asked again later each time
+        if self._failures.pop(target, None):
+            log.warning("dns: addresses of %s answer again: %s", target, addresses)
         self._known[target] = addresses
         return addresses, ttl
 
@@ -123,7 +128,9 @@ class DnsSrvSource:
             self._say_empty("no records")
             return [], self._min
         records = list(answer.rrset)
-        self._known = {t: a for t, a in self._known.items() if t in {r.target.to_text() for r in records}}
+        listed = {record.target.to_text() for record in records}
+        self._known = {target: kept for target, kept in self._known.items() if target in listed}
+        self._failures = {target: count for target, count in self._failures.items() if target in listed}
         ttl = float(answer.rrset.ttl)
         specs: dict[str, NodeSpec] = {}
         # RFC 2782: the lowest priority first; a higher one (a backup) only when none of those has an address.
@@ -134,7 +141,7 @@ class DnsSrvSource:
                 target = record.target.to_text()
                 addresses, address_ttl = await self._target(target)
                 ttl = min(ttl, address_ttl)
-                if not addresses:
+                if not addresses and target not in self._failures:  # a failing one is logged as it starts
                     log.warning("dns: SRV target %s of %s has no address", target, self._name)
                 for address in addresses:
                     host = f"[{address}]" if ":" in address else address

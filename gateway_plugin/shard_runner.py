@@ -46,6 +46,7 @@ __all__ = ["MICRO_BATCH_PARAMETER", "FORWARDING_PARAMETER", "ShardRunner"]
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_PIECES_PER_STAGE = 4  # micro-batches in flight per stage, at most
 
 MICRO_BATCH_PARAMETER = "shard_micro_batch"
 FORWARDING_PARAMETER = "shard_forwarding"
@@ -140,10 +141,10 @@ class ShardRunner:
         ]
         self._in_flight += 1
         try:
-            # As many pieces at once as there are stages (one per stage is all a pipeline needs): a
-            # request of 1,024 rows cut into rows of 1 made 1,024 stage calls at once on one admission place.
+            # A few pieces per stage at once (the pipeline overlaps, nodes can batch them): a request
+            # of 1,024 rows cut into rows of 1 made 1,024 stage calls at once on one admission place.
             work = [run(passed, deadline, trace, forwarding) for run in runs]
-            results = await _gather(work, limit=len(self.spec.stages))
+            results = await _gather(work, limit=_PIECES_PER_STAGE * len(self.spec.stages))
         finally:
             self._in_flight -= 1
         outputs = [_concat(name, [result[name] for result in results]) for name in wanted]

@@ -156,6 +156,7 @@ BAD_VALUES = {
     # A ConfigMap is readable by far more than Secrets are: the password goes in tasks.redisUrlSecret.
     "a password in the redis url": {"tasks": {"store": "redis", "redisUrl": "redis://:s3cr3t@redis:6379/0"}},
     "a user and password in the redis url": {"tasks": {"store": "redis", "redisUrl": "rediss://u:p@redis/0"}},
+    "a password in the redis url's query": {"tasks": {"store": "redis", "redisUrl": "redis://r:6379/0?password=x"}},
 }
 
 

@@ -177,6 +177,23 @@ def test_a_half_open_node_gets_the_next_request_whatever_the_strategy(clock: Fak
     assert pool.breaker(a).state is BreakerState.CLOSED
 
 
+def test_a_half_open_node_does_not_take_another_nodes_session(clock: FakeClock) -> None:
+    """model_affinity: a session stays on its node; the half-open node's trial comes from its own sessions."""
+    _, pool, keys = setup(clock)
+
+    def session_node() -> str:
+        lease = pool.pick("digits", strategy="model_affinity", affinity_key="session-1")
+        assert lease is not None
+        lease.done()
+        return lease.node.key
+
+    home = session_node()
+    other = next(key for key in keys if key != home)
+    trip(pool, other)
+    clock.advance(EJECTION.base_ejection_s)  # `other` is half-open now
+    assert session_node() == home
+
+
 def test_an_ejection_expiring_by_time_is_seen_without_any_other_change(clock: FakeClock) -> None:
     _, pool, (a, b, c) = setup(clock)
     trip(pool, a)
