@@ -11,7 +11,12 @@ from urllib.parse import urlsplit
 
 from worker.config import TensorSpec
 
-__all__ = ["ModelInfo", "Node", "NodeSpec", "NodeStatus", "normalise_url"]
+__all__ = ["NODE_ID_PATTERN", "ModelInfo", "Node", "NodeSpec", "NodeStatus", "normalise_url", "valid_node_id"]
+
+# What the admin API accepts and `PATCH /nodes/{id}` can reach: no `/`, `?`, `#` or spaces.
+NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"
+_NODE_ID = re.compile(NODE_ID_PATTERN)
+MAX_NODE_ID_LENGTH = 128
 
 
 class NodeStatus(StrEnum):
@@ -26,6 +31,10 @@ class NodeStatus(StrEnum):
 # A DNS name or an IPv4 address (letters, digits, dots, hyphens; underscores as in SRV targets),
 # or a bracketed IPv6 literal (with its zone, if any); then an optional port.
 _AUTHORITY = re.compile(r"(?P<host>[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+(%[A-Za-z0-9_.~-]+)?\])(:(?P<port>[0-9]{1,5}))?")
+
+
+def valid_node_id(node_id: str) -> bool:
+    return len(node_id) <= MAX_NODE_ID_LENGTH and _NODE_ID.fullmatch(node_id) is not None
 
 
 def normalise_url(url: str) -> str:

@@ -8,6 +8,10 @@ not block.
 
 Several sources may list the same URL: the node lives while any of them does. The first to list
 it owns it (its spec wins); when the owner drops it, the next claimant takes it over.
+
+Ids name nodes in `/nodes`, `PATCH /nodes/{id}` and metrics, so they are unique and reachable:
+an id a source or a node gives that another node already has, or that the admin API could not
+address (a `/`, a space), is refused with a warning and the node keeps its own (host:port).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from urllib.parse import urlsplit
 
-from discovery.node import ModelInfo, Node, NodeSpec, NodeStatus
+from discovery.node import ModelInfo, Node, NodeSpec, NodeStatus, valid_node_id
 
 __all__ = ["NodeAdded", "NodeEvent", "NodeRegistry", "NodeRemoved", "NodeUpdated"]
 
@@ -54,6 +59,7 @@ class NodeRegistry:
         self._nodes: dict[str, Node] = {}
         self._claims: dict[str, dict[str, NodeSpec]] = {}  # source -> url -> the spec it lists
         self._subscribers: list[Subscriber] = []
+        self._refused: set[tuple[str, str]] = set()  # (key, id) refusals already logged
 
     def subscribe(self, subscriber: Subscriber) -> None:
         """Receive every later event; call `nodes()` first for the current set."""
@@ -74,6 +80,32 @@ class NodeRegistry:
 
     def _id_taken(self, node_id: str, key: str) -> bool:
         return any(node.node_id == node_id for other, node in self._nodes.items() if other != key)
+
+    def _usable_id(self, wanted: str | None, key: str, source: str) -> bool:
+        if wanted is None:
+            return False
+        why = (
+            "which the admin API cannot address"
+            if not valid_node_id(wanted)
+            else "which another node has"
+            if self._id_taken(wanted, key)
+            else None
+        )
+        if why is None:
+            return True
+        if (key, wanted) not in self._refused:  # probes ask again every round: say it once
+            self._refused.add((key, wanted))
+            log.warning("node %s: %s gives it the id %r, %s; ignored", key, source, wanted, why)
+        return False
+
+    def _own_id(self, key: str) -> str:
+        """host:port, made unique when two URLs share it (paths on one server)."""
+        base = urlsplit(key).netloc
+        candidate, n = base, 1
+        while self._id_taken(candidate, key):
+            n += 1
+            candidate = f"{base}-{n}"
+        return candidate
 
     def claimants(self, key: str) -> list[str]:
         """The sources that currently list `key`."""
@@ -106,6 +138,7 @@ class NodeRegistry:
         claims = [(source, specs[key]) for source, specs in self._claims.items() if key in specs]
         current = self._nodes.get(key)
         if not claims:
+            self._refused = {pair for pair in self._refused if pair[0] != key}
             if current is not None:
                 del self._nodes[key]
                 log.info("node %s (%s) removed by %s", current.node_id, key, current.source)
@@ -113,7 +146,8 @@ class NodeRegistry:
             return
         if current is None:
             source, spec = claims[0]
-            node = Node.from_spec(spec, source)
+            node_id = spec.node_id if self._usable_id(spec.node_id, key, source) else self._own_id(key)
+            node = Node.from_spec(spec, source).with_changes(node_id=node_id)
             self._nodes[key] = node
             log.info("node %s (%s) added by %s", node.node_id, key, source)
             self._publish(NodeAdded(node))
@@ -121,7 +155,9 @@ class NodeRegistry:
         owned = self._claims.get(current.source, {}).get(key)
         source, spec = (current.source, owned) if owned is not None else claims[0]
         if source != current.source or spec != current.spec:
-            self._replace(current.with_changes(source=source, spec=spec, node_id=spec.node_id or current.node_id))
+            renamed = spec.node_id is not None and spec.node_id != current.node_id
+            node_id = spec.node_id if renamed and self._usable_id(spec.node_id, key, source) else current.node_id
+            self._replace(current.with_changes(source=source, spec=spec, node_id=node_id))
 
     # ------------------------------------------------------------------ probes and admins
 
@@ -135,10 +171,8 @@ class NodeRegistry:
         if current is None:
             return None
         wanted = changes.get("node_id")
-        if wanted is not None and wanted != current.node_id and self._id_taken(str(wanted), key):
-            # Ids name nodes in /nodes, PATCH and metrics: two URLs of one server (localhost and
-            # 127.0.0.1) must not both answer to it. This one keeps the id it has.
-            log.warning("node %s advertises id %r, which another node has; it keeps %r", key, wanted, current.node_id)
+        if wanted is not None and wanted != current.node_id and not self._usable_id(str(wanted), key, "its metadata"):
+            # Two URLs of one server (localhost and 127.0.0.1) must not both answer to its id.
             del changes["node_id"]
         if "status" in changes:
             changes["health"] = changes["status"]

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from discovery.node import NodeSpec
+from discovery.node import NODE_ID_PATTERN, NodeSpec
 from discovery.registry import NodeRegistry
 
 __all__ = ["NodesFileError", "NodesFileSource", "StaticSource", "parse_nodes_file"]
@@ -55,7 +55,7 @@ class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str
-    node_id: str | None = Field(default=None, min_length=1, max_length=128)
+    node_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=NODE_ID_PATTERN)
     weight: float = Field(default=1.0, ge=0, le=1_000_000, allow_inf_nan=False)  # as the admin API's
     labels: dict[str, str] = {}
 
@@ -90,6 +90,9 @@ def parse_nodes_file(text: str) -> list[NodeSpec]:
     urls = [spec.url for spec in specs]
     if len(set(urls)) != len(urls):
         raise NodesFileError("a node URL is listed twice")
+    ids = [spec.node_id for spec in specs if spec.node_id is not None]
+    if len(set(ids)) != len(ids):
+        raise NodesFileError("a node_id is listed twice")
     return specs
 
 

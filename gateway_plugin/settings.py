@@ -89,6 +89,12 @@ class DiscoverySettings(_Section):
     def _dns_needs_a_name(self) -> DiscoverySettings:
         if "dns" in self.sources and not self.dns_srv:
             raise ValueError("DISTINFER_DISCOVERY includes dns but DISTINFER_DNS_SRV is not set")
+        if "static" not in self.sources and (self.nodes or self.nodes_file is not None):
+            # Read only by the static source: silently ignored, they left an operator wondering.
+            raise ValueError(
+                "DISTINFER_NODES / DISTINFER_NODES_FILE are set but DISTINFER_DISCOVERY has no static: "
+                "add static to it (static,consul), or unset them"
+            )
         return self
 
 

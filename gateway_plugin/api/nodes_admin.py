@@ -17,7 +17,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from discovery.node import Node, NodeSpec, NodeStatus
+from discovery.node import NODE_ID_PATTERN, Node, NodeSpec, NodeStatus
+from gateway_plugin.api.cluster import node_entry
 from gateway_plugin.api.routing import ProblemRoute
 from gateway_plugin.api.schemas import NodeEntry
 from gateway_plugin.errors import Conflict, UnknownNode, Unprocessable
@@ -27,7 +28,6 @@ __all__ = ["MANUAL_SOURCE", "MAX_MANUAL_NODES", "NodePatch", "NodeRegistration",
 
 MANUAL_SOURCE = "manual"
 MAX_MANUAL_NODES = 1024
-_ID = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"
 _MODEL = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
 AdminDependency = Callable[..., Awaitable[object]]  # the host's admin-scope check
@@ -47,7 +47,7 @@ class NodeRegistration(BaseModel):
     )
 
     url: str = Field(min_length=1, max_length=2048)
-    node_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=_ID)
+    node_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=NODE_ID_PATTERN)
     weight: float = Field(default=1.0, ge=0, le=1_000_000)
     labels: dict[str, str] = Field(default={}, max_length=64)
     status: SettableStatus = "online"
@@ -62,21 +62,6 @@ class NodePatch(BaseModel):
 
     status: SettableStatus | None = None
     models: list[Annotated[str, Field(max_length=128, pattern=_MODEL)]] | None = Field(default=None, max_length=1024)
-
-
-def _entry(node: Node, svc: Services) -> NodeEntry:
-    return NodeEntry(
-        node_id=node.node_id,
-        url=node.url,
-        status=node.status.value,
-        source=node.source,
-        in_flight=svc.pool.in_flight(node.key),
-        models=sorted(node.models),
-        binary=node.binary,
-        weight=node.spec.weight,
-        labels=dict(node.spec.labels),
-        last_error=node.last_error,
-    )
 
 
 def _hold(status: SettableStatus) -> NodeStatus | None:
@@ -122,7 +107,7 @@ def nodes_admin_router(
         if body.status != "online":
             node = svc.registry.set_manual_status(node.key, _hold(body.status)) or node
         response.headers["Location"] = str(request.url_for("node_admin_patch", node_id=node.node_id))
-        return _entry(node, svc)
+        return node_entry(svc, node)
 
     @router.patch(
         "/nodes/{node_id}", name="node_admin_patch", summary="Hold a node out of rotation or limit its models"
@@ -133,7 +118,7 @@ def nodes_admin_router(
             node = svc.registry.set_model_filter(node.key, body.models) or node
         if body.status is not None:
             node = svc.registry.set_manual_status(node.key, _hold(body.status)) or node
-        return _entry(node, svc)
+        return node_entry(svc, node)
 
     @router.delete(
         "/nodes/{node_id}", status_code=204, summary="Unregister a node registered by hand", responses={409: {}}

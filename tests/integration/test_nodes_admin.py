@@ -11,6 +11,7 @@ from gateway_plugin.settings import DiscoverySettings
 from tests.integration.conftest import StartNodes, bearer, mounted
 from tests.integration.discovery_support import BODY, PREFIX, gateway_settings, node_ids, served_by
 from tests.integration.polling import until
+from worker.errors import NodeServerError
 
 JSON = {"Content-Type": "application/json"}
 
@@ -110,3 +111,22 @@ async def test_a_node_set_offline_by_hand_drains(start_nodes: StartNodes, two_no
         assert finished.status_code == 200
         assert finished.json()["node_id"] == "slow-1"  # the one in flight finished where it was
         assert distributed.pool.in_flight(slow.url) == 0
+
+
+async def test_post_and_patch_answer_the_status_get_shows(two_nodes: list[ServerProcess]) -> None:
+    a, b = two_nodes
+    async with mounted(gateway_settings(DiscoverySettings(nodes=[b.url]))) as (client, distributed):
+        await until(lambda: _statuses_are(client, {"node-b": "online"}))
+        pool = distributed.pool
+        while pool.breaker(b.url).state.value != "open":  # failures until it opens; probes still say online
+            lease = pool.pick("digits")
+            assert lease is not None
+            lease.report(0.001, NodeServerError("boom", node_url=b.url, status=500))
+            lease.done()
+        listed = (await node_ids(client))["node-b"]
+        assert listed == "error"
+        patched = await client.patch(f"{PREFIX}/nodes/node-b", json={"models": None})
+        assert patched.json()["status"] == listed  # not the probe's "online"
+        assert patched.json()["breaker"] == "open"
+        created = await client.post(f"{PREFIX}/nodes", json={"url": a.url, "node_id": "hand-a", "status": "busy"})
+        assert created.json()["status"] == "busy"

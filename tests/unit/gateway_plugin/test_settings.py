@@ -224,3 +224,17 @@ def test_the_dev_token_the_gateway_command_prints_is_accepted(
         refused = client.get("/api/v1/distributed/nodes", headers={"Authorization": "Bearer x.y.z"})
     assert accepted.status_code == 200, accepted.text
     assert refused.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("DISTINFER_NODES", "http://127.0.0.1:8001"), ("DISTINFER_NODES_FILE", "/etc/nodes.yaml")]
+)
+def test_static_nodes_without_the_static_source_are_refused_not_ignored(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv("DISTINFER_DISCOVERY", "consul")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match="no static"):
+        Settings()
+    monkeypatch.setenv("DISTINFER_DISCOVERY", "static,consul")
+    assert Settings().discovery.sources == ["static", "consul"]
