@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from discovery.node import ModelInfo, Node, NodeStatus
-from discovery.registry import NodeAdded, NodeEvent, NodeRegistry
+from discovery.registry import NodeAdded, NodeEvent, NodeRegistry, NodeRemoved
 from worker.client import NodeClient
 from worker.config import TensorSpec
 from worker.errors import NodeCallError, NodeUnreachable
@@ -109,6 +109,8 @@ class HealthProber:
     def _on_event(self, event: NodeEvent) -> None:
         if isinstance(event, NodeAdded):
             self._wake.set()  # probe a new node now rather than at the next tick
+        elif isinstance(event, NodeRemoved):
+            self._misses.pop(event.node.key, None)  # churn (DNS, Consul) would grow it without end
 
     async def run(self) -> None:
         """A round every `interval_s`, and one at once when a node is added.
@@ -154,6 +156,8 @@ class HealthProber:
         try:
             await self._client.check_ready(node.url)
         except NodeCallError as exc:
+            if self._registry.get(node.key) is None:
+                return  # removed while the probe ran
             misses = self._misses[node.key] = self._misses.get(node.key, 0) + 1
             if isinstance(exc, NodeUnreachable) or misses >= self._unhealthy_after:
                 if node.health is not NodeStatus.OFFLINE:

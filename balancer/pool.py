@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
@@ -27,7 +27,7 @@ from balancer.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
 from balancer.latency import Clock, LatencyWindow, PeakEwma
 from balancer.outlier import EjectionPolicy
 from balancer.picker import EMPTY_PICKER, Picker, in_panic
-from balancer.strategies import PickContext, Strategy
+from balancer.strategies import PickContext, Restricting, Strategy
 from balancer.trust import TrustLedger, TrustPolicy
 from discovery.node import Node, NodeStatus
 from discovery.registry import NodeEvent, NodeRegistry, NodeRemoved
@@ -111,6 +111,8 @@ class NodePool:
             raise UnknownStrategy(f"unknown default strategy {default_strategy!r}")
         self._registry = registry
         self._strategies = dict(strategies)
+        # Strategies that rule nodes out (capability): panic and spill-over are judged among the rest.
+        self._restricting = {name: s for name, s in strategies.items() if isinstance(s, Restricting)}
         self.default_strategy = default_strategy
         self._rng = rng or random.Random()
         self.config = config or PoolConfig()
@@ -235,10 +237,12 @@ class NodePool:
         set `DISTINFER_NODE_MAX_IN_FLIGHT`, the node counts as busy at N requests in flight, so load
         goes to nodes with a free slot before it queues at a full one.
         """
+        node = self._registry.get(key)
+        if node is None:
+            return  # removed while its probe ran: a state made now would never be freed
         state = self._state(key)
         state.advertised = MappingProxyType(dict(labels))
-        node = self._registry.get(key)
-        merged = self.labels(node) if node is not None else labels  # discovery's labels win, as in labels()
+        merged = self.labels(node)  # discovery's labels win, as in labels()
         limit = self.config.max_in_flight or _advertised_limit(merged)
         if limit != state.limit:
             state.limit = limit
@@ -336,6 +340,16 @@ class NodePool:
             nodes, frozenset(n.key for n in nodes), keys, tuple(ready), False, (), expires, tuple(spill), trial
         )
 
+    def _eligible(self, picker: Picker, eligible: Sequence[Node], *, again: bool) -> Picker:
+        """The picker over the nodes a restricting strategy allows; the same picker if it allows all."""
+        if len(eligible) == len(picker.nodes):
+            return picker
+        if not eligible:
+            return EMPTY_PICKER
+        admitted = [node for node in eligible if node.key in picker.admitted]
+        keys = frozenset(node.key for node in admitted)
+        return self._snapshot(tuple(eligible), admitted, keys, picker.expires, again=again)
+
     def _without(self, picker: Picker, exclude: frozenset[str]) -> Picker:
         """The picker minus nodes already tried (a retry, a hedge): built per call, O(nodes)."""
         nodes = tuple(node for node in picker.nodes if node.key not in exclude)
@@ -359,6 +373,10 @@ class NodePool:
         picker = self.picker(model)
         if exclude and not exclude.isdisjoint(picker.keys):
             picker = self._without(picker, exclude)
+        context = PickContext(model, affinity_key, bool(exclude))
+        restricting = self._restricting.get(strategy_obj.name)
+        if restricting is not None and picker.nodes:
+            picker = self._eligible(picker, restricting.eligible(context, picker.nodes, self), again=bool(exclude))
         if not picker.nodes:
             return None
         panic = picker.panic
@@ -369,7 +387,6 @@ class NodePool:
             for listener in self._panic_listeners:
                 listener(model)
         else:
-            context = PickContext(model, affinity_key)
             # Sessions stay where they live (model_affinity): a trial comes when the hash picks the node.
             trying = picker.trial if picker.trial and strategy_obj.name != "model_affinity" else ()
             chosen = strategy_obj.choose(context, trying, self, self._rng) if trying else None

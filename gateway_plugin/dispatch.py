@@ -133,7 +133,7 @@ class Dispatcher:
         if self._budget is not None:
             self._budget.deposit()
         last_error: NodeCallError | None = None
-        while last_error is None or self._may_retry(last_error, run.attempts):
+        while last_error is None or self._retry.should_retry(last_error, run.attempts):
             if self._clock() >= run.deadline:
                 raise DeadlineExceeded(_spent(call, run.attempts))
             lease = self._pick(run)
@@ -142,6 +142,11 @@ class Dispatcher:
                 # its retry host predicate finds no other host). A dead node is offline by now.
                 lease = self._pick(run, frozenset())
             if lease is None:
+                break
+            # The budget pays for retries really sent: one spent past the deadline or with no node to
+            # send it to left the budget short for requests that could have used it.
+            if last_error is not None and self._budget is not None and not self._budget.withdraw():
+                lease.done()
                 break
             try:
                 if self._hedge.enabled:
@@ -173,11 +178,6 @@ class Dispatcher:
                 raw=forwarded,
             )
         return await self._without_cluster(call, start, run.deadline, run.attempts, last_error)
-
-    def _may_retry(self, error: NodeCallError, attempts: int) -> bool:
-        if not self._retry.should_retry(error, attempts):
-            return False
-        return self._budget is None or self._budget.withdraw()
 
     def _pick(self, run: _Run, exclude: frozenset[str] | None = None) -> Lease | None:
         skip = (frozenset(run.tried) if run.tried else _NONE) if exclude is None else exclude

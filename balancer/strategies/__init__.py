@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from balancer.strategies.base import PickContext, Signals, Strategy
+from balancer.strategies.base import PickContext, Restricting, Signals, Strategy
 from balancer.strategies.capability import Capability, Requirement, parse_requirements
 from balancer.strategies.latency import Latency
 from balancer.strategies.least_loaded import LeastLoaded
@@ -19,6 +19,7 @@ __all__ = [
     "ModelAffinity",
     "PickContext",
     "Requirement",
+    "Restricting",
     "RoundRobin",
     "Signals",
     "Strategy",

@@ -11,17 +11,18 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from discovery.node import Node
 
-__all__ = ["PickContext", "Signals", "Strategy", "pick_fewest"]
+__all__ = ["PickContext", "Restricting", "Signals", "Strategy", "pick_fewest"]
 
 
 @dataclass(frozen=True, slots=True)
 class PickContext:
     model: str
     affinity_key: str | None = None  # a session id; model_affinity hashes the model without one
+    again: bool = False  # a retry or hedge of a request already sent somewhere: it takes no turn
 
 
 class Signals(Protocol):
@@ -44,6 +45,17 @@ class Strategy(Protocol):
     def choose(self, ctx: PickContext, candidates: Sequence[Node], signals: Signals, rng: random.Random) -> Node | None:
         """One of `candidates` (never empty); None only when none of them may serve the request."""
         ...
+
+
+@runtime_checkable
+class Restricting(Protocol):
+    """A strategy that rules some nodes out for a request whatever their health (`capability`).
+
+    The pool decides panic and spill-over among the eligible nodes only: an ejected GPU node is the
+    least bad choice for a cuda model, a healthy CPU node is none at all.
+    """
+
+    def eligible(self, ctx: PickContext, nodes: Sequence[Node], signals: Signals) -> Sequence[Node]: ...
 
 
 def pick_fewest(candidates: Sequence[Node], signals: Signals, rng: random.Random) -> Node:

@@ -89,7 +89,12 @@ class Capability:
     def requirements(self, model: str) -> tuple[Requirement, ...]:
         return self._requirements.get(model, ())
 
-    def choose(self, ctx: PickContext, candidates: Sequence[Node], signals: Signals, rng: random.Random) -> Node | None:
+    def eligible(self, ctx: PickContext, nodes: Sequence[Node], signals: Signals) -> Sequence[Node]:
         needed = self.requirements(ctx.model)
-        able = [node for node in candidates if all(req.met_by(signals.labels(node)) for req in needed)]
+        if not needed:
+            return nodes
+        return [node for node in nodes if all(req.met_by(signals.labels(node)) for req in needed)]
+
+    def choose(self, ctx: PickContext, candidates: Sequence[Node], signals: Signals, rng: random.Random) -> Node | None:
+        able = self.eligible(ctx, candidates, signals)
         return pick_fewest(able, signals, rng) if able else None

@@ -22,5 +22,6 @@ class RoundRobin:
         turn = self._next.get(ctx.model)
         if turn is None:
             turn = rng.randrange(len(candidates))
-        self._next[ctx.model] = turn + 1
+        if not ctx.again:  # a hedge or retry that took the turn sent every next request to the slow node
+            self._next[ctx.model] = turn + 1
         return candidates[turn % len(candidates)]

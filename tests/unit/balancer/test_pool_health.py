@@ -181,6 +181,56 @@ def test_capability_still_reaches_its_only_able_node_while_that_node_backs_off(c
     assert picked == [gpu] * 5
 
 
+def _capability_pool(clock: FakeClock, count: int, threshold: float = 0.0) -> tuple[NodePool, list[str]]:
+    registry = NodeRegistry()
+    strategies = default_strategies(requirements=parse_requirements("digits:device=gpu"))
+    config = PoolConfig(ejection=EJECTION, panic_threshold=threshold)
+    pool = NodePool(registry, strategies, default_strategy="capability", clock=clock, config=config)
+    keys = [f"http://n{index}:8000" for index in range(count)]
+    registry.reset("static", [NodeSpec(key) for key in keys])
+    for key in keys:
+        registry.update(key, status=NodeStatus.ONLINE, models=MappingProxyType({"digits": INFO}))
+    return pool, keys
+
+
+def test_capability_panics_among_able_nodes_when_every_able_one_is_ejected(clock: FakeClock) -> None:
+    """Regression (audit): with the only GPU node ejected and CPU nodes healthy, the model was not in
+    panic (3 of 4 admitted) and capability found no able node among them: every request 503."""
+    pool, keys = _capability_pool(clock, 4)
+    gpu = keys[0]
+    pool.learn_labels(gpu, {"device": "gpu"})
+    fail(pool, gpu, 3)
+    assert pool.breaker(gpu).state is BreakerState.OPEN
+    lease = pool.pick("digits")
+    assert lease is not None
+    assert (lease.node.key, lease.panic) == (gpu, True)  # the least bad able node, as a panic pick
+    lease.done()
+
+
+def test_capability_never_panics_onto_a_node_without_the_labels(clock: FakeClock) -> None:
+    """Regression (audit): in panic the pick drew from every node, a CPU node for a cuda model."""
+    pool, keys = _capability_pool(clock, 2)
+    gpu, cpu = keys
+    pool.learn_labels(gpu, {"device": "gpu"})
+    fail(pool, gpu, 3)
+    for _ in range(3):
+        lease = pool.pick("digits", strategy="least_loaded", exclude=frozenset({gpu}))
+        assert lease is not None
+        assert lease.node.key == cpu
+        lease.report(0.001, BOOM)
+        lease.done()
+    assert pool.panic_models() == ["digits"]  # everything ejected: panic for the model
+    picked = set()
+    for _ in range(20):
+        lease = pool.pick("digits")
+        assert lease is not None
+        picked.add(lease.node.key)
+        lease.done()
+    assert picked == {gpu}
+    pool.learn_labels(gpu, {"device": "cpu"})  # no able node at all: no pick, not a wrong one
+    assert pool.pick("digits") is None
+
+
 def test_retries_and_hedges_never_go_to_a_node_backing_off(clock: FakeClock) -> None:
     """Regression (review): with the only other node tried, a hedge or retry spilled over to the node
     that had asked to be left alone, and each of its 429s pushed its wait further out."""
@@ -417,3 +467,41 @@ def test_a_peak_is_not_multiplied_by_the_queue(clock: FakeClock) -> None:
     assert pool.latency_cost(fast) < 0.080
     for lease in held:
         lease.done()  # type: ignore[union-attr]
+
+
+def test_round_robin_hedges_and_retries_take_no_turn(clock: FakeClock) -> None:
+    """Regression (audit): each hedge took the next turn, so with two nodes every first attempt went
+    to the same (slow) node, the one whose slowness caused the hedges."""
+    _, pool, keys = setup(clock, count=2)
+    firsts = []
+    for _ in range(6):
+        first = pool.pick("digits")
+        assert first is not None
+        hedge = pool.pick("digits", exclude=frozenset({first.node.key}))
+        assert hedge is not None
+        assert hedge.node.key != first.node.key
+        firsts.append(first.node.key)
+        first.done()
+        hedge.done()
+    assert Counter(firsts) == {keys[0]: 3, keys[1]: 3}
+
+
+def test_labels_learned_for_a_node_removed_meanwhile_are_not_kept(clock: FakeClock) -> None:
+    """Regression (audit): a probe that ended after its node was removed made a state that was never
+    freed, and a node coming back at that URL inherited its old `max_concurrency`."""
+    registry, pool, (a, _) = setup(clock, count=2)
+    registry.reset("static", [NodeSpec(k) for k in pool_keys(registry) if k != a])
+    pool.learn_labels(a, {"max_concurrency": "1"})
+    registry.reset("static", [NodeSpec(a), *(NodeSpec(k) for k in pool_keys(registry))])
+    registry.update(a, status=NodeStatus.ONLINE, models=MappingProxyType({"digits": INFO}))
+    lease = pool.pick("digits", exclude=frozenset(k for k in pool_keys(registry) if k != a))
+    assert lease is not None
+    assert lease.node.key == a
+    node_a = registry.get(a)
+    assert node_a is not None
+    assert pool.status(node_a) is NodeStatus.ONLINE  # not busy at one in flight
+    lease.done()
+
+
+def pool_keys(registry: NodeRegistry) -> list[str]:
+    return [node.key for node in registry.nodes()]

@@ -109,3 +109,19 @@ async def test_a_stop_just_after_a_node_is_added_stops_the_prober() -> None:
                 await asyncio.wait_for(task, timeout=3)
             assert task.cancelled()
             registry.reset("static", [])
+
+
+async def test_the_misses_of_a_removed_node_are_forgotten(served: tuple[V2Node, str]) -> None:
+    """Regression (audit): misses of removed nodes were kept for good, growing with discovery churn
+    (DNS and Consul listings that come and go)."""
+    node, url = served
+    dead = f"http://127.0.0.1:{free_port()}"
+    registry = NodeRegistry()
+    registry.reset("static", [NodeSpec(url), NodeSpec(dead)])
+    async with aiohttp.ClientSession() as session:
+        prober = HealthProber(registry, NodeClient(session, probe_timeout_s=1), interval_s=1, unhealthy_after=3)
+        node.ready = False
+        await prober.probe_all()
+        assert len(prober._misses) == 2  # the leak is the private table's size
+        registry.reset("static", [])
+        assert prober._misses == {}

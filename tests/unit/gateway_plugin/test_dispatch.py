@@ -111,6 +111,21 @@ async def test_retry_budget_caps_retries_across_requests() -> None:
     assert budget.refused >= 1
 
 
+async def test_the_budget_pays_only_for_retries_that_are_sent() -> None:
+    """Regression (audit): the retry was withdrawn before the deadline check, so requests that timed
+    out spent the budget on retries never sent, and later requests that could retry were refused."""
+    pool, (a, b) = cluster(2)
+    client = FakeClient()
+    client.delay[a] = client.delay[b] = 5.0
+    budget = RetryBudget(time.monotonic, ratio=0.0, min_per_s=0.1, window_s=10)  # one retry in all
+    dispatcher = Dispatcher(pool, client, retry=RetryPolicy(max_attempts=3), budget=budget)  # type: ignore[arg-type]
+    with pytest.raises(DeadlineExceeded):
+        await dispatcher.infer(call(timeout_s=0.05))
+    assert len(client.calls) == 1
+    assert budget.refused == 0
+    assert budget.withdraw()  # the one retry is still there
+
+
 async def test_deadline_is_kept_across_attempts() -> None:
     pool, (a, b) = cluster(2)
     client = FakeClient()
