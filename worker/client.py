@@ -21,7 +21,10 @@ import aiohttp
 from pydantic import TypeAdapter, ValidationError
 
 from worker.errors import (
+    ERROR_CODE_HEADER,
+    FORWARD_FAILED,
     AnswerTooLarge,
+    ChainBroken,
     NodeBusy,
     NodeCallError,
     NodeLacksModel,
@@ -135,6 +138,8 @@ class NodeClient:
             text = _error_text(reply.body)
             raise NodeBusy(f"{url}: {reply.status} {text}", node_url=url, status=reply.status, retry_after_s=wait)
         if reply.status >= 500:
+            if reply.headers.get(ERROR_CODE_HEADER) == FORWARD_FAILED:
+                raise ChainBroken(f"{url}: {reply.status} {_error_text(reply.body)}", node_url=url)
             raise NodeServerError(f"{url}: {reply.status} {_error_text(reply.body)}", node_url=url, status=reply.status)
         if reply.status >= 400:
             raise NodeRejected(_error_text(reply.body), node_url=url, status=reply.status)

@@ -11,6 +11,7 @@
         ├── NodeUnreachable          connect/reset/refused: retry elsewhere
         ├── NodeTimeout              no answer in time: retry elsewhere
         ├── NodeServerError          5xx from the node: retry elsewhere
+        ├── ChainBroken              502 forward_failed: a later node of a forwarded chain failed, not this one
         ├── NodeLacksModel           404 to an infer call: the node no longer has the model, retry elsewhere
         └── NodeRejected             4xx from the node: the request is at fault, never retried
             └── AnswerTooLarge       413  the node's answer is over the gateway's limits: any node's would be
@@ -29,7 +30,10 @@ from types import MappingProxyType
 from typing import ClassVar
 
 __all__ = [
+    "ERROR_CODE_HEADER",
+    "FORWARD_FAILED",
     "AnswerTooLarge",
+    "ChainBroken",
     "InferenceFailed",
     "InvalidInput",
     "ModelNotFound",
@@ -117,6 +121,21 @@ class NodeTimeout(NodeCallError):
 class NodeServerError(NodeCallError):
     status = 502
     code = "node_server_error"
+
+
+# A node names the kind of a 5xx it answers where its status alone would blame the node itself.
+ERROR_CODE_HEADER = "X-Distinfer-Error"
+FORWARD_FAILED = "forward_failed"
+
+
+class ChainBroken(NodeCallError):
+    """The node ran its stage of a forwarded chain, but a node after it did not answer (its 502
+    `forward_failed`). The node is fine, and another first node would hand on to the same dead hop:
+    not retried and not counted against it; the gateway runs the chain relayed instead."""
+
+    retryable = False
+    status = 502
+    code = "chain_broken"
 
 
 class NodeBusy(NodeServerError):

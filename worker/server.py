@@ -181,7 +181,7 @@ def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = Non
     app = FastAPI(title="distinfer node", version=SERVER_VERSION, lifespan=lifespan)
 
     async def infer_response(model: str, version: str | None, request: Request) -> Response:
-        with telemetry.request(model, request.headers.get("x-request-id")):
+        with telemetry.request(model, request.headers.get("x-request-id"), request.headers.get("traceparent")):
             eng = engine()
             _check_version(_metadata(eng, model), version)
             body = await read_body(request, config.max_body_bytes)
@@ -193,7 +193,7 @@ def create_node_app(config: NodeConfig, *, telemetry: NodeTelemetry | None = Non
             wanted = [out.name for out in decoded.outputs] if decoded.outputs else None
             if FORWARD_PARAMETER in decoded.parameters:  # a sharded model's stage that hands on to the next node
                 model_config, outputs = await forwarder.infer(
-                    eng, model, decoded, local_done=request.scope.get(SLOT_RELEASE)
+                    eng, model, decoded, local_done=request.scope.get(SLOT_RELEASE), incoming=request.headers
                 )
             else:
                 model_config, outputs = await eng.infer(model, decoded.inputs, wanted)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -53,6 +54,17 @@ def trace_id_of(span: Span | None = None) -> str | None:
     """The current (or given) span's trace id as 32 hex digits; None outside any trace."""
     context = (span or trace.get_current_span()).get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else None
+
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def _caller_trace_id(traceparent: str | None) -> str | None:
+    """The trace id of a W3C `traceparent` header; None when absent, malformed or all zeros."""
+    match = _TRACEPARENT.fullmatch(traceparent.strip()) if traceparent else None
+    if match is None or match.group(1) == "0" * 32:
+        return None
+    return match.group(1)
 
 
 class Exposition:
@@ -190,7 +202,9 @@ class NodeTelemetry:
             app,
             tracer_provider=self._provider,
             meter_provider=NoOpMeterProvider(),  # metrics are Prometheus's job here
-            excluded_urls="/v2/health/,/metrics",
+            # Anchored to the path (the instrumentation searches the whole URL): "/metrics" alone
+            # also left models named metrics* untraced, /v2/models/metrics_v2/infer among them.
+            excluded_urls=r"^[a-z]+://[^/]+/v2/health/,^[a-z]+://[^/]+/metrics$",
             exclude_spans=["receive", "send"],
         )
 
@@ -206,8 +220,11 @@ class NodeTelemetry:
         return model if model in self._models else UNKNOWN
 
     @contextmanager
-    def request(self, model: str, request_id: str | None) -> Iterator[Span]:
-        """Around one infer request: in-flight, outcome, duration, a span, and one log line."""
+    def request(self, model: str, request_id: str | None, traceparent: str | None = None) -> Iterator[Span]:
+        """Around one infer request: in-flight, outcome, duration, a span, and one log line.
+
+        The line's `trace_id` is the span's; with tracing off, the caller's (`traceparent`), so a
+        gateway's and its nodes' lines still join on it."""
         label = self.label(model)
         start = time.perf_counter()
         outcome, status = "cancelled", 499
@@ -232,7 +249,7 @@ class NodeTelemetry:
             if log.isEnabledFor(logging.INFO):
                 fields = {
                     "request_id": request_id,
-                    "trace_id": trace_id_of(span) if span is not None else None,
+                    "trace_id": (trace_id_of(span) if span is not None else None) or _caller_trace_id(traceparent),
                     "node": self.node_id,
                     "model": label,
                     "outcome": outcome,

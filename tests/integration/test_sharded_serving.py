@@ -290,16 +290,60 @@ async def test_a_chain_that_comes_back_to_a_limited_node_does_not_wait_for_itsel
         cluster.repo,
         "node-loop",
         port=port,
-        extra_args=["--max-concurrency", "1", "--forward-peers", url, "--models", both],
+        extra_args=["--max-concurrency", "1", "--forward-peers", url, "--models", both, "--log-level", "info"],
     )
     try:
         looping.wait_ready()
         x = np.ones((1, 256), dtype=np.float32)
         hop = {"url": url, "model": "mlp.stage1of2", "send": ["relu1"]}
         body = {"inputs": [_tensor(x)], "parameters": {"distinfer_forward": {"hops": [hop], "timeout_ms": 3000}}}
+        trace_id = "0af7651916cd43dd8448eb211c80319c"
+        traced = {"X-Request-ID": "chain-req-1", "traceparent": f"00-{trace_id}-b7ad6b7169203331-01"}
         async with httpx.AsyncClient(timeout=10) as node:
-            chained = await node.post(url + "/v2/models/mlp.stage0of2/infer", json=body)
+            chained = await node.post(url + "/v2/models/mlp.stage0of2/infer", json=body, headers=traced)
         assert chained.status_code == 200, chained.text
         np.testing.assert_allclose(_rows(chained.json()), cluster.reference(x), atol=TOLERANCE)
+        # Both hops log the caller's request id and trace (tracing off here): one chain, one id.
+        await until(lambda: looping.output().count("chain-req-1") == 2)
+        lines = [line for line in looping.output().splitlines() if "chain-req-1" in line]
+        assert [trace_id in line for line in lines] == [True, True], lines
     finally:
         looping.stop()
+
+
+def _server_errors(metrics: str, model: str) -> float:
+    prefix = f'distinfer_node_requests_total{{model="{model}",outcome="server_error"}} '
+    return sum(float(line[len(prefix) :]) for line in metrics.splitlines() if line.startswith(prefix))
+
+
+async def test_a_dead_hop_blames_no_first_node_and_the_chain_runs_relayed(cluster: Cluster) -> None:
+    """Regression (audit): a first node's 502 for a dead later hop was taken as the first node failing:
+    counted against its breaker, and retried on it with the same dead hop, before the relay ran."""
+    first = start_node(
+        cluster.repo,
+        "node-f",
+        extra_args=["--memory-cap-mb", CAP_MB, "--forward-peers", "*", "--models", "mlp.stage0of2"],
+    )
+    dying = start_node(cluster.repo, "node-e", extra_args=["--models", "mlp.stage1of2", "--fault-crash-after", "0"])
+    try:
+        first.wait_ready()
+        dying.wait_ready()
+        x = np.random.default_rng(6).standard_normal((2, 256)).astype(np.float32)
+        balancer = BalancerSettings(probe_interval_s=30, strategy="round_robin")
+        settings = _sharded(cluster, [first, dying, cluster.b], balancer=balancer)
+        request = {"model": "mlp", "inputs": x.tolist(), "parameters": {"shard_forwarding": True}}
+        async with mounted(settings) as (client, distributed), httpx.AsyncClient(timeout=10) as plain:
+            for _ in range(8):  # round robin: within a few requests, the chain's hop is node-e
+                response = await client.post(INFER, json=request)
+                assert response.status_code == 200, response.text
+                np.testing.assert_allclose(_rows(response.json()), cluster.reference(x), atol=TOLERANCE)
+                if not dying.alive:
+                    break
+            assert not dying.alive, "the chain never went through node-e"
+            metrics = (await plain.get(first.url + "/metrics")).text
+            assert _server_errors(metrics, "mlp.stage0of2") == 1  # one forwarded call, not retried with node-e
+            assert distributed.pool.breaker(first.url).trips == 0
+            assert response.json()["node_id"] == "node-f>node-b"  # then relayed, stage 1 on the live node
+    finally:
+        first.stop()
+        dying.stop()

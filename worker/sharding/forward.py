@@ -15,19 +15,21 @@ arbitrary addresses. Off by default.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import aiohttp
+from opentelemetry.propagate import inject
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from worker.client import NodeClient
 from worker.config import ModelConfig
 from worker.engine import InferenceEngine
-from worker.errors import InvalidInput, NodeCallError, NodeRejected, WorkerError
+from worker.errors import ERROR_CODE_HEADER, FORWARD_FAILED, InvalidInput, NodeCallError, NodeRejected, WorkerError
 from worker.protocol import DecodedRequest, Tensor
 
-__all__ = ["FORWARD_PARAMETER", "ForwardFailed", "ForwardPlan", "Forwarder", "Hop"]
+__all__ = ["FORWARD_PARAMETER", "ForwardFailed", "ForwardPlan", "Forwarder", "Hop", "onward_headers"]
 
 FORWARD_PARAMETER = "distinfer_forward"
 MAX_HOPS = 64
@@ -37,7 +39,8 @@ class ForwardFailed(WorkerError):
     """The next stage's node did not answer: a fault of the chain, so the caller may try another way."""
 
     status = 502
-    code = "forward_failed"
+    code = FORWARD_FAILED
+    headers: ClassVar[Mapping[str, str]] = MappingProxyType({ERROR_CODE_HEADER: FORWARD_FAILED})
 
 
 class Hop(BaseModel):
@@ -64,6 +67,21 @@ class ForwardPlan(BaseModel):
         if len(self.hops) == 1:
             return None
         return {"hops": [hop.model_dump() for hop in self.hops[1:]], "timeout_ms": self.timeout_ms}
+
+
+_TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def onward_headers(incoming: Mapping[str, str]) -> dict[str, str]:
+    """What the next hop gets: the request id, and the trace (this node's span when it traces, else
+    the caller's `traceparent` as it came), so one chain is one trace and one id in every log."""
+    carrier: dict[str, str] = {}
+    if request_id := incoming.get("x-request-id"):
+        carrier["X-Request-ID"] = request_id
+    inject(carrier)  # the current span, when tracing is on (nothing with the no-op tracer)
+    if "traceparent" not in carrier:
+        carrier.update((name, value) for name in _TRACE_HEADERS if (value := incoming.get(name)))
+    return carrier
 
 
 class Forwarder:
@@ -109,11 +127,13 @@ class Forwarder:
         request: DecodedRequest,
         *,
         local_done: Callable[[], None] | None = None,
+        incoming: Mapping[str, str] | None = None,
     ) -> tuple[ModelConfig, list[Tensor]]:
         """Run `model` on its inputs, send the next hop what it needs, return the chain's final answer.
 
         `local_done` runs once this node's own stage is done, before waiting on the next hop (the
-        node's concurrency limit gives the request's slot back there).
+        node's concurrency limit gives the request's slot back there). `incoming`: the request's
+        headers, whose request id and trace go on to the next hop.
         """
         plan = self.plan(request.parameters.get(FORWARD_PARAMETER))
         hop = plan.hops[0]
@@ -139,6 +159,7 @@ class Forwarder:
                 outputs=wanted,
                 request_id=request.id,
                 parameters={FORWARD_PARAMETER: rest} if rest else None,
+                headers=onward_headers(incoming or {}),
             )
         except NodeRejected as exc:
             raise InvalidInput(f"{hop.url} refused stage {hop.model!r}: {exc.message}") from exc

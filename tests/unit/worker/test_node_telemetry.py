@@ -77,3 +77,29 @@ async def test_batcher_reports_runtime_calls_rows_and_queue_waits_in_the_callers
     assert len(waits) == 3
     assert all(s.parent is not None and s.parent.span_id in infers for s in waits)
     assert all(s.end_time >= s.start_time for s in waits)  # type: ignore[operator]
+
+
+async def test_every_model_is_traced_and_only_health_and_metrics_are_not() -> None:
+    """Regression (audit): the exclusion "/metrics" matched anywhere in the URL, so a model named
+    `metrics_v2` was never traced."""
+    import httpx
+    from fastapi import FastAPI
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = FastAPI()
+
+    @app.get("/{rest:path}")
+    async def anything(rest: str) -> str:
+        return rest
+
+    NodeTelemetry(tracer_provider=provider).instrument(app)
+    paths = ["/v2/models/metrics_v2/infer", "/v2/models/health/ready", "/metrics", "/v2/health/ready"]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node") as client:
+        for path in paths:
+            assert (await client.get(path)).status_code == 200
+    traced = {
+        span.attributes.get("url.path") or span.attributes.get("http.target") for span in exporter.get_finished_spans()
+    }
+    assert traced == {"/v2/models/metrics_v2/infer", "/v2/models/health/ready"}
