@@ -34,6 +34,7 @@ from fastapi.security.utils import get_authorization_scheme_param
 
 from gateway_plugin.errors import AuthUnavailable, Forbidden, Unauthorized
 from gateway_plugin.settings import AuthSettings
+from worker.errors import ConfigurationError
 
 __all__ = ["ADMIN", "INFER", "Authenticator", "Principal", "mint_token", "node_ssl_context", "scopes_of"]
 
@@ -96,13 +97,19 @@ def _invalid(description: str) -> Unauthorized:
 
 def _public_key(value: str) -> tuple[Any, tuple[str, ...]]:
     """A PEM public key (text, or a file path) and the algorithms it may verify."""
-    pem = value if "-----BEGIN" in value else Path(value).read_text(encoding="utf-8")
-    key = load_pem_public_key(pem.encode())
+    try:
+        pem = value if "-----BEGIN" in value else Path(value).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"DISTINFER_JWT_PUBLIC_KEY is not a PEM key, nor a readable PEM file: {exc}") from exc
+    try:
+        key = load_pem_public_key(pem.encode())
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"DISTINFER_JWT_PUBLIC_KEY: not a PEM public key ({exc})") from exc
     if isinstance(key, rsa.RSAPublicKey):
         return key, ("RS256",)
     if isinstance(key, ec.EllipticCurvePublicKey):
         return key, ({"secp256r1": "ES256", "secp384r1": "ES384"}.get(key.curve.name, "ES256"),)
-    raise ValueError(f"DISTINFER_JWT_PUBLIC_KEY: unsupported key type {type(key).__name__}")
+    raise ConfigurationError(f"DISTINFER_JWT_PUBLIC_KEY: unsupported key type {type(key).__name__}")
 
 
 class _JwksKeys:

@@ -14,10 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jwt
 from pydantic import SecretStr
 
 from gateway_plugin.auth import ADMIN, INFER, mint_token
 from gateway_plugin.settings import Settings
+from worker.errors import ConfigurationError
 
 __all__ = ["DEV_TOKEN_TTL_S", "add_node_security", "add_token_parser", "announce_dev_token", "node_security"]
 
@@ -54,23 +56,29 @@ def _run_token(args: argparse.Namespace) -> int:
     settings = Settings()
     scopes = args.scope or [INFER]
     if args.private_key:
-        key: Any = Path(args.private_key).read_text(encoding="utf-8")
+        try:
+            key: Any = Path(args.private_key).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"--private-key: cannot read a PEM key from {args.private_key}: {exc}") from exc
         algorithm = args.algorithm
     elif settings.auth.jwt_secret is not None:
         key, algorithm = settings.auth.jwt_secret.get_secret_value(), "HS256"
     else:
         print("distinfer token: set DISTINFER_JWT_SECRET, or pass --private-key", file=sys.stderr)
         return 2
-    token = mint_token(
-        key,
-        scopes=scopes,
-        sub=args.sub,
-        ttl_s=args.ttl,
-        algorithm=algorithm,
-        audience=settings.auth.jwt_audience,
-        issuer=settings.auth.jwt_issuer,
-        kid=args.kid,
-    )
+    try:
+        token = mint_token(
+            key,
+            scopes=scopes,
+            sub=args.sub,
+            ttl_s=args.ttl,
+            algorithm=algorithm,
+            audience=settings.auth.jwt_audience,
+            issuer=settings.auth.jwt_issuer,
+            kid=args.kid,
+        )
+    except (ValueError, TypeError, jwt.PyJWTError) as exc:  # a key that is not one, or not for that algorithm
+        raise ConfigurationError(f"cannot sign a {algorithm} token with that key: {exc}") from exc
     print(token)
     return 0
 

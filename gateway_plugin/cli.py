@@ -11,7 +11,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from starlette.types import ASGIApp
 
 from gateway_plugin.auth_cli import add_node_security, add_token_parser
 from worker.bundled import bundled_models
+from worker.errors import ConfigurationError
 from worker.faults import add_fault_arguments
 from worker.gc_freeze import FreezeAfterStartup
 from worker.hardware import parse_label
@@ -52,6 +53,8 @@ def _run_node(args: argparse.Namespace) -> int:
     from worker.hardware import detect_labels
     from worker.server import NodeConfig, create_node_app
 
+    if not Path(args.model_repository).is_dir():  # else uvicorn's startup failed with a traceback
+        raise ConfigurationError(f"--model-repository {args.model_repository} is not a folder")
     node_id = args.node_id or f"{socket.gethostname()}:{args.port}"
     node_token, tls = node_security(args)
     user = dict(args.label or ())  # --label wins over what the node measures
@@ -144,11 +147,24 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(model_repository=Path(args.model_repository), samples=args.samples)
 
 
-def _at_least_zero(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
+def _bounded_int(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high], refused with the range otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {low} or more" if high is None else f"must be {low}-{high}")
+        return value
+
+    return parse
+
+
+_at_least_zero = _bounded_int(0)
+_at_least_one = _bounded_int(1)
+_port = _bounded_int(0, 65535)  # 0: any free port
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -157,8 +173,8 @@ def _parser() -> argparse.ArgumentParser:
 
     def server_options(sub: argparse.ArgumentParser, port: int) -> None:
         sub.add_argument("--host", default="127.0.0.1")
-        sub.add_argument("--port", type=int, default=port)
-        sub.add_argument("--graceful-timeout", type=int, default=10, help="seconds in-flight requests get")
+        sub.add_argument("--port", type=_port, default=port)
+        sub.add_argument("--graceful-timeout", type=_at_least_zero, default=10, help="seconds in-flight requests get")
         sub.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
         sub.add_argument(
             "--log-format",
@@ -170,8 +186,10 @@ def _parser() -> argparse.ArgumentParser:
     node = commands.add_parser("node", help="serve a model repository over the Open Inference Protocol")
     node.add_argument("--model-repository", required=True, help="folder of <model>/config.json + weights")
     node.add_argument("--node-id", default=None, help="id advertised to gateways (default host:port)")
-    node.add_argument("--threads", type=int, default=0, help="runtime threads per model (0: runtime default)")
-    node.add_argument("--workers", type=int, default=2, help="models run concurrently in this many threads")
+    node.add_argument(
+        "--threads", type=_at_least_zero, default=0, help="runtime threads per model (0: runtime default)"
+    )
+    node.add_argument("--workers", type=_at_least_one, default=2, help="models run concurrently in this many threads")
     node.add_argument(
         "--max-concurrency",
         type=_at_least_zero,
@@ -179,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="serve at most N inference requests at once, the rest wait in arrival order (0: no limit)",
     )
-    node.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
+    node.add_argument("--max-body-bytes", type=_at_least_one, default=64 * 1024 * 1024)
     node.add_argument("--models", default=None, help="comma list: serve only these models")
     node.add_argument(
         "--model-control-mode",
@@ -256,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except KeyboardInterrupt:  # Ctrl-C: the `finally` blocks ran; no traceback for it
         return 130
+    except ConfigurationError as exc:  # the operator's to fix: one line, not a traceback
+        print(f"distinfer {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ __all__ = [
     "FORWARD_FAILED",
     "AnswerTooLarge",
     "ChainBroken",
+    "ConfigurationError",
     "InferenceFailed",
     "InvalidInput",
     "ModelNotFound",
@@ -50,6 +51,11 @@ __all__ = [
     "WorkerError",
     "retry_after_s",
 ]
+
+
+class ConfigurationError(ValueError):
+    """What the operator configured cannot work (a setting, a flag, a key file): the commands print
+    it in one line and exit 2, not with a traceback. Not an HTTP error: raised before serving."""
 
 
 class WorkerError(Exception):

@@ -24,12 +24,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import NoOpTracerProvider, Span, Tracer
 
+from worker.errors import ConfigurationError
+
 __all__ = ["TracingConfigError", "exporters_from_env", "retro_span", "tracer_provider_from_env"]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
 
-class TracingConfigError(ValueError):
+class TracingConfigError(ConfigurationError):
     """An `OTEL_*` variable names something this installation cannot do."""
 
 
