@@ -98,6 +98,13 @@ class NodeRegistry:
             log.warning("node %s: %s gives it the id %r, %s; ignored", key, source, wanted, why)
         return False
 
+    def _pass_on_id(self, freed: str) -> None:
+        """A node whose source named the id a departed node held takes it now (a pod at a new address)."""
+        heir = next((node for node in self._nodes.values() if node.spec.node_id == freed), None)
+        if heir is not None and heir.node_id != freed:
+            log.info("node %s (%s) takes the id %r, free now", heir.node_id, heir.key, freed)
+            self._replace(heir.with_changes(node_id=freed))
+
     def _own_id(self, key: str) -> str:
         """host:port, made unique when two URLs share it (paths on one server)."""
         base = urlsplit(key).netloc
@@ -143,6 +150,7 @@ class NodeRegistry:
                 del self._nodes[key]
                 log.info("node %s (%s) removed by %s", current.node_id, key, current.source)
                 self._publish(NodeRemoved(current))
+                self._pass_on_id(current.node_id)
             return
         if current is None:
             source, spec = claims[0]

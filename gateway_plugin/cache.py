@@ -1,6 +1,7 @@
 """Response cache for deterministic models: same model, version, inputs and asks -> same answer.
 
-Opt-in per model (`DISTINFER_CACHE_MODELS`), bounded in entries and in time (LRU + TTL). The key
+Opt-in per model (`DISTINFER_CACHE_MODELS`), bounded in entries, in bytes and in time (LRU + TTL;
+expired entries are freed as traffic passes, not only when their key is asked again). The key
 hashes everything that decides the answer: model, the model version the cluster serves now,
 requested outputs, parameters and every input tensor's name, datatype, shape and bytes. It wraps
 the dispatcher, so every caller of `infer` (single, relay, batch items) shares it. Each lookup is
@@ -13,7 +14,7 @@ import hashlib
 import json
 import struct
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -24,7 +25,7 @@ from gateway_plugin.services import InferenceDispatcher
 from gateway_plugin.telemetry.observer import NO_OBSERVER, DispatchObserver
 from worker.protocol import Tensor
 
-__all__ = ["CachingDispatcher", "ResponseCache", "cache_key"]
+__all__ = ["CachingDispatcher", "ResponseCache", "cache_key", "outcome_bytes"]
 
 _LENGTH = struct.Struct("<Q")
 
@@ -59,27 +60,61 @@ def cache_key(call: InferenceCall, version: str | None) -> bytes:
 class _Entry:
     outcome: Outcome
     expires: float
+    size: int
+
+
+def outcome_bytes(outcome: Outcome) -> int:
+    """What an answer holds in memory, about: its tensors' data (a BYTES item by its length)."""
+    size = len(outcome.raw.data) if outcome.raw is not None else 0
+    for tensor in outcome.outputs:
+        if tensor.datatype == "BYTES":
+            size += sum(len(item) if isinstance(item, bytes | str) else 8 for item in tensor.data.ravel().tolist())
+        else:
+            size += int(tensor.data.nbytes)
+    return size + 256  # the records around it
 
 
 class ResponseCache:
-    """LRU with a TTL; counts hits and misses for metrics."""
+    """LRU bounded in entries and bytes, with a TTL; counts hits and misses for metrics."""
 
-    def __init__(self, *, max_entries: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        max_entries: int,
+        ttl_s: float,
+        max_bytes: int = 256 * 1024 * 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        # Keys in the order they expire (one TTL for all: the order they were put), so that expired
+        # entries are freed as traffic passes; a stale pair (key put again, or evicted) is skipped.
+        self._expiring: deque[tuple[float, bytes]] = deque()
         self._max = max_entries
+        self._max_bytes = max_bytes
         self._ttl = ttl_s
         self._clock = clock
+        self.bytes = 0
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    def _drop(self, key: bytes) -> None:
+        self.bytes -= self._entries.pop(key).size
+
+    def _expire(self, now: float) -> None:
+        while self._expiring and self._expiring[0][0] <= now:
+            expires, key = self._expiring.popleft()
+            entry = self._entries.get(key)
+            if entry is not None and entry.expires == expires:
+                self._drop(key)
+
     def get(self, key: bytes) -> Outcome | None:
+        now = self._clock()
+        self._expire(now)
         entry = self._entries.get(key)
-        if entry is None or entry.expires <= self._clock():
-            if entry is not None:
-                del self._entries[key]
+        if entry is None:
             self.misses += 1
             return None
         self._entries.move_to_end(key)
@@ -87,10 +122,18 @@ class ResponseCache:
         return entry.outcome
 
     def put(self, key: bytes, outcome: Outcome) -> None:
-        self._entries[key] = _Entry(outcome, self._clock() + self._ttl)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+        size = outcome_bytes(outcome)
+        if size > self._max_bytes:
+            return  # one answer bigger than the whole cache: kept, it would evict everything else
+        now = self._clock()
+        self._expire(now)
+        if key in self._entries:
+            self._drop(key)
+        entry = self._entries[key] = _Entry(outcome, now + self._ttl, size)
+        self.bytes += size
+        self._expiring.append((entry.expires, key))
+        while len(self._entries) > self._max or self.bytes > self._max_bytes:
+            self._drop(next(iter(self._entries)))
 
 
 class CachingDispatcher:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import random
 import uuid
@@ -67,7 +68,7 @@ from gateway_plugin.local import LocalInference
 from gateway_plugin.services import InferenceDispatcher, Services
 from gateway_plugin.settings import Settings
 from gateway_plugin.shadow import BackgroundWork, ShadowStats
-from gateway_plugin.sharded import ShardedDispatcher, sharded_models
+from gateway_plugin.sharded import ShardedDispatcher, ShardedModels, sharded_models
 from gateway_plugin.sources import build_sources, cancel_tasks, wait_synced
 from gateway_plugin.streaming import StreamRelay
 from gateway_plugin.tasks import TaskService, open_store
@@ -307,18 +308,19 @@ class DistributedInference:
             )
             catalog = ModelCatalog(self.registry, local)
             served: InferenceDispatcher = dispatcher
-            if settings.cache.models:
-                served = CachingDispatcher(
-                    dispatcher,
-                    ResponseCache(max_entries=settings.cache.max_entries, ttl_s=settings.cache.ttl_s),
-                    models=frozenset(settings.cache.models),
-                    version_of=lambda model: info.version if (info := catalog.info(model)) else None,
-                    observe=self.telemetry.cache_observer(settings.cache.models),
-                    observer=self.telemetry.observer,
-                )
             sharded = sharded_models(settings.sharding, dispatcher, self.pool)  # models cut into stages
             if sharded is not None:
                 served = ShardedDispatcher(served, sharded)
+            if settings.cache.models:  # outermost: a sharded model in DISTINFER_CACHE_MODELS is cached too
+                cache = settings.cache
+                served = CachingDispatcher(
+                    served,
+                    ResponseCache(max_entries=cache.max_entries, ttl_s=cache.ttl_s, max_bytes=cache.max_bytes),
+                    models=frozenset(cache.models),
+                    version_of=functools.partial(_served_version, catalog, sharded),
+                    observe=self.telemetry.cache_observer(cache.models),
+                    observer=self.telemetry.observer,
+                )
             prober = HealthProber(
                 self.registry, client, interval_s=settings.balancer.probe_interval_s, on_labels=self.pool.learn_labels
             )
@@ -391,3 +393,9 @@ class DistributedInference:
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background task %s stopped", task.get_name(), exc_info=task.exception())
+
+
+def _served_version(catalog: ModelCatalog, sharded: ShardedModels | None, model: str) -> str | None:
+    """The version the cluster serves `model` at now (a sharded model's from its pipeline)."""
+    info = catalog.info(model) or (sharded.info(model) if sharded is not None else None)
+    return info.version if info is not None else None

@@ -229,6 +229,7 @@ class CacheSettings(_Section):
 
     models: list[str] = []
     max_entries: int = Field(default=10_000, ge=1)
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=1)  # the answers' tensor bytes, about
     ttl_s: float = Field(default=60.0, gt=0)
 
     _split = field_validator("models", mode="before")(_comma_list)
@@ -329,6 +330,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "DISTINFER_LOCAL_THREADS": ("local", "threads"),
     "DISTINFER_CACHE_MODELS": ("cache", "models"),
     "DISTINFER_CACHE_MAX_ENTRIES": ("cache", "max_entries"),
+    "DISTINFER_CACHE_MAX_BYTES": ("cache", "max_bytes"),
     "DISTINFER_CACHE_TTL_S": ("cache", "ttl_s"),
     "DISTINFER_METRICS_PATH": ("telemetry", "metrics_path"),
     "DISTINFER_SHARDED_MODELS": ("sharding", "models"),

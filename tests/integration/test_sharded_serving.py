@@ -25,7 +25,7 @@ import pytest
 from bench.shard_model import write_mlp
 from gateway_plugin.cli import main
 from gateway_plugin.processes import ServerProcess, free_port, start_node
-from gateway_plugin.settings import BalancerSettings, LimitSettings, ShardingSettings
+from gateway_plugin.settings import BalancerSettings, CacheSettings, LimitSettings, ShardingSettings
 from tests.integration.conftest import mounted, settings_for
 from tests.integration.polling import until
 
@@ -347,3 +347,20 @@ async def test_a_dead_hop_blames_no_first_node_and_the_chain_runs_relayed(cluste
     finally:
         first.stop()
         dying.stop()
+
+
+async def test_a_sharded_model_named_for_the_cache_is_cached(cluster: Cluster) -> None:
+    """Regression (audit): the cache wrapped only the stages' dispatcher, so a sharded model in
+    DISTINFER_CACHE_MODELS was silently never cached."""
+    x = np.random.default_rng(7).standard_normal((1, 256)).astype(np.float32)
+    settings = settings_for(
+        [cluster.a.url, cluster.b.url],
+        sharding=ShardingSettings(models=[cluster.repo]),
+        cache=CacheSettings(models=["mlp"]),
+    )
+    async with mounted(settings) as (client, _):
+        first = await client.post(INFER, json={"model": "mlp", "inputs": x.tolist()})
+        again = await client.post(INFER, json={"model": "mlp", "inputs": x.tolist()})
+    assert first.status_code == again.status_code == 200
+    assert (first.json()["attempts"], again.json()["attempts"]) == (2, 0)  # the second from the cache
+    np.testing.assert_array_equal(_rows(again.json()), _rows(first.json()))

@@ -51,3 +51,11 @@ def test_an_advertised_id_that_cannot_be_addressed_is_refused_once(
     assert registry.get("http://a:1").node_id == "a:1"  # type: ignore[union-attr]
     assert registry.get("http://a:1").status is NodeStatus.ONLINE  # type: ignore[union-attr]
     assert caplog.text.count("has space") == 1
+
+
+def test_a_refused_id_is_taken_once_its_holder_leaves(registry: NodeRegistry) -> None:
+    registry.reset("dns", [NodeSpec("http://10.0.0.1:8001", node_id="pod-a")])
+    registry.add("admin", NodeSpec("http://10.0.0.2:8001", node_id="pod-a"))
+    assert registry.get("http://10.0.0.2:8001").node_id == "10.0.0.2:8001"  # type: ignore[union-attr]
+    registry.reset("dns", [])
+    assert registry.get("http://10.0.0.2:8001").node_id == "pod-a"  # type: ignore[union-attr]

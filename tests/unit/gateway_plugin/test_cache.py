@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from gateway_plugin.cache import CachingDispatcher, ResponseCache, cache_key
+from gateway_plugin.cache import CachingDispatcher, ResponseCache, cache_key, outcome_bytes
 from gateway_plugin.dispatch import InferenceCall, Outcome
 from tests.fake_clock import FakeClock
 from worker.protocol import Tensor
@@ -154,3 +154,56 @@ async def test_every_lookup_of_a_cacheable_model_is_observed_as_hit_or_miss() ->
         await cached.infer(call)
     assert seen == [("digits", False), ("digits", True), ("digits", False)]  # "other" is not cacheable
     assert (cache.hits, cache.misses) == (1, 2)
+
+
+def _outcome(values: int) -> Outcome:
+    data = Tensor.of("y", np.zeros(values, dtype=np.float32))
+    return Outcome("digits", "1", [data], "node-1", "distributed", 1, 5.0)
+
+
+def test_the_cache_is_bounded_in_bytes_too() -> None:
+    """Regression (audit): only entries were counted: 10,000 large answers (the default) could hold
+    gigabytes of a gateway's memory."""
+    cache = ResponseCache(max_entries=100, ttl_s=10, max_bytes=10_000, clock=FakeClock(100.0))
+    for index in range(10):
+        cache.put(bytes([index]), _outcome(1000))  # ~4 KB each
+    assert len(cache) == 2
+    assert cache.bytes <= 10_000
+    assert cache.get(bytes([9])) is not None  # the newest stay
+    assert cache.get(bytes([0])) is None
+    cache.put(b"huge", _outcome(100_000))  # bigger than the whole cache: not kept, nothing evicted
+    assert cache.get(b"huge") is None
+    assert len(cache) == 2
+
+
+def test_expired_entries_are_freed_as_traffic_passes_not_only_when_asked_again() -> None:
+    """Regression (audit): an expired entry was dropped only when its own key was looked up: one-off
+    requests (most of them, for varied inputs) stayed in memory until the entry count evicted them."""
+    clock = FakeClock(100.0)
+    cache = ResponseCache(max_entries=100, ttl_s=10, clock=clock)
+    for index in range(5):
+        cache.put(bytes([index]), _outcome(10))
+    assert cache.get(bytes([0])) is not None  # a hit moves it in LRU order, not in expiry order
+    clock.now += 11
+    cache.put(b"new", _outcome(10))
+    assert len(cache) == 1
+    assert cache.bytes == cache_bytes_of(1)
+
+
+def test_putting_a_key_again_replaces_it_once() -> None:
+    clock = FakeClock(100.0)
+    cache = ResponseCache(max_entries=100, ttl_s=10, clock=clock)
+    cache.put(b"k", _outcome(10))
+    before = cache.bytes
+    clock.now += 5
+    cache.put(b"k", _outcome(10))
+    assert (len(cache), cache.bytes) == (1, before)
+    clock.now += 6  # the first put's expiry passes: the second's entry stays
+    assert cache.get(b"k") is not None
+    clock.now += 5
+    assert cache.get(b"k") is None
+    assert cache.bytes == 0
+
+
+def cache_bytes_of(entries: int) -> int:
+    return entries * outcome_bytes(_outcome(10))
