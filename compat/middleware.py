@@ -269,7 +269,7 @@ class LegacyInferenceMiddleware:
         try:
             # No admission place: shadow copies are background work (bounded by BackgroundWork),
             # never to take places from real traffic.
-            outcome = await self.distributed.infer(cluster_request, local_fallback=False, admit=False)
+            outcome = await self.distributed.infer(cluster_request, local_fallback=False, admit=False, shadow=True)
         except DistinferError as exc:
             shadow.record_error(request_id=request_id, model=cluster_request.model, detail=f"{exc.code}: {exc.detail}")
             return

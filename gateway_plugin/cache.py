@@ -157,7 +157,7 @@ class CachingDispatcher:
         self._observe = observe  # (model, hit), once per lookup
 
     async def infer(self, call: InferenceCall) -> Outcome:
-        if call.model not in self._models:
+        if call.model not in self._models or call.shadow:  # a shadow copy would count as a hit or miss
             return await self._inner.infer(call)
         # Cached answers are tensors, encoded per caller: a forwarded one keeps its first caller's encoding.
         call = replace(call, raw=None)

@@ -52,6 +52,9 @@ class InferenceCall:
     # The client's own v2 body (the relay): sent to nodes as is, and their answer returned unread.
     # `inputs` must still hold its tensors, for nodes that cannot take its encoding and for local fallback.
     raw: RawMessage | None = None
+    # A copy of a request answered elsewhere, sent only to compare (compat's shadow mode): it is not
+    # a request of the cluster's, so it counts in no request metric, /stats, cache or retry budget.
+    shadow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +120,8 @@ class Dispatcher:
 
     async def infer(self, call: InferenceCall) -> Outcome:
         strategy = self._pool.check_strategy(call.strategy)
-        with self._observer.dispatch(call.model, call.request_id, strategy) as seen:
+        observer = NO_OBSERVER if call.shadow else self._observer  # its nodes' attempts still count
+        with observer.dispatch(call.model, call.request_id, strategy) as seen:
             outcome = await self._infer(call, strategy)
             seen.finished(outcome.node_id, outcome.mode, outcome.attempts)
         return outcome
@@ -130,7 +134,7 @@ class Dispatcher:
             start + call.timeout_s,
             call.affinity_key or session_key(call.parameters),
         )
-        if self._budget is not None:
+        if self._budget is not None and not call.shadow:  # shadow copies earn real traffic no retries
             self._budget.deposit()
         last_error: NodeCallError | None = None
         while last_error is None or self._retry.should_retry(last_error, run.attempts):

@@ -152,13 +152,17 @@ class DistributedInference:
 
     # ------------------------------------------------------------------ for code in the host (compat)
 
-    async def infer(self, request: InferenceRequest, *, local_fallback: bool = True, admit: bool = True) -> Outcome:
+    async def infer(
+        self, request: InferenceRequest, *, local_fallback: bool = True, admit: bool = True, shadow: bool = False
+    ) -> Outcome:
         """One inference over the cluster, as `POST /inference` runs it; raises `DistinferError`.
 
         `local_fallback=False` leaves the plugin's own local models out, for callers that have
         their own fallback (compat runs the host's original handler instead). `admit=False` takes
         no admission place: for background work bounded elsewhere (compat's shadow copies), which
         must neither take places from real traffic nor count the gateway's saturation as a failure.
+        `shadow=True`: a copy of a request answered elsewhere, counted in no request metric, /stats
+        window, cache lookup or retry budget (its nodes' attempts still count: their work is real).
         """
         svc = await self.services()
         try:
@@ -168,7 +172,7 @@ class DistributedInference:
         # A place like every request of ours (compat's legacy path too: saturated, it runs the host's
         # own handler), so DISTINFER_MAX_INFLIGHT bounds all the cluster work this gateway starts.
         with admitted(svc.admission if admit else None):
-            return await svc.dispatcher.infer(dataclasses.replace(call, local_fallback=local_fallback))
+            return await svc.dispatcher.infer(dataclasses.replace(call, local_fallback=local_fallback, shadow=shadow))
 
     def cluster_summary(self) -> dict[str, Any]:
         """The `/health` summary, for a host that adds it to its own health endpoint."""

@@ -196,6 +196,7 @@ class ShardRunner:
                         parameters=parameters,
                         strategy=call.strategy,
                         local_fallback=call.local_fallback,
+                        shadow=call.shadow,
                     )
                 )
             except UnknownModel as exc:
@@ -253,6 +254,7 @@ class ShardRunner:
                         },
                         strategy=call.strategy,
                         local_fallback=False,
+                        shadow=call.shadow,
                     )
                 )
             except DeadlineExceeded:

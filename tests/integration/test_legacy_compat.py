@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway_plugin import DistributedInference
 from gateway_plugin.auth import ADMIN, INFER
@@ -241,6 +242,7 @@ async def test_shadow_mode_answers_as_before_and_compares_in_the_background(two_
             snap = await _wait_compared(distributed, 4)
             health = (await client.get("/health")).json()
             stats = (await client.get(f"{PREFIX}/stats", headers=bearer())).json()
+            metrics = (await client.get("/metrics")).text
         assert len(seen.requests) == 4  # the original handler answered every request
         for response in responses:
             assert response.status_code == 200
@@ -255,6 +257,17 @@ async def test_shadow_mode_answers_as_before_and_compares_in_the_background(two_
         assert snap["latency_ms"]["cluster"]["p50"] is not None
         assert health["cluster"]["legacy"]["compared"] == 4
         assert stats["shadow"]["compared"] == 4
+        # Shadow copies are not the cluster's requests (regression, audit: they filled /stats and
+        # the request metrics as if the cluster had served them).
+        assert (stats["latency"]["samples"], stats["recent"]) == (0, [])
+        served = [
+            sample.value
+            for family in text_string_to_metric_families(metrics)
+            if family.name == "distinfer_gateway_requests"
+            for sample in family.samples
+            if sample.name.endswith("_total") and sample.labels.get("model") == "digits"
+        ]
+        assert sum(served) == 0
         assert health["cluster"]["nodes"]["online"] == 2
         assert health["cluster"]["flags"]["mode"] == "shadow"
 

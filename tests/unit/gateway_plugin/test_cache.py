@@ -207,3 +207,11 @@ def test_putting_a_key_again_replaces_it_once() -> None:
 
 def cache_bytes_of(entries: int) -> int:
     return entries * outcome_bytes(_outcome(10))
+
+
+async def test_shadow_copies_neither_look_up_nor_fill_the_cache() -> None:
+    inner = CountingDispatcher()
+    cached = _dispatcher(inner)
+    await cached.infer(_call([1], shadow=True))
+    await cached.infer(_call([1], shadow=True))
+    assert (inner.calls, len(cached.cache), cached.cache.hits, cached.cache.misses) == (2, 0, 0, 0)
