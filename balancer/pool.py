@@ -365,15 +365,18 @@ class NodePool:
         strategy: str | None = None,
         exclude: frozenset[str] = frozenset(),
         affinity_key: str | None = None,
+        again: bool | None = None,
     ) -> Lease | None:
-        """A lease on a node for `model`, avoiding `exclude`d keys; None when there is none."""
+        """A lease on a node for `model`, avoiding `exclude`d keys; None when there is none.
+
+        `again`: a retry or hedge of a request already sent (default: whether it excludes any node)."""
         strategy_obj = self._strategies.get(strategy or self.default_strategy)
         if strategy_obj is None:
             strategy_obj = self._strategies[self.check_strategy(strategy)]  # raises UnknownStrategy
         picker = self.picker(model)
         if exclude and not exclude.isdisjoint(picker.keys):
             picker = self._without(picker, exclude)
-        context = PickContext(model, affinity_key, bool(exclude))
+        context = PickContext(model, affinity_key, bool(exclude) if again is None else again)
         restricting = self._restricting.get(strategy_obj.name)
         if restricting is not None and picker.nodes:
             picker = self._eligible(picker, restricting.eligible(context, picker.nodes, self), again=bool(exclude))

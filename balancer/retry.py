@@ -45,6 +45,12 @@ class _SecondBuckets:
             self._stamps[slot], self._counts[slot] = second, 0
         self._counts[slot] += 1
 
+    def remove(self, now: float) -> None:
+        second = math.floor(now)
+        slot = second % len(self._counts)
+        if self._stamps[slot] == second and self._counts[slot] > 0:
+            self._counts[slot] -= 1
+
     def total(self, now: float) -> int:
         oldest = math.floor(now) - len(self._counts)
         return sum(count for count, stamp in zip(self._counts, self._stamps, strict=True) if stamp > oldest)
@@ -73,3 +79,7 @@ class RetryBudget:
             return False
         self._retries.add(now)
         return True
+
+    def refund(self) -> None:
+        """Give back a retry taken but not sent (no node to send it to)."""
+        self._retries.remove(self._clock())

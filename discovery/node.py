@@ -13,9 +13,8 @@ from worker.config import TensorSpec
 
 __all__ = ["NODE_ID_PATTERN", "ModelInfo", "Node", "NodeSpec", "NodeStatus", "normalise_url", "valid_node_id"]
 
-# What the admin API accepts and `PATCH /nodes/{id}` can reach: no `/`, `?`, `#` or spaces.
+# What the admin API accepts for an id it is given (POST /nodes).
 NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"
-_NODE_ID = re.compile(NODE_ID_PATTERN)
 MAX_NODE_ID_LENGTH = 128
 
 
@@ -34,7 +33,9 @@ _AUTHORITY = re.compile(r"(?P<host>[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+(%[A-Za-z0-9_
 
 
 def valid_node_id(node_id: str) -> bool:
-    return len(node_id) <= MAX_NODE_ID_LENGTH and _NODE_ID.fullmatch(node_id) is not None
+    """An id a source or a node may give: `PATCH /nodes/{id}` reaches it (percent-encoded, any
+    printable text but `/`, which a path segment cannot carry) and a log line cannot be forged with it."""
+    return 0 < len(node_id) <= MAX_NODE_ID_LENGTH and "/" not in node_id and node_id.isprintable()
 
 
 def normalise_url(url: str) -> str:

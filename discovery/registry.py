@@ -98,9 +98,9 @@ class NodeRegistry:
             log.warning("node %s: %s gives it the id %r, %s; ignored", key, source, wanted, why)
         return False
 
-    def _pass_on_id(self, freed: str) -> None:
-        """A node whose source named the id a departed node held takes it now (a pod at a new address)."""
-        heir = next((node for node in self._nodes.values() if node.spec.node_id == freed), None)
+    def _pass_on_id(self, freed: str, left: str | None = None) -> None:
+        """A node whose source named the id a departed (or renamed) node `left` held takes it now."""
+        heir = next((n for k, n in self._nodes.items() if n.spec.node_id == freed and k != left), None)
         if heir is not None and heir.node_id != freed:
             log.info("node %s (%s) takes the id %r, free now", heir.node_id, heir.key, freed)
             self._replace(heir.with_changes(node_id=freed))
@@ -220,5 +220,8 @@ class NodeRegistry:
         return node
 
     def _replace(self, node: Node) -> None:
+        before = self._nodes.get(node.key)
         self._nodes[node.key] = node
         self._publish(NodeUpdated(node))
+        if before is not None and before.node_id != node.node_id:
+            self._pass_on_id(before.node_id, node.key)  # renamed: its old id is free for whoever was refused it

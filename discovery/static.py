@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from discovery.node import NODE_ID_PATTERN, NodeSpec
+from discovery.node import NodeSpec
 from discovery.registry import NodeRegistry
 
 __all__ = ["NodesFileError", "NodesFileSource", "StaticSource", "parse_nodes_file"]
@@ -55,7 +55,7 @@ class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str
-    node_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=NODE_ID_PATTERN)
+    node_id: str | None = Field(default=None, min_length=1, max_length=128)  # the registry checks it
     weight: float = Field(default=1.0, ge=0, le=1_000_000, allow_inf_nan=False)  # as the admin API's
     labels: dict[str, str] = {}
 

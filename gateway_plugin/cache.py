@@ -132,6 +132,10 @@ class ResponseCache:
         entry = self._entries[key] = _Entry(outcome, now + self._ttl, size)
         self.bytes += size
         self._expiring.append((entry.expires, key))
+        if len(self._expiring) > 2 * len(self._entries) + 64:
+            # Pairs of evicted or replaced keys wait for their expiry: unique keys at a high rate
+            # would grow the queue past every bound. Rebuilt from the live entries, in expiry order.
+            self._expiring = deque(sorted((live.expires, live_key) for live_key, live in self._entries.items()))
         while len(self._entries) > self._max or self.bytes > self._max_bytes:
             self._drop(next(iter(self._entries)))
 

@@ -118,12 +118,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
     from gateway_plugin.settings import Settings
     from gateway_plugin.standalone import create_gateway_app
 
-    try:
-        settings = Settings()
-    except ValidationError as exc:  # the operator's configuration: say what is wrong, not a traceback
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in exc.errors())
-        print(f"distinfer gateway: invalid settings: {problems}", file=sys.stderr)
-        return 2
+    settings = Settings()  # a ValidationError is the operator's configuration: `main` says what is wrong
     # The standalone gateway exists to serve the cluster: on unless the operator says otherwise.
     if "ENABLE_DISTRIBUTED_INFERENCE" not in os.environ:
         settings.flags.enabled = True
@@ -276,6 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except ConfigurationError as exc:  # the operator's to fix: one line, not a traceback
         print(f"distinfer {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # the settings (environment, .env) of any command
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in exc.errors())
+        print(f"distinfer {args.command}: invalid settings: {problems}", file=sys.stderr)
         return 2
 
 

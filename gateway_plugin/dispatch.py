@@ -140,17 +140,19 @@ class Dispatcher:
         while last_error is None or self._retry.should_retry(last_error, run.attempts):
             if self._clock() >= run.deadline:
                 raise DeadlineExceeded(_spent(call, run.attempts))
+            # The budget pays for retries really sent: taken after the deadline check, given back
+            # when no node can take it (a retry spent either way left real requests short).
+            retry = last_error is not None
+            if retry and not self._withdraw(run):
+                break
             lease = self._pick(run)
             if lease is None and run.tried:
                 # No other node left: retry on one already tried rather than fail (as Envoy does when
                 # its retry host predicate finds no other host). A dead node is offline by now.
                 lease = self._pick(run, frozenset())
             if lease is None:
-                break
-            # The budget pays for retries really sent: one spent past the deadline or with no node to
-            # send it to left the budget short for requests that could have used it.
-            if last_error is not None and self._budget is not None and not self._budget.withdraw():
-                lease.done()
+                if retry and self._budget is not None and not run.call.shadow:
+                    self._budget.refund()
                 break
             try:
                 if self._hedge.enabled:
@@ -183,9 +185,16 @@ class Dispatcher:
             )
         return await self._without_cluster(call, start, run.deadline, run.attempts, last_error)
 
+    def _withdraw(self, run: _Run) -> bool:
+        """A retry or hedge from the budget. A shadow copy paid nothing in, so it takes nothing out:
+        its retries are bounded by the attempts and compat's background limit alone."""
+        return self._budget is None or run.call.shadow or self._budget.withdraw()
+
     def _pick(self, run: _Run, exclude: frozenset[str] | None = None) -> Lease | None:
         skip = (frozenset(run.tried) if run.tried else _NONE) if exclude is None else exclude
-        return self._pool.pick(run.call.model, strategy=run.strategy, exclude=skip, affinity_key=run.affinity)
+        return self._pool.pick(
+            run.call.model, strategy=run.strategy, exclude=skip, affinity_key=run.affinity, again=bool(run.tried)
+        )
 
     async def _attempt(self, run: _Run, lease: Lease) -> _Answer:
         """One call to one node; its outcome goes back to the pool (breaker, latency) through the lease."""
@@ -257,7 +266,7 @@ class Dispatcher:
             second = self._pick(run)
             if second is None:
                 return None
-            if self._budget is not None and not self._budget.withdraw():
+            if not self._withdraw(run):
                 second.done()
                 return None
             return self._attempt(run, second)

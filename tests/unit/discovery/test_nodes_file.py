@@ -63,7 +63,6 @@ def test_label_values_are_the_text_written() -> None:
         "nodes:\n  - url: http://a:1\n    wieght: 2",  # a typo is an error, not ignored
         "nodes:\n  - url: http://a:1\n  - url: http://a:1/",  # twice
         "nodes:\n  - {url: 'http://a:1', node_id: x}\n  - {url: 'http://b:1', node_id: x}",  # one id, two nodes
-        "nodes:\n  - {url: 'http://a:1', node_id: 'rack/1'}",  # PATCH /nodes/rack/1 cannot reach it
         "nodes:\n  - url: http://a:1\n    weight: -1",
         "nodes:\n  - url: http://a:1\n    weight: .inf",  # infinite weights broke `weighted` (500s)
         "nodes:\n  - url: http://a:1\n    weight: 1e999",

@@ -47,10 +47,10 @@ def test_an_advertised_id_that_cannot_be_addressed_is_refused_once(
     registry.reset("static", [NodeSpec("http://a:1")])
     with caplog.at_level(logging.WARNING, logger="discovery.registry"):
         for _ in range(3):  # a probe round each
-            registry.update("http://a:1", status=NodeStatus.ONLINE, node_id="has space")
+            registry.update("http://a:1", status=NodeStatus.ONLINE, node_id="forged\nlog line")
     assert registry.get("http://a:1").node_id == "a:1"  # type: ignore[union-attr]
     assert registry.get("http://a:1").status is NodeStatus.ONLINE  # type: ignore[union-attr]
-    assert caplog.text.count("has space") == 1
+    assert caplog.text.count("forged") == 1
 
 
 def test_a_refused_id_is_taken_once_its_holder_leaves(registry: NodeRegistry) -> None:
@@ -59,3 +59,16 @@ def test_a_refused_id_is_taken_once_its_holder_leaves(registry: NodeRegistry) ->
     assert registry.get("http://10.0.0.2:8001").node_id == "10.0.0.2:8001"  # type: ignore[union-attr]
     registry.reset("dns", [])
     assert registry.get("http://10.0.0.2:8001").node_id == "pod-a"  # type: ignore[union-attr]
+
+
+def test_an_id_freed_by_a_rename_passes_on_too(registry: NodeRegistry) -> None:
+    registry.reset("file", [NodeSpec("http://a:1", node_id="x"), NodeSpec("http://b:1", node_id="x")])
+    registry.reset("file", [NodeSpec("http://a:1", node_id="y"), NodeSpec("http://b:1", node_id="x")])
+    assert registry.get("http://a:1").node_id == "y"  # type: ignore[union-attr]
+    assert registry.get("http://b:1").node_id == "x"  # type: ignore[union-attr]
+
+
+def test_any_printable_id_without_a_slash_is_kept(registry: NodeRegistry) -> None:
+    registry.reset("static", [NodeSpec("http://a:1")])
+    registry.update("http://a:1", node_id="nœud a,b")  # PATCH /nodes/n%C5%93ud%20a%2Cb reaches it
+    assert registry.get("http://a:1").node_id == "nœud a,b"  # type: ignore[union-attr]

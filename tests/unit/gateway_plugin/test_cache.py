@@ -215,3 +215,18 @@ async def test_shadow_copies_neither_look_up_nor_fill_the_cache() -> None:
     await cached.infer(_call([1], shadow=True))
     await cached.infer(_call([1], shadow=True))
     assert (inner.calls, len(cached.cache), cached.cache.hits, cached.cache.misses) == (2, 0, 0, 0)
+
+
+def test_the_expiry_queue_stays_bounded_by_the_entries() -> None:
+    """Regression (review): every put queued its expiry, and evicted keys' stayed queued for the whole
+    TTL: unique requests grew the queue past max_entries and max_bytes."""
+    clock = FakeClock(100.0)
+    cache = ResponseCache(max_entries=10, ttl_s=3600, clock=clock)
+    for index in range(5000):
+        cache.put(index.to_bytes(4, "big"), _outcome(1))
+        clock.now += 0.001
+    assert len(cache) == 10
+    assert len(cache._expiring) <= 2 * 10 + 64 + 1  # the private queue is what grew
+    clock.now += 3601
+    cache.put(b"last", _outcome(1))
+    assert len(cache) == 1

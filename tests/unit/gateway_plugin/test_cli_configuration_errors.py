@@ -25,6 +25,7 @@ REPO = str(bundled_models())
         (["gateway"], {"DISTINFER_JWT_PUBLIC_KEY": "no-such-key.pem"}, "DISTINFER_JWT_PUBLIC_KEY"),
         (["gateway"], {"DISTINFER_JWT_PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----\nxx"}, "not a PEM public key"),
         (["token", "--private-key", "/nonexistent/key.pem"], {}, "--private-key"),
+        (["token"], {"DISTINFER_CACHE_MAX_BYTES": "0"}, "invalid settings: cache.max_bytes"),
     ],
 )
 def test_a_bad_configuration_is_one_line_and_exit_2(

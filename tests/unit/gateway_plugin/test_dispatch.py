@@ -309,3 +309,31 @@ async def test_a_failed_attempt_frees_its_slot_even_when_its_report_fails(monkey
     with pytest.raises(RuntimeError, match="report failed"):
         await dispatcher.infer(call())
     assert pool.in_flight(a) == 0
+
+
+async def test_shadow_copies_retry_without_drawing_on_the_budget() -> None:
+    """Regression (review): shadow copies paid nothing into the budget but took retries out of it,
+    so in shadow mode a real request's retry could be refused for a shadow copy's."""
+    pool, (a, b) = cluster(2)
+    client = FakeClient()
+    budget = RetryBudget(time.monotonic, ratio=0.0, min_per_s=0.1, window_s=10)  # one retry in all
+    dispatcher = Dispatcher(pool, client, retry=RetryPolicy(max_attempts=3), budget=budget)  # type: ignore[arg-type]
+    client.fail_once = {a: True, b: True}
+    shadow = await dispatcher.infer(call(shadow=True))
+    assert shadow.attempts == 3  # both nodes hiccuped once: the third attempt answered
+    assert budget.refused == 0
+    assert budget.withdraw()  # the one retry of the budget is still there for real traffic
+
+
+async def test_a_round_robin_retry_on_a_node_already_tried_takes_no_turn() -> None:
+    """Regression (review): the last-resort retry on an already-tried node took a turn, so the next
+    request started on the same node again."""
+    pool, (a, b) = cluster(2)
+    client = FakeClient()
+    dispatcher = Dispatcher(pool, client, retry=RetryPolicy(max_attempts=3))  # type: ignore[arg-type]
+    client.fail_once = {a: True, b: True}
+    assert (await dispatcher.infer(call())).attempts == 3
+    first = client.calls[0]
+    client.calls.clear()
+    await dispatcher.infer(call())
+    assert client.calls[0] != first
