@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
 
-from balancer.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
-from balancer.latency import Clock, LatencyWindow, PeakEwma
-from balancer.outlier import EjectionPolicy
+from balancer.breaker import BreakerSnapshot, BreakerState
+from balancer.latency import Clock
+from balancer.node_state import NodeState, PoolConfig, advertised_limit
 from balancer.picker import EMPTY_PICKER, Picker, in_panic
 from balancer.strategies import PickContext, Restricting, Strategy
 from balancer.trust import TrustLedger, TrustPolicy
@@ -38,38 +38,9 @@ __all__ = ["Lease", "NodePool", "PoolConfig", "UnknownStrategy"]
 # The most a run of failures makes a node's latency estimate (each failure doubles it up to this).
 _FAILURE_LATENCY_CAP_S = 10.0
 
-_EMPTY: Mapping[str, str] = MappingProxyType({})
-
 
 class UnknownStrategy(ValueError):
     pass
-
-
-@dataclass(frozen=True, slots=True)
-class PoolConfig:
-    ejection: EjectionPolicy = field(default_factory=EjectionPolicy)
-    panic_threshold: float = 0.0  # percent of a model's nodes that must be admitted, else panic
-    max_in_flight: int = 0  # per node from this gateway; at the limit a node is `busy`; 0: no limit
-    latency_decay_s: float = 1.0  # peak EWMA blending; idle decay is 10x this
-    latency_samples: int = 16  # under traffic a latency peak fades after about this many faster answers
-    # A node that answered busy (429, 408) is `busy` for its Retry-After, else `busy_backoff_s`, at
-    # most `busy_backoff_max_s`: picks go to the others meanwhile (all busy: they spill over).
-    busy_backoff_s: float = 1.0
-    busy_backoff_max_s: float = 10.0
-
-
-class _NodeState:
-    __slots__ = ("advertised", "breaker", "busy_until", "ewma", "in_flight", "limit", "window")
-
-    def __init__(self, config: PoolConfig, clock: Clock, on_change: Callable[[], None]) -> None:
-        self.in_flight = 0
-        self.busy_until = 0.0  # clock reading until which the node asked to be left alone (429, 408)
-        # Requests in flight at which the node is `busy`: the operator's limit, else what it advertises.
-        self.limit = config.max_in_flight
-        self.ewma = PeakEwma(clock, decay_s=config.latency_decay_s, samples=config.latency_samples)
-        self.window = LatencyWindow()
-        self.breaker = CircuitBreaker(config.ejection, clock, on_change=on_change)
-        self.advertised: Mapping[str, str] = _EMPTY
 
 
 @dataclass(slots=True)
@@ -118,7 +89,7 @@ class NodePool:
         self.config = config or PoolConfig()
         self._clock: Clock = clock or time.monotonic
         self.trust = trust or TrustLedger(TrustPolicy(), self._clock)
-        self._states: dict[str, _NodeState] = {}
+        self._states: dict[str, NodeState] = {}
         self._candidates: dict[str, tuple[Node, ...]] | None = None
         self._pickers: dict[str, Picker] = {}  # by model; only models some online node serves
         self._trust_version = self.trust.version
@@ -143,10 +114,10 @@ class NodePool:
                 self._states.pop(key, None)
             self.trust.forget(key)
 
-    def _state(self, key: str) -> _NodeState:
+    def _state(self, key: str) -> NodeState:
         state = self._states.get(key)
         if state is None:
-            state = self._states[key] = _NodeState(self.config, self._clock, partial(self._breaker_changed, key))
+            state = self._states[key] = NodeState(self.config, self._clock, partial(self._breaker_changed, key))
         return state
 
     def _breaker_changed(self, key: str) -> None:
@@ -225,7 +196,7 @@ class NodePool:
 
     def labels(self, node: Node) -> Mapping[str, str]:
         state = self._states.get(node.key)
-        advertised = _EMPTY if state is None else state.advertised
+        advertised = None if state is None else state.advertised
         if not advertised:
             return node.spec.labels
         return {**advertised, **node.spec.labels}  # what discovery says wins over what the node says
@@ -243,7 +214,7 @@ class NodePool:
         state = self._state(key)
         state.advertised = MappingProxyType(dict(labels))
         merged = self.labels(node)  # discovery's labels win, as in labels()
-        limit = self.config.max_in_flight or _advertised_limit(merged)
+        limit = self.config.max_in_flight or advertised_limit(merged)
         if limit != state.limit:
             state.limit = limit
             self._invalidate(key)
@@ -471,7 +442,7 @@ class NodePool:
             if isinstance(error, NodeUnreachable):
                 self.report_unreachable(key, error.message)
 
-    def _back_off(self, key: str, state: _NodeState, retry_after_s: float | None) -> None:
+    def _back_off(self, key: str, state: NodeState, retry_after_s: float | None) -> None:
         wait = self.config.busy_backoff_s if retry_after_s is None else retry_after_s
         until = self._clock() + min(max(wait, 0.0), self.config.busy_backoff_max_s)
         if until > state.busy_until:
@@ -509,9 +480,3 @@ class NodePool:
         if self._busy(node.key):
             return NodeStatus.BUSY
         return NodeStatus.ONLINE
-
-
-def _advertised_limit(labels: Mapping[str, str]) -> int:
-    """The node's `max_concurrency` label as a positive count; 0 (no limit) when absent or not one."""
-    value = labels.get("max_concurrency", "")
-    return int(value) if value.isascii() and value.isdigit() else 0  # not '²': int() refuses it
